@@ -1,0 +1,103 @@
+"""Model loading: one place that wraps open_clip and returns fresh objects (no module state)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from clipbias.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(str(resources.files("clipbias") / "model_configs"))
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``cuda`` when available (or when asked), else ``cpu``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def register_model_configs(path: str | os.PathLike | None = None) -> list[str]:
+    """Register the model config JSONs shipped with clipbias (or in ``path``) with open_clip.
+
+    Returns the registered model names (file stems).
+    """
+    folder = Path(path) if path is not None else MODEL_CONFIG_DIR
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    if names and not set(names) <= set(open_clip.list_models()):
+        open_clip.add_model_config(folder)
+    return names
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess: Any
+    tokenizer: Any
+    name: str
+    pretrained: str | None
+    checkpoint_sha256: str | None
+    device: torch.device
+
+    def provenance(self) -> dict[str, Any]:
+        pp = getattr(self.model.visual, "preprocess_cfg", None)
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "preprocess": repr(self.preprocess) if pp is None else pp,
+            "open_clip_version": open_clip.__version__,
+            "torch_version": torch.__version__,
+        }
+
+
+def load_model(
+    name: str,
+    pretrained: str | None = None,
+    device: str | None = None,
+    image_mean: tuple[float, float, float] | None = None,
+    image_std: tuple[float, float, float] | None = None,
+) -> LoadedModel:
+    """Create an open_clip model in eval mode with its eval transform and tokenizer.
+
+    ``pretrained`` is an open_clip tag (e.g. ``laion2b_s34b_b88k``), a path to a local
+    checkpoint (``.safetensors`` or a ``weights_only`` state dict), or ``None`` for random
+    weights. Local checkpoints are identified by their sha256 in provenance records.
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"unknown model {name!r}: not an open_clip model and not in {MODEL_CONFIG_DIR}. "
+            f"Known: {', '.join(open_clip.list_models()[:10])}, ..."
+        )
+    sha = None
+    if pretrained and (os.path.sep in str(pretrained) or Path(pretrained).suffix):
+        p = Path(pretrained)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {p} does not exist; train it (snakemake train_small_clip) or "
+                f"give an open_clip pretrained tag"
+            )
+        sha = sha256_file(p)
+        pretrained = str(p)
+    dev = resolve_device(device)
+    kwargs: dict[str, Any] = {}
+    if image_mean is not None:
+        kwargs["image_mean"] = tuple(image_mean)
+    if image_std is not None:
+        kwargs["image_std"] = tuple(image_std)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, device=dev, **kwargs
+    )
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedModel(model, preprocess, tokenizer, name, pretrained, sha, dev)
