@@ -1,0 +1,30 @@
+# clipbias: locate and correct bias carried by attention heads of CLIP vision transformers.
+# Thin entry point: configuration, validation and the rule files of every stage.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    experiment=EXPERIMENT,
+    dataset="[a-z0-9_]+",
+    model="[A-Za-z0-9_.-]+",
+    shard=r"\d{5}",
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command of the README (also run by CI): static checks, then the test suite.
+# Fails on any finding, any failed test, and when pytest collects no tests (exit code 5).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+status=0
+
+echo "== snakemake --lint"
+lint_out=$(snakemake --lint 2>&1); lint_rc=$?
+echo "$lint_out" | tail -n 40
+if [ $lint_rc -ne 0 ] || echo "$lint_out" | grep -qi "lints for"; then
+  echo "FAIL: snakemake --lint reported findings" >&2; status=1
+fi
+
+echo "== snakefmt --check"
+snakefmt --check Snakefile workflow/rules || { echo "FAIL: snakefmt" >&2; status=1; }
+
+echo "== ruff"
+ruff check src tests workflow/scripts benchmarks || { echo "FAIL: ruff check" >&2; status=1; }
+ruff format --check src tests workflow/scripts benchmarks || { echo "FAIL: ruff format" >&2; status=1; }
+
+echo "== pytest"
+pytest "$@"; rc=$?
+if [ $rc -eq 5 ]; then
+  echo "FAIL: pytest collected no tests (exit code 5)" >&2; status=1
+elif [ $rc -ne 0 ]; then
+  echo "FAIL: pytest exit code $rc" >&2; status=1
+fi
+exit $status

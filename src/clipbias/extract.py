@@ -1,0 +1,132 @@
+"""Feature extraction: one shard of a dataset index -> one Parquet feature shard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from clipbias import __version__
+from clipbias.features import build_table, shard_bounds, write_shard
+from clipbias.models import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
+    """``"all"`` -> every layer; a negative int -k -> the last k layers; a list -> itself."""
+    if spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, int):
+        if spec >= 0:
+            raise ValueError("an integer layers spec must be negative (-k = last k layers)")
+        return list(range(max(0, n_layers + spec), n_layers))
+    layers = sorted({int(x) for x in spec})
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for a model with {n_layers} layers")
+    return layers
+
+
+def load_images(root: Path, paths: Sequence[str], preprocess) -> torch.Tensor:
+    """Open and preprocess images (RGB) into one [N, 3, S, S] tensor."""
+    out = []
+    for rel in paths:
+        p = root / rel
+        try:
+            with Image.open(p) as im:
+                out.append(preprocess(im.convert("RGB")))
+        except (OSError, FileNotFoundError) as e:
+            raise FileNotFoundError(
+                f"cannot read image {p} listed in {root / 'index.parquet'}: {e}. "
+                "Re-run the dataset rule (download/extract) for this dataset."
+            ) from e
+    return torch.stack(out)
+
+
+def extract_shard(
+    loaded: LoadedModel,
+    dataset_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    shard: int,
+    n_shards: int,
+    layers: str | int | Sequence[int] = "all",
+    dtype: str = "float32",
+    batch_size: int = 64,
+    extra_meta: dict[str, Any] | None = None,
+) -> int:
+    """Decompose the images of one index shard and write the Parquet shard atomically.
+
+    Returns the number of rows written.
+    """
+    from clipbias.decompose import decompose
+
+    root = Path(dataset_dir)
+    index = pd.read_parquet(root / "index.parquet")
+    start, stop = shard_bounds(len(index), n_shards, shard)
+    part = index.iloc[start:stop].reset_index(drop=True)
+
+    visual = loaded.model.visual
+    n_layers = len(visual.transformer.resblocks)
+    stored = resolve_layers(layers, n_layers)
+    meta = {
+        **loaded.provenance(),
+        "clipbias_version": __version__,
+        "dataset": root.name,
+        "shard": shard,
+        "n_shards": n_shards,
+        "layers": stored,
+        "n_layers": n_layers,
+        "n_heads": int(visual.transformer.resblocks[0].attn.num_heads),
+        "dim": int(visual.output_dim),
+        "dtype": dtype,
+        "centring": "shared",
+        **(extra_meta or {}),
+    }
+
+    heads_out, rest_out, emb_out, norm_out, mu_out, sig_out = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    with tqdm(total=len(part), unit="img", desc=f"shard {shard}", mininterval=2.0) as bar:
+        for b in range(0, len(part), batch_size):
+            rows = part.iloc[b : b + batch_size]
+            images = load_images(root, rows["path"].tolist(), loaded.preprocess).to(loaded.device)
+            dec = decompose(loaded.model, images)
+            heads = dec.heads.float().cpu().numpy()
+            keep = heads[:, stored]
+            not_stored = [l for l in range(n_layers) if l not in stored]
+            rest = dec.cls.float().cpu().numpy() + dec.mlp.float().cpu().numpy().sum(1)
+            if not_stored:
+                rest = rest + heads[:, not_stored].sum((1, 2))
+            heads_out.append(keep)
+            rest_out.append(rest)
+            emb_out.append(dec.embedding.float().cpu().numpy())
+            norm_out.append(dec.norm.float().cpu().numpy())
+            mu_out.append(dec.ln_mu.float().cpu().numpy())
+            sig_out.append(dec.ln_sigma.float().cpu().numpy())
+            bar.update(len(rows))
+            bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f}")
+
+    n_heads, dim = meta["n_heads"], meta["dim"]
+    if heads_out:
+        arrays = [np.concatenate(a) for a in (heads_out, rest_out, emb_out, norm_out, mu_out, sig_out)]
+    else:  # an empty shard still gets a valid file with the full schema
+        arrays = [
+            np.zeros((0, len(stored), n_heads, dim), np.float32),
+            *(np.zeros((0, dim), np.float32) for _ in range(2)),
+            *(np.zeros((0,), np.float32) for _ in range(3)),
+        ]
+    table = build_table(part, *arrays, layers=stored, dtype=dtype, meta=meta)
+    write_shard(table, out_path)
+    elapsed = time.perf_counter() - t0
+    log.info("shard %d: %d images in %.1f s (%.1f img/s)", shard, len(part), elapsed,
+             len(part) / max(elapsed, 1e-9))
+    return len(part)

@@ -1,0 +1,353 @@
+"""Parquet feature shards: writing, manifest, verified streaming reads.
+
+Layout of a feature folder (see docs/DESIGN.md)::
+
+    shard-00000.parquet ... shard-{n-1:05d}.parquet
+    manifest.json       # rows + sha256 per shard
+    classifier.parquet  # class text embeddings
+
+Each shard holds the dataset-index columns plus ``heads_lXX`` (fixed-size lists of H*D
+values per stored layer), ``rest`` (everything not stored per head), ``embedding``, and the
+scalars ``norm_e``, ``ln_mu``, ``ln_sigma``.  Stored terms sum to ``embedding``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clipbias import __version__
+from clipbias.io import atomic_path, read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+META_KEY = b"clipbias.meta"
+INDEX_COLUMNS = ("image_id", "path", "split", "label", "group")
+DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+
+
+class FeatureError(RuntimeError):
+    """A feature folder is missing, incomplete or corrupt."""
+
+
+def head_column(layer: int) -> str:
+    return f"heads_l{layer:02d}"
+
+
+def shard_bounds(n_rows: int, n_shards: int, shard: int) -> tuple[int, int]:
+    """Row range [start, stop) of ``shard`` when ``n_rows`` rows are cut into ``n_shards``.
+
+    Shards differ in size by at most one row; a shard may be empty when n_shards > n_rows.
+    """
+    if n_shards < 1:
+        raise ValueError("n_shards must be >= 1")
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range for n_shards={n_shards}")
+    base, extra = divmod(n_rows, n_shards)
+    start = shard * base + min(shard, extra)
+    return start, start + base + (1 if shard < extra else 0)
+
+
+def index_schema(index: pd.DataFrame) -> list[pa.Field]:
+    """Arrow fields for the dataset-index columns of ``index`` (fixed order)."""
+    fields = [
+        pa.field("image_id", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("label", pa.int64()),
+        pa.field("group", pa.int64()),
+    ]
+    fields += [pa.field(c, pa.int64()) for c in index.columns if c.startswith("attr_")]
+    return fields
+
+
+def feature_schema(
+    index: pd.DataFrame,
+    layers: Sequence[int],
+    n_heads: int,
+    dim: int,
+    dtype: str,
+    meta: dict[str, Any],
+) -> pa.Schema:
+    """The explicit Arrow schema of a feature shard."""
+    if dtype not in DTYPES:
+        raise ValueError(f"features dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    value_type = DTYPES[dtype][1]
+    fields = index_schema(index)
+    fields += [pa.field(head_column(l), pa.list_(value_type, n_heads * dim)) for l in layers]
+    fields += [
+        pa.field("rest", pa.list_(value_type, dim)),
+        pa.field("embedding", pa.list_(value_type, dim)),
+        pa.field("norm_e", pa.float32()),
+        pa.field("ln_mu", pa.float32()),
+        pa.field("ln_sigma", pa.float32()),
+    ]
+    return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
+
+
+def _fixed_list(values: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
+    flat = values.reshape(values.shape[0], -1)
+    width = flat.shape[1]
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=value_type), width)
+
+
+def build_table(
+    index: pd.DataFrame,
+    heads: np.ndarray,
+    rest: np.ndarray,
+    embedding: np.ndarray,
+    norm_e: np.ndarray,
+    ln_mu: np.ndarray,
+    ln_sigma: np.ndarray,
+    layers: Sequence[int],
+    dtype: str,
+    meta: dict[str, Any],
+) -> pa.Table:
+    """Assemble one shard table. ``heads`` is [N, len(layers), H, D]."""
+    n, n_layers, n_heads, dim = heads.shape
+    if n_layers != len(layers):
+        raise ValueError("heads.shape[1] must equal len(layers)")
+    np_type, value_type = DTYPES[dtype]
+    schema = feature_schema(index, layers, n_heads, dim, dtype, meta)
+    cols: list[pa.Array] = []
+    for field in schema:
+        name = field.name
+        if name in index.columns:
+            cols.append(pa.array(index[name].to_numpy(), type=field.type))
+        elif name.startswith("heads_l"):
+            k = list(layers).index(int(name[len("heads_l") :]))
+            cols.append(_fixed_list(heads[:, k].astype(np_type), value_type))
+        elif name in ("rest", "embedding"):
+            arr = rest if name == "rest" else embedding
+            cols.append(_fixed_list(arr.astype(np_type), value_type))
+        else:
+            arr = {"norm_e": norm_e, "ln_mu": ln_mu, "ln_sigma": ln_sigma}[name]
+            cols.append(pa.array(np.asarray(arr, dtype=np.float32), type=pa.float32()))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a shard atomically (temporary sibling, then rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Record rows and sha256 of each shard; shard paths are stored relative to ``out``."""
+    out = Path(out)
+    entries = []
+    meta = None
+    for s in shards:
+        s = Path(s)
+        md = pq.read_metadata(s)
+        if meta is None:
+            meta = json.loads(md.schema.to_arrow_schema().metadata[META_KEY])
+        entries.append({"file": s.name, "rows": md.num_rows, "sha256": sha256_file(s)})
+    manifest = {
+        "format": "clipbias-features/1",
+        "clipbias_version": __version__,
+        "n_shards": len(entries),
+        "rows": sum(e["rows"] for e in entries),
+        "meta": meta,
+        "shards": entries,
+    }
+    write_json(out, manifest)
+    return manifest
+
+
+@dataclass
+class FeatureSet:
+    """Read access to a verified feature folder.
+
+    ``verify=True`` (default) checks every shard's sha256 against ``manifest.json`` before
+    any data is used, so a truncated or altered shard is reported instead of read.
+    """
+
+    folder: Path
+    manifest: dict
+    meta: dict
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike, verify: bool = True) -> FeatureSet:
+        folder = Path(folder)
+        mpath = folder / "manifest.json"
+        if not mpath.is_file():
+            raise FeatureError(
+                f"{mpath} not found: the features in {folder} are incomplete. "
+                f"Rebuild them with `snakemake {mpath}`."
+            )
+        manifest = read_json(mpath)
+        for e in manifest["shards"]:
+            p = folder / e["file"]
+            if not p.is_file():
+                raise FeatureError(f"shard {p} listed in {mpath} is missing; rebuild with `snakemake {p}`")
+            if verify and sha256_file(p) != e["sha256"]:
+                raise FeatureError(
+                    f"shard {p} is corrupt: its sha256 differs from {mpath}. Rebuild it with "
+                    f"`rm {p} && snakemake {mpath}` (add --profile/--configfile as in your run)."
+                )
+        return cls(folder, manifest, manifest["meta"])
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.folder / e["file"] for e in self.manifest["shards"]]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.meta["n_heads"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    def _dataset(self):
+        import pyarrow.dataset as ds
+
+        return ds.dataset([str(f) for f in self.files], format="parquet")
+
+    def index(self, split: str | None = None) -> pd.DataFrame:
+        """The dataset-index columns (no features)."""
+        import pyarrow.dataset as ds
+
+        d = self._dataset()
+        cols = [f.name for f in d.schema if not _is_feature(f.name)]
+        flt = ds.field("split") == split if split is not None else None
+        return d.to_table(columns=cols, filter=flt).to_pandas()
+
+    def iter_batches(
+        self,
+        layers: Sequence[int] | None = None,
+        split: str | None = None,
+        batch_rows: int = 4096,
+    ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+        """Stream (index, heads [n, L', H, D], rest' [n, D]) in float32.
+
+        Only the requested layers' columns are read (column projection). ``rest'`` is
+        ``embedding - sum(requested heads)``, so heads and rest' still sum to the embedding.
+        """
+        import pyarrow.dataset as ds
+
+        layers = self._check_layers(layers)
+        d = self._dataset()
+        idx_cols = [f.name for f in d.schema if not _is_feature(f.name)]
+        cols = idx_cols + [head_column(l) for l in layers] + ["embedding"]
+        flt = ds.field("split") == split if split is not None else None
+        for batch in d.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
+            if batch.num_rows == 0:
+                continue
+            yield self._decode(batch, idx_cols, layers)
+
+    def load(
+        self, layers: Sequence[int] | None = None, split: str | None = None
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """All rows of ``split`` at once: (index, heads [N, L', H, D], rest' [N, D])."""
+        parts = list(self.iter_batches(layers, split))
+        if not parts:
+            raise FeatureError(f"no rows for split {split!r} in {self.folder}")
+        idx = pd.concat([p[0] for p in parts], ignore_index=True)
+        return idx, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    def head_means(
+        self, layers: Sequence[int] | None = None, split: str | None = None
+    ) -> np.ndarray:
+        """Per-head mean contribution [L', H, D], streamed (one batch in memory at a time)."""
+        layers = self._check_layers(layers)
+        total = np.zeros((len(layers), self.n_heads, self.dim), dtype=np.float64)
+        n = 0
+        for _, heads, _ in self.iter_batches(layers, split):
+            total += heads.sum(0, dtype=np.float64)
+            n += heads.shape[0]
+        if n == 0:
+            raise FeatureError(f"no rows for split {split!r} in {self.folder}")
+        return (total / n).astype(np.float32)
+
+    def top1_counts(
+        self,
+        direction: np.ndarray,
+        layers: Sequence[int] | None = None,
+        split: str | None = None,
+    ) -> np.ndarray:
+        """How often each head has the largest projection on ``direction`` [D] (streamed)."""
+        layers = self._check_layers(layers)
+        counts = np.zeros((len(layers), self.n_heads), dtype=np.int64)
+        for _, heads, _ in self.iter_batches(layers, split):
+            proj = heads @ direction.astype(np.float32)
+            flat = proj.reshape(proj.shape[0], -1).argmax(1)
+            np.add.at(counts.reshape(-1), flat, 1)
+        return counts
+
+    def _check_layers(self, layers: Sequence[int] | None) -> list[int]:
+        if layers is None:
+            return self.layers
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            raise FeatureError(
+                f"layers {missing} are not stored in {self.folder} (stored: {self.layers}); "
+                f"set features.layers in the config and re-extract"
+            )
+        return list(layers)
+
+    def _decode(self, batch: pa.RecordBatch, idx_cols: list[str], layers: list[int]):
+        n = batch.num_rows
+        idx = pa.Table.from_batches([batch.select(idx_cols)]).to_pandas()
+        heads = np.empty((n, len(layers), self.n_heads, self.dim), dtype=np.float32)
+        for k, l in enumerate(layers):
+            heads[:, k] = _values(batch.column(head_column(l))).reshape(n, self.n_heads, self.dim)
+        emb = _values(batch.column("embedding")).reshape(n, self.dim)
+        rest = emb - heads.sum((1, 2))
+        return idx, heads, rest
+
+
+def _is_feature(name: str) -> bool:
+    return name.startswith("heads_l") or name in ("rest", "embedding", "norm_e", "ln_mu", "ln_sigma")
+
+
+def _values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def write_classifier(
+    path: str | os.PathLike,
+    class_names: Sequence[str],
+    embeddings: np.ndarray,
+    meta: dict[str, Any],
+) -> None:
+    """Store class text embeddings [C, D] (unit rows) with their prompts as metadata."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    table = pa.table(
+        {
+            "class_index": pa.array(np.arange(len(class_names)), type=pa.int64()),
+            "class_name": pa.array(list(class_names), type=pa.string()),
+            "embedding": _fixed_list(emb, pa.float32()),
+        }
+    ).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_classifier(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict]:
+    """Return (class names, classifier [D, C] with unit columns, metadata)."""
+    table = pq.read_table(path)
+    names = table.column("class_name").to_pylist()
+    emb = _values(table.column("embedding")).reshape(len(names), -1)
+    meta = json.loads(table.schema.metadata[META_KEY])
+    return names, emb.T.copy(), meta

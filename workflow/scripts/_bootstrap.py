@@ -1,0 +1,25 @@
+"""Make the clipbias package importable from a rule script and send logging to the rule log.
+
+Each script's folder is on sys.path when Snakemake runs it, so ``import _bootstrap`` works
+inside any conda env, where the package may not be installed.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+
+def setup_logging(log_path: str) -> None:
+    """Log to the rule's log file (and stderr), and route warnings there too."""
+    handlers = [logging.FileHandler(log_path, mode="w"), logging.StreamHandler(sys.stderr)]
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)

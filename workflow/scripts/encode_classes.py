@@ -1,0 +1,22 @@
+"""Adapter: rule encode_classes -> clipbias.stages.encode_classes."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import _bootstrap
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+_bootstrap.setup_logging(snakemake.log[0])
+from clipbias.stages import encode_classes  # noqa: E402
+
+encode_classes(
+    model_name=snakemake.wildcards.model,
+    pretrained=snakemake.params.pretrained,
+    dataset_dir=Path(snakemake.input.index).parent,
+    out=snakemake.output[0],
+    templates=snakemake.params.classifier["templates"],
+    convention=snakemake.params.classifier["convention"],
+    device=snakemake.params.device,
+)

@@ -1,0 +1,21 @@
+"""Adapter: rule zero_shot_eval -> clipbias.stages.zero_shot_eval."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import _bootstrap
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+_bootstrap.setup_logging(snakemake.log[0])
+from clipbias.stages import zero_shot_eval  # noqa: E402
+
+zero_shot_eval(
+    feature_dir=Path(snakemake.input.manifest).parent,
+    dataset_meta=snakemake.input.meta,
+    out=snakemake.output[0],
+    split=snakemake.params.split,
+    n_boot=snakemake.params.n_boot,
+    seed=snakemake.params.seed,
+)
