@@ -117,7 +117,9 @@ def extract_shard(
 
     n_heads, dim = meta["n_heads"], meta["dim"]
     if heads_out:
-        arrays = [np.concatenate(a) for a in (heads_out, rest_out, emb_out, norm_out, mu_out, sig_out)]
+        arrays = [
+            np.concatenate(a) for a in (heads_out, rest_out, emb_out, norm_out, mu_out, sig_out)
+        ]
     else:  # an empty shard still gets a valid file with the full schema
         arrays = [
             np.zeros((0, len(stored), n_heads, dim), np.float32),
@@ -127,6 +129,11 @@ def extract_shard(
     table = build_table(part, *arrays, layers=stored, dtype=dtype, meta=meta)
     write_shard(table, out_path)
     elapsed = time.perf_counter() - t0
-    log.info("shard %d: %d images in %.1f s (%.1f img/s)", shard, len(part), elapsed,
-             len(part) / max(elapsed, 1e-9))
+    log.info(
+        "shard %d: %d images in %.1f s (%.1f img/s)",
+        shard,
+        len(part),
+        elapsed,
+        len(part) / max(elapsed, 1e-9),
+    )
     return len(part)

@@ -190,7 +190,9 @@ class FeatureSet:
         for e in manifest["shards"]:
             p = folder / e["file"]
             if not p.is_file():
-                raise FeatureError(f"shard {p} listed in {mpath} is missing; rebuild with `snakemake {p}`")
+                raise FeatureError(
+                    f"shard {p} listed in {mpath} is missing; rebuild with `snakemake {p}`"
+                )
             if verify and sha256_file(p) != e["sha256"]:
                 raise FeatureError(
                     f"shard {p} is corrupt: its sha256 differs from {mpath}. Rebuild it with "
@@ -313,7 +315,13 @@ class FeatureSet:
 
 
 def _is_feature(name: str) -> bool:
-    return name.startswith("heads_l") or name in ("rest", "embedding", "norm_e", "ln_mu", "ln_sigma")
+    return name.startswith("heads_l") or name in (
+        "rest",
+        "embedding",
+        "norm_e",
+        "ln_mu",
+        "ln_sigma",
+    )
 
 
 def _values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -106,7 +106,9 @@ def extract_features(
     )
 
 
-def zero_shot_predictions(heads: np.ndarray, rest: np.ndarray, classifier: np.ndarray) -> np.ndarray:
+def zero_shot_predictions(
+    heads: np.ndarray, rest: np.ndarray, classifier: np.ndarray
+) -> np.ndarray:
     """Arg-max of ⟨Σ ĉ_k, t̂_c⟩ (METHODS §2.3)."""
     emb = heads.sum((1, 2)) + rest
     return (emb @ classifier).argmax(1)
