@@ -1,0 +1,526 @@
+"""LTC, Locate-Then-Correct (METHODS §4.3-4.8), on stored head decompositions.
+
+Locate: per sample, the head whose direct contribution pushes hardest toward the prediction
+(against the runner-up when correct, against the truth when wrong) wins; heads winning more
+often on wrong than on correct bias-conflicting samples (by more than κ = 1/n_active) are
+spurious (S), the reverse are salient (Y).
+
+Correct: mean-ablate S, then replace each Y head by the reference "accept" update
+``v <- v + cos(v, q) q; v <- v / ||v||`` over the QR-orthonormalised insight directions.
+The update renormalises the head to unit norm; that is the reference behaviour (§4.7, §9 #2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import HeadId, all_heads, head_position, head_str, parse_head
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("groups", "full")
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.3 per-sample, per-head margins
+# ---------------------------------------------------------------------------------------------
+
+
+def head_margins(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    candidates: np.ndarray | None = None,
+    chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample, per-head margins δ (METHODS §4.3).
+
+    Baseline logits come from the full embedding ``heads.sum((1, 2)) + rest``. The prediction
+    ŷ is the argmax; the contrast class y' is the runner-up if ŷ = y, else y. Then
+    ``δ[n, l, h] = <heads[n, l, h], t_ŷ - t_y'>``.
+
+    ``candidates`` [N, k] (optional) restricts each sample to its own classifier columns
+    (GenderBias two-way classifiers); returned class ids stay global.
+
+    Returns ``(delta [N, L, H] float32, preds [N] int64, contrast [N] int64)``.
+    """
+    heads = np.asarray(heads)
+    labels = np.asarray(labels, dtype=np.int64)
+    emb = heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, dtype=np.float64)
+    s = emb @ np.asarray(classifier, dtype=np.float64)
+    n = len(s)
+    if candidates is None:
+        cand = np.broadcast_to(np.arange(s.shape[1]), s.shape)
+    else:
+        cand = np.asarray(candidates, dtype=np.int64)
+        s = np.take_along_axis(s, cand, axis=1)
+    if s.shape[1] < 2:
+        raise ValueError("need at least two classes (or candidates) per sample")
+    order = np.argsort(-s, axis=1, kind="stable")
+    rows = np.arange(n)
+    preds = cand[rows, order[:, 0]]
+    runner_up = cand[rows, order[:, 1]]
+    contrast = np.where(preds == labels, runner_up, labels)
+    cls = np.asarray(classifier, dtype=np.float32)
+    direction = (cls[:, preds] - cls[:, contrast]).T  # [N, D]
+    delta = np.empty(heads.shape[:3], dtype=np.float32)
+    for start in range(0, n, chunk_size):  # float32 compute even for float16 storage
+        sl = slice(start, start + chunk_size)
+        delta[sl] = np.einsum(
+            "nlhd,nd->nlh", heads[sl].astype(np.float32, copy=False), direction[sl]
+        )
+    return delta, preds.astype(np.int64), contrast.astype(np.int64)
+
+
+def top_heads(delta: np.ndarray) -> np.ndarray:
+    """Flat index (``layer_index * H + head``) of the winning head per sample, [N] int64."""
+    n = delta.shape[0]
+    return np.argmax(delta.reshape(n, -1), axis=1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.4 sample selection, §4.5 counting
+# ---------------------------------------------------------------------------------------------
+
+
+def select_samples(
+    preds: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None = None,
+    minority_groups: Iterable[int] | None = (1, 2),
+    variant: str = "groups",
+    sample_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (C, W) of correct and wrong locate samples (METHODS §4.4).
+
+    ``variant="groups"``: samples whose group is in ``minority_groups`` (bias-conflicting);
+    ``variant="full"``: all samples ("LTC-full"). ``sample_mask`` further restricts the set
+    (e.g. GenderBias: :func:`worst_gender_mask`).
+    """
+    correct = np.asarray(preds) == np.asarray(labels)
+    keep = np.ones(len(correct), dtype=bool)
+    if variant == "groups":
+        if groups is None or minority_groups is None:
+            raise ValueError("variant 'groups' needs groups and minority_groups")
+        keep &= np.isin(np.asarray(groups), np.asarray(list(minority_groups)))
+    elif variant != "full":
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    if sample_mask is not None:
+        keep &= np.asarray(sample_mask, dtype=bool)
+    return keep & correct, keep & ~correct
+
+
+def worst_gender_mask(
+    correct: np.ndarray, occupation: np.ndarray, gender: np.ndarray, top_k: int = 10
+) -> np.ndarray:
+    """GenderBias locate samples (METHODS §4.4): the ``top_k`` occupations with the largest
+    |acc_gender_a - acc_gender_b| (only occupations with both genders), keeping only the
+    images of each one's worse-performing gender (ties: the smaller gender code).
+    Ties in bias are broken by occupation id. Returns a boolean mask [N]."""
+    correct = np.asarray(correct, dtype=bool)
+    occupation = np.asarray(occupation)
+    gender = np.asarray(gender)
+    g_values = np.unique(gender)
+    scored = []
+    for occ in np.unique(occupation):
+        m = occupation == occ
+        accs = {g: correct[m & (gender == g)].mean() for g in g_values if np.any(m & (gender == g))}
+        if len(accs) < 2:
+            continue
+        vals = np.array(list(accs.values()))
+        worse = min(accs, key=lambda g: (accs[g], g))
+        scored.append((-(vals.max() - vals.min()), occ, worse))
+    scored.sort(key=lambda t: (t[0], t[1]))
+    mask = np.zeros(len(correct), dtype=bool)
+    for _, occ, worse in scored[:top_k]:
+        mask |= (occupation == occ) & (gender == worse)
+    return mask
+
+
+def head_frequencies(winners: np.ndarray, mask: np.ndarray, n_total: int) -> np.ndarray:
+    """F(k) = |{x in mask : top(x) = k}| / |mask| over flat head ids, [n_total] float64.
+
+    All zeros when the mask is empty.
+    """
+    w = np.asarray(winners)[np.asarray(mask, dtype=bool)]
+    counts = np.bincount(w, minlength=n_total).astype(np.float64)
+    return counts / len(w) if len(w) else counts
+
+
+def contrastive_selection(
+    f_c: np.ndarray, f_w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """S and Y from frequency maps (METHODS §4.5).
+
+    n_act = #{k : F_C > 0 or F_W > 0}; κ = 1 / n_act (inf if none active);
+    S = {F_W - F_C > κ} ordered by F_W - F_C descending; Y = {F_C - F_W > κ} ordered by
+    F_C - F_W descending (ties: storage order). Returns (S flat ids, Y flat ids, κ, n_act).
+    """
+    f_c = np.asarray(f_c, dtype=np.float64)
+    f_w = np.asarray(f_w, dtype=np.float64)
+    n_act = int(np.sum((f_c > 0) | (f_w > 0)))
+    kappa = 1.0 / n_act if n_act else float("inf")
+    d = f_w - f_c
+    s_ids = np.flatnonzero(d > kappa)
+    y_ids = np.flatnonzero(-d > kappa)
+    s_ids = s_ids[np.argsort(-d[s_ids], kind="stable")]
+    y_ids = y_ids[np.argsort(d[y_ids], kind="stable")]
+    return s_ids, y_ids, kappa, n_act
+
+
+def noncontrastive_selection(f: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Heads with F > 1 / |{F > 0}|, ordered by F descending (METHODS §4.5, last bullet).
+
+    Returns (flat ids, threshold, n_active)."""
+    f = np.asarray(f, dtype=np.float64)
+    n_act = int(np.sum(f > 0))
+    thr = 1.0 / n_act if n_act else float("inf")
+    ids = np.flatnonzero(f > thr)
+    return ids[np.argsort(-f[ids], kind="stable")], thr, n_act
+
+
+def _head_list(ids: np.ndarray, score: np.ndarray, heads_all: list[HeadId]) -> list[dict]:
+    return [{"head": head_str(heads_all[i]), "score": float(score[i])} for i in ids]
+
+
+def locate_ltc(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    layers: Sequence[int],
+    groups: np.ndarray | None = None,
+    minority_groups: Iterable[int] | None = (1, 2),
+    variant: str = "groups",
+    candidates: np.ndarray | None = None,
+    sample_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """LTC locate step (METHODS §4.3-4.5). The top-1 search runs over all stored heads.
+
+    Returns a JSON-serialisable dict::
+
+        {"variant": "groups" | "full", "layers": [...], "n_heads": H,
+         "minority_groups": [...] | None,
+         "S": [{"head": "L10H10", "score": F_W - F_C}, ...],   # ordered, descending
+         "Y": [{"head": "L11H5", "score": F_C - F_W}, ...],    # ordered, descending
+         "F_C": {"L0H0": f, ...}, "F_W": {...},                # every stored head
+         "kappa": κ, "n_active": n_act, "n_correct": |C|, "n_wrong": |W|,
+         "n_samples": N, "baseline_accuracy": acc of the zero-shot predictions on all N}
+
+    ``kappa`` is ``None`` (JSON null) when no head is active. Use :func:`located_heads` to
+    get ``[(layer, head), ...]`` back.
+    """
+    heads = np.asarray(heads)
+    _, n_layers, n_heads, _ = heads.shape
+    if len(layers) != n_layers:
+        raise ValueError(f"{len(layers)} layer numbers for {n_layers} stored layers")
+    heads_all = all_heads(layers, n_heads)
+    delta, preds, _ = head_margins(heads, rest, classifier, labels, candidates)
+    winners = top_heads(delta)
+    mask_c, mask_w = select_samples(preds, labels, groups, minority_groups, variant, sample_mask)
+    n_c, n_w = int(mask_c.sum()), int(mask_w.sum())
+    if n_c == 0 or n_w == 0:
+        log.warning("LTC locate: %d correct and %d wrong samples selected", n_c, n_w)
+    f_c = head_frequencies(winners, mask_c, len(heads_all))
+    f_w = head_frequencies(winners, mask_w, len(heads_all))
+    s_ids, y_ids, kappa, n_act = contrastive_selection(f_c, f_w)
+    d = f_w - f_c
+    result = {
+        "variant": variant,
+        "layers": [int(x) for x in layers],
+        "n_heads": int(n_heads),
+        "minority_groups": (
+            [int(g) for g in minority_groups]
+            if variant == "groups" and minority_groups is not None
+            else None
+        ),
+        "S": _head_list(s_ids, d, heads_all),
+        "Y": _head_list(y_ids, -d, heads_all),
+        "F_C": {head_str(h): float(f_c[i]) for i, h in enumerate(heads_all)},
+        "F_W": {head_str(h): float(f_w[i]) for i, h in enumerate(heads_all)},
+        "kappa": None if not np.isfinite(kappa) else float(kappa),
+        "n_active": n_act,
+        "n_correct": n_c,
+        "n_wrong": n_w,
+        "n_samples": int(len(preds)),
+        "baseline_accuracy": float(np.mean(preds == np.asarray(labels))),
+    }
+    log.info(
+        "LTC locate (%s): |C|=%d |W|=%d n_active=%d kappa=%s S=%s Y=%s",
+        variant,
+        n_c,
+        n_w,
+        n_act,
+        result["kappa"],
+        [x["head"] for x in result["S"]],
+        [x["head"] for x in result["Y"]],
+    )
+    return result
+
+
+def locate_noncontrastive(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    layers: Sequence[int],
+    sample_mask: np.ndarray | None = None,
+    exclude: Iterable[str | HeadId] = (),
+    candidates: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Non-contrastive count (Z_S heads, CounterAnimal Y heads; METHODS §4.5 last bullet).
+
+    Counts top-1 winners over the *correctly classified* samples (within ``sample_mask``) and
+    keeps F > 1 / |{F > 0}|; heads in ``exclude`` (e.g. S) are removed after selection.
+    Returns ``{"heads": [{"head", "score": F}], "F": {...}, "threshold", "n_active",
+    "n_samples", "excluded": [...]}``.
+    """
+    heads = np.asarray(heads)
+    _, _, n_heads, _ = heads.shape
+    heads_all = all_heads(layers, n_heads)
+    delta, preds, _ = head_margins(heads, rest, classifier, labels, candidates)
+    mask = preds == np.asarray(labels)
+    if sample_mask is not None:
+        mask &= np.asarray(sample_mask, dtype=bool)
+    f = head_frequencies(top_heads(delta), mask, len(heads_all))
+    ids, thr, n_act = noncontrastive_selection(f)
+    excl = {parse_head(h) for h in exclude}
+    ids = np.array([i for i in ids if heads_all[i] not in excl], dtype=np.int64)
+    return {
+        "heads": _head_list(ids, f, heads_all),
+        "F": {head_str(h): float(f[i]) for i, h in enumerate(heads_all)},
+        "threshold": None if not np.isfinite(thr) else float(thr),
+        "n_active": n_act,
+        "n_samples": int(mask.sum()),
+        "excluded": sorted(head_str(h) for h in excl),
+    }
+
+
+def located_heads(result: dict[str, Any], key: str = "S") -> list[HeadId]:
+    """``[(layer, head), ...]`` from a :func:`locate_ltc` / :func:`locate_noncontrastive` dict."""
+    return [parse_head(x["head"]) for x in result[key]]
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.8 group inference
+# ---------------------------------------------------------------------------------------------
+
+
+def infer_groups(
+    embeddings: np.ndarray, attr_text_emb: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot spurious attribute and pseudo-groups (METHODS §4.8).
+
+    ``attr_text_emb`` [D, V]: one text embedding per attribute value (e.g. land, water), in
+    value order; columns are L2-normalised here. ŝ = argmax_v <e, t_v>;
+    ĝ = V * y + ŝ. Returns ``(groups_hat [N], attr_hat [N])`` int64.
+    """
+    t = np.asarray(attr_text_emb, dtype=np.float64)
+    t = t / np.linalg.norm(t, axis=0, keepdims=True)
+    s_hat = np.argmax(np.asarray(embeddings, dtype=np.float64) @ t, axis=1).astype(np.int64)
+    return t.shape[1] * np.asarray(labels, dtype=np.int64) + s_hat, s_hat
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.6 ablation
+# ---------------------------------------------------------------------------------------------
+
+
+def head_means(heads_ref: np.ndarray) -> np.ndarray:
+    """Mean of every head over a reference set, [L, H, D] float32 (float64 accumulation)."""
+    return np.asarray(heads_ref).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _ablation_values(heads: np.ndarray, means: np.ndarray | None, mode: str) -> np.ndarray:
+    if mode == "mean":
+        if means is None:
+            raise ValueError("mean ablation needs reference means [L, H, D] (see head_means)")
+        means = np.asarray(means)
+        if means.shape != heads.shape[1:]:
+            raise ValueError(f"means shape {means.shape} != per-sample heads {heads.shape[1:]}")
+        return means
+    if mode == "zero":
+        return np.zeros(heads.shape[1:], dtype=heads.dtype)
+    raise ValueError(f"unknown ablation mode {mode!r}; expected 'mean' or 'zero'")
+
+
+def ablate_heads(
+    heads: np.ndarray,
+    layers: Sequence[int],
+    head_list: Iterable[str | HeadId],
+    means: np.ndarray | None = None,
+    mode: str = "mean",
+) -> np.ndarray:
+    """Copy of ``heads`` with every listed head replaced by its reference mean (``mode="mean"``,
+    ``means`` [L, H, D] from :func:`head_means` on the reference set) or by zero."""
+    heads = np.asarray(heads)
+    values = _ablation_values(heads, means, mode)
+    out = heads.copy()
+    for h in head_list:
+        li, hh = head_position(parse_head(h), layers)
+        out[:, li, hh, :] = values[li, hh]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# §4.7 accept / reject updates
+# ---------------------------------------------------------------------------------------------
+
+
+def insight_basis(pos_emb: np.ndarray, neg_emb: np.ndarray) -> np.ndarray:
+    """Orthonormal insight directions Q [D, K] from text pairs (METHODS §4.7).
+
+    ``pos_emb``, ``neg_emb`` [K, D] are the **unnormalised** text embeddings T(p+), T(p-).
+    u_k = T(p+_k) - T(p-_k) stacked as columns, thin QR (Gram-Schmidt order = pair order).
+    """
+    u = (np.asarray(pos_emb, dtype=np.float64) - np.asarray(neg_emb, dtype=np.float64)).T
+    if u.ndim != 2 or u.shape[1] == 0:
+        raise ValueError("need at least one text pair")
+    q, r = np.linalg.qr(u, mode="reduced")
+    diag = np.abs(np.diag(r))
+    if diag.min() <= 1e-10 * max(diag.max(), 1e-30):
+        log.warning("insight directions are (nearly) linearly dependent: |R_kk| = %s", diag)
+    return q
+
+
+def _unit_cos(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+    nv = np.linalg.norm(v, axis=-1)
+    nq = float(np.linalg.norm(q))
+    dot = v @ q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(nv > 0, dot / (nv * nq), 0.0)
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.divide(v, n, out=np.zeros_like(v), where=n > 0)
+
+
+def accept_update(v: np.ndarray, q_basis: np.ndarray, scale_preserving: bool = False) -> np.ndarray:
+    """Reference "accept" update (METHODS §4.7) applied to the rows of ``v`` [..., D].
+
+    For each column q of ``q_basis`` [D, K] in order: ``v <- v + cos(v, q) q`` then
+    ``v <- v / ||v||``. With ``scale_preserving`` the result is rescaled to the original
+    norm of each row ("LTC-scale-preserving" ablation). Zero rows stay zero.
+    """
+    v0 = np.asarray(v, dtype=np.float64)
+    out = v0.copy()
+    for k in range(q_basis.shape[1]):
+        q = np.asarray(q_basis[:, k], dtype=np.float64)
+        out = _normalise(out + _unit_cos(out, q)[..., None] * q)
+    if scale_preserving:
+        out = out * np.linalg.norm(v0, axis=-1, keepdims=True)
+    return out.astype(np.asarray(v).dtype if np.asarray(v).dtype.kind == "f" else np.float64)
+
+
+def reject_update(v: np.ndarray, q_basis: np.ndarray) -> np.ndarray:
+    """RoboShot "reject" update: for each q in order ``v <- v - cos(v, q) q; v <- v/||v||``."""
+    vin = np.asarray(v)
+    out = np.asarray(v, dtype=np.float64).copy()
+    for k in range(q_basis.shape[1]):
+        q = np.asarray(q_basis[:, k], dtype=np.float64)
+        out = _normalise(out - _unit_cos(out, q)[..., None] * q)
+    return out.astype(vin.dtype if vin.dtype.kind == "f" else np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# LTC correct
+# ---------------------------------------------------------------------------------------------
+
+
+def corrected_embeddings(
+    heads: np.ndarray,
+    layers: Sequence[int],
+    base: np.ndarray,
+    ablate: Iterable[str | HeadId] = (),
+    project: Iterable[str | HeadId] = (),
+    q_basis: np.ndarray | None = None,
+    means: np.ndarray | None = None,
+    ablation: str = "mean",
+    scale_preserving: bool = False,
+) -> np.ndarray:
+    """Edit a precomputed ``base`` embedding [N, D] (= heads.sum + rest) by head deltas.
+
+    Ablated heads are replaced by their reference value, then each projected head (its
+    current, possibly ablated, value) is replaced by :func:`accept_update`. Returns float64
+    [N, D] without renormalisation. Used by :func:`ltc_correct` and the random controls.
+    """
+    heads = np.asarray(heads)
+    emb = np.array(base, dtype=np.float64, copy=True)
+    ablate = [parse_head(h) for h in ablate]
+    project = [parse_head(h) for h in project]
+    if ablate:
+        values = _ablation_values(heads, means, ablation)
+    current: dict[HeadId, np.ndarray] = {}
+    for h in dict.fromkeys(ablate):
+        li, hh = head_position(h, layers)
+        emb += values[li, hh].astype(np.float64) - heads[:, li, hh, :]
+        current[h] = np.broadcast_to(values[li, hh], (heads.shape[0], heads.shape[-1]))
+    if project and q_basis is None:
+        raise ValueError("accept projection of salient heads needs q_basis (insight_basis)")
+    for h in dict.fromkeys(project):
+        li, hh = head_position(h, layers)
+        cur = current.get(h, heads[:, li, hh, :]).astype(np.float64)
+        emb += accept_update(cur, q_basis, scale_preserving) - cur
+    return emb
+
+
+def ltc_correct(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    layers: Sequence[int],
+    spurious: Iterable[str | HeadId],
+    salient: Iterable[str | HeadId],
+    q_basis: np.ndarray | None,
+    means: np.ndarray | None = None,
+    ablation: str = "mean",
+    scale_preserving: bool = False,
+    renormalize_after_edit: bool = False,
+) -> np.ndarray:
+    """LTC correct step (METHODS §4.6-4.7): corrected embeddings [N, D] float32.
+
+    * ``spurious`` (S): mean-ablated with ``means`` [L, H, D] (:func:`head_means` of the
+      reference set: locate split by default, test split for the reference-compatible
+      variant), or zero-ablated with ``ablation="zero"``;
+    * ``salient`` (Y): each head replaced by :func:`accept_update` with ``q_basis``
+      (:func:`insight_basis`); ``scale_preserving`` gives the LTC-scale-preserving ablation;
+    * the embedding is re-summed (all heads + ``rest``); no renormalisation unless
+      ``renormalize_after_edit``.
+
+    Head ids may be ``(layer, head)`` tuples or ``"L{l}H{h}"`` strings; they must be stored.
+    """
+    heads = np.asarray(heads)
+    base = heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, dtype=np.float64)
+    emb = corrected_embeddings(
+        heads, layers, base, spurious, salient, q_basis, means, ablation, scale_preserving
+    )
+    if renormalize_after_edit:
+        emb = _normalise(emb)
+    return emb.astype(np.float32)
+
+
+__all__ = [
+    "ablate_heads",
+    "accept_update",
+    "contrastive_selection",
+    "corrected_embeddings",
+    "head_frequencies",
+    "head_margins",
+    "head_means",
+    "infer_groups",
+    "insight_basis",
+    "locate_ltc",
+    "locate_noncontrastive",
+    "located_heads",
+    "ltc_correct",
+    "noncontrastive_selection",
+    "reject_update",
+    "select_samples",
+    "top_heads",
+    "worst_gender_mask",
+]

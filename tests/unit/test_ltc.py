@@ -1,0 +1,281 @@
+"""LTC locate / correct (METHODS §4.3-4.8) on tiny hand-computable cases."""
+
+import json
+
+import numpy as np
+import pytest
+
+from clipbias.methods import ltc
+
+# --------------------------------------------------------------------------------------------
+# A hand-built locate split: 2 classes (t_0 = e1, t_1 = e2), 1 stored layer (layer 11),
+# 3 heads, D = 2, rest = 0. With two classes y' is always the other class, so
+# delta_h = <c_h, t_pred - t_other>.
+#
+#  s | y | h0        h1        h2        | emb         | pred | ok | delta (h0, h1, h2) | top
+#  0 | 0 | (1, 0)    (.5, 0)   (0, .2)   | (1.5, .2)   | 0    | C  | ( 1,  .5, -.2)      | h0
+#  1 | 1 | (0, 1)    (0, .3)   (.1, 0)   | (.1, 1.3)   | 1    | C  | ( 1,  .3, -.1)      | h0
+#  2 | 0 | (.2, 0)   (.6, 0)   (0, .1)   | (.8, .1)    | 0    | C  | (.2,  .6, -.1)      | h1
+#  3 | 0 | (.1, 0)   (0, 0)    (0, .9)   | (.1, .9)    | 1    | W  | (-.1,  0,  .9)      | h2
+#  4 | 1 | (0, .1)   (0, 0)    (.8, 0)   | (.8, .1)    | 0    | W  | (-.1,  0,  .8)      | h2
+#  5 | 1 | (0, .1)   (.7, 0)   (0, 0)    | (.7, .1)    | 0    | W  | (-.1, .7,   0)      | h1
+#
+# groups: samples 0-4 are in minority groups {1, 2}; sample 5 is in majority group 0.
+#
+# variant "groups": C = {0, 1, 2}, W = {3, 4}
+#   F_C = (2/3, 1/3, 0), F_W = (0, 0, 1); n_active = 3, kappa = 1/3
+#   F_W - F_C = (-2/3, -1/3, 1)  -> S = [h2] (score 1)
+#   F_C - F_W = (2/3, 1/3, -1)   -> Y = [h0] (score 2/3); h1 has exactly kappa: not > kappa
+# variant "full":   C = {0, 1, 2}, W = {3, 4, 5}
+#   F_W = (0, 1/3, 2/3); F_W - F_C = (-2/3, 0, 2/3) -> S = [h2] (2/3), Y = [h0] (2/3)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def locate_case():
+    h = np.zeros((6, 1, 3, 2), dtype=np.float32)
+    h[0, 0] = [(1, 0), (0.5, 0), (0, 0.2)]
+    h[1, 0] = [(0, 1), (0, 0.3), (0.1, 0)]
+    h[2, 0] = [(0.2, 0), (0.6, 0), (0, 0.1)]
+    h[3, 0] = [(0.1, 0), (0, 0), (0, 0.9)]
+    h[4, 0] = [(0, 0.1), (0, 0), (0.8, 0)]
+    h[5, 0] = [(0, 0.1), (0.7, 0), (0, 0)]
+    rest = np.zeros((6, 2), dtype=np.float32)
+    cls = np.eye(2, dtype=np.float32)
+    labels = np.array([0, 1, 0, 0, 1, 1])
+    groups = np.array([1, 2, 1, 1, 2, 0])
+    return h, rest, cls, labels, groups
+
+
+def test_head_margins_by_hand(locate_case):
+    h, rest, cls, labels, _ = locate_case
+    delta, preds, contrast = ltc.head_margins(h, rest, cls, labels)
+    np.testing.assert_array_equal(preds, [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(contrast, [1, 0, 1, 0, 1, 1])
+    expected = [
+        [1, 0.5, -0.2], [1, 0.3, -0.1], [0.2, 0.6, -0.1],
+        [-0.1, 0, 0.9], [-0.1, 0, 0.8], [-0.1, 0.7, 0],
+    ]  # fmt: skip
+    np.testing.assert_allclose(delta[:, 0, :], expected, atol=1e-6)
+    np.testing.assert_array_equal(ltc.top_heads(delta), [0, 0, 1, 2, 2, 1])
+
+
+def test_head_margins_runner_up_with_three_classes():
+    # one head carries everything: emb = (0.5, 0.2, 0.4), label 0 -> correct, y' = 2
+    h = np.array([[[[0.5, 0.2, 0.4]]]], dtype=np.float32)
+    delta, preds, contrast = ltc.head_margins(h, np.zeros((1, 3)), np.eye(3), np.array([0]))
+    assert preds[0] == 0 and contrast[0] == 2
+    assert delta[0, 0, 0] == pytest.approx(0.5 - 0.4)
+    # wrong prediction: label 1 -> y' = y = 1
+    delta, preds, contrast = ltc.head_margins(h, np.zeros((1, 3)), np.eye(3), np.array([1]))
+    assert preds[0] == 0 and contrast[0] == 1
+    assert delta[0, 0, 0] == pytest.approx(0.5 - 0.2)
+    # per-sample candidates {1, 2}: prediction 2, label 1 -> wrong, contrast 1
+    d, p, c = ltc.head_margins(h, np.zeros((1, 3)), np.eye(3), np.array([1]), np.array([[1, 2]]))
+    assert (p[0], c[0]) == (2, 1) and d[0, 0, 0] == pytest.approx(0.4 - 0.2)
+
+
+def test_contrastive_selection_by_hand():
+    winners = np.array([0, 0, 1, 2, 2])
+    mask_c = np.array([1, 1, 1, 0, 0], dtype=bool)
+    f_c = ltc.head_frequencies(winners, mask_c, 3)
+    f_w = ltc.head_frequencies(winners, ~mask_c, 3)
+    np.testing.assert_allclose(f_c, [2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(f_w, [0, 0, 1])
+    s, y, kappa, n_act = ltc.contrastive_selection(f_c, f_w)
+    assert (list(s), list(y), n_act) == ([2], [0], 3)
+    assert kappa == pytest.approx(1 / 3)
+    # ordering: several heads pass, sorted by score
+    s, y, _, _ = ltc.contrastive_selection(np.zeros(4), np.array([0.1, 0.5, 0.0, 0.4]))
+    assert list(s) == [1, 3] and list(y) == []  # kappa = 1/3
+    # nothing active
+    s, y, kappa, n_act = ltc.contrastive_selection(np.zeros(3), np.zeros(3))
+    assert len(s) == len(y) == n_act == 0 and np.isinf(kappa)
+
+
+def test_locate_ltc_groups_and_full(locate_case):
+    h, rest, cls, labels, groups = locate_case
+    res = ltc.locate_ltc(h, rest, cls, labels, [11], groups, minority_groups=[1, 2])
+    assert res["S"] == [{"head": "L11H2", "score": pytest.approx(1.0)}]
+    assert res["Y"] == [{"head": "L11H0", "score": pytest.approx(2 / 3)}]
+    assert res["kappa"] == pytest.approx(1 / 3) and res["n_active"] == 3
+    assert (res["n_correct"], res["n_wrong"], res["n_samples"]) == (3, 2, 6)
+    assert res["F_C"] == pytest.approx({"L11H0": 2 / 3, "L11H1": 1 / 3, "L11H2": 0.0})
+    assert res["F_W"] == pytest.approx({"L11H0": 0.0, "L11H1": 0.0, "L11H2": 1.0})
+    assert ltc.located_heads(res, "S") == [(11, 2)]
+    json.dumps(res)  # serialisable
+
+    full = ltc.locate_ltc(h, rest, cls, labels, [11], variant="full")
+    assert full["variant"] == "full" and full["minority_groups"] is None
+    assert (full["n_correct"], full["n_wrong"]) == (3, 3)
+    assert full["F_W"] == pytest.approx({"L11H0": 0.0, "L11H1": 1 / 3, "L11H2": 2 / 3})
+    assert full["S"] == [{"head": "L11H2", "score": pytest.approx(2 / 3)}]
+    assert full["Y"] == [{"head": "L11H0", "score": pytest.approx(2 / 3)}]
+
+
+def test_select_samples_masks(locate_case):
+    _, _, _, labels, groups = locate_case
+    preds = np.array([0, 1, 0, 1, 0, 0])
+    c, w = ltc.select_samples(preds, labels, groups, [1, 2])
+    assert list(np.flatnonzero(c)) == [0, 1, 2] and list(np.flatnonzero(w)) == [3, 4]
+    c, w = ltc.select_samples(preds, labels, groups, variant="full", sample_mask=[1, 0, 1, 1, 0, 1])
+    assert list(np.flatnonzero(c)) == [0, 2] and list(np.flatnonzero(w)) == [3, 5]
+    with pytest.raises(ValueError):
+        ltc.select_samples(preds, labels, None, [1, 2], variant="groups")
+
+
+def test_noncontrastive(locate_case):
+    h, rest, cls, labels, _ = locate_case
+    # correct samples 0, 1, 2 with winners h0, h0, h1: F = (2/3, 1/3, 0), threshold 1/2
+    res = ltc.locate_noncontrastive(h, rest, cls, labels, [11])
+    assert res["heads"] == [{"head": "L11H0", "score": pytest.approx(2 / 3)}]
+    assert res["threshold"] == pytest.approx(0.5) and res["n_samples"] == 3
+    assert ltc.locate_noncontrastive(h, rest, cls, labels, [11], exclude=["L11H0"])["heads"] == []
+
+
+def test_worst_gender_mask():
+    # occupation 0: gender 0 acc 1.0, gender 1 acc 0.0 (bias 1)  -> keep gender 1
+    # occupation 1: gender 0 acc 0.5, gender 1 acc 1.0 (bias .5) -> keep gender 0
+    # occupation 2: only gender 0 -> skipped
+    correct = np.array([1, 1, 0, 0, 1, 0, 1, 1, 1])
+    occ = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
+    gen = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(
+        ltc.worst_gender_mask(correct, occ, gen, top_k=10), [0, 0, 1, 1, 1, 1, 0, 0, 0]
+    )
+    np.testing.assert_array_equal(
+        ltc.worst_gender_mask(correct, occ, gen, top_k=1), [0, 0, 1, 1, 0, 0, 0, 0, 0]
+    )
+
+
+def test_infer_groups():
+    emb = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.5]])
+    attr = np.array([[2.0, 0.0], [0.0, 3.0]])  # columns: land, water (unnormalised)
+    g, s = ltc.infer_groups(emb, attr, np.array([0, 0, 1]))
+    np.testing.assert_array_equal(s, [0, 1, 0])
+    np.testing.assert_array_equal(g, [0, 1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# Ablation
+# --------------------------------------------------------------------------------------------
+
+
+def test_mean_ablation_replaces_by_reference_mean():
+    rng = np.random.default_rng(0)
+    heads = rng.standard_normal((4, 2, 3, 5)).astype(np.float32)
+    ref = rng.standard_normal((7, 2, 3, 5)).astype(np.float32)
+    means = ltc.head_means(ref)
+    np.testing.assert_allclose(means, ref.mean(0), rtol=1e-6)
+    out = ltc.ablate_heads(heads, [10, 11], [(11, 2), "L10H0"], means)
+    np.testing.assert_allclose(
+        out[:, 1, 2], np.broadcast_to(ref[:, 1, 2].mean(0), (4, 5)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        out[:, 0, 0], np.broadcast_to(ref[:, 0, 0].mean(0), (4, 5)), rtol=1e-6
+    )
+    np.testing.assert_array_equal(out[:, 0, 1:], heads[:, 0, 1:])
+    np.testing.assert_array_equal(out[:, 1, :2], heads[:, 1, :2])
+    zero = ltc.ablate_heads(heads, [10, 11], [(11, 2)], mode="zero")
+    assert not zero[:, 1, 2].any()
+    with pytest.raises(ValueError):
+        ltc.ablate_heads(heads, [10, 11], [(9, 0)], means)
+
+
+def test_mean_ablation_identity_for_one_image_reference():
+    rng = np.random.default_rng(1)
+    heads = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    rest = rng.standard_normal((1, 4)).astype(np.float32)
+    means = ltc.head_means(heads)
+    out = ltc.ablate_heads(heads, [0, 1], ltc.all_heads([0, 1], 3), means)
+    np.testing.assert_array_equal(out, heads)
+    emb = ltc.ltc_correct(heads, rest, [0, 1], [(0, 1), (1, 2)], [], None, means)
+    np.testing.assert_allclose(emb, heads.sum((1, 2)) + rest, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Accept / reject updates
+# --------------------------------------------------------------------------------------------
+
+
+def test_accept_update_by_hand_2d():
+    # v = (3, 4), q = (1, 0): cos = 3/5; v + .6 q = (3.6, 4); norm = sqrt(28.96) = 5.38145
+    out = ltc.accept_update(np.array([3.0, 4.0]), np.array([[1.0], [0.0]]))
+    np.testing.assert_allclose(out, [3.6 / np.sqrt(28.96), 4 / np.sqrt(28.96)])
+    assert np.linalg.norm(out) == pytest.approx(1.0)
+
+
+def test_accept_update_by_hand_3d_two_steps():
+    # v = (1, 0, 1), q1 = e1, q2 = e2
+    # step 1: cos = 1/sqrt2 -> (1 + 1/sqrt2, 0, 1), norm sqrt((1 + 1/sqrt2)^2 + 1)
+    # step 2: cos(v, e2) = 0 -> unchanged (already unit)
+    a = 1 + 1 / np.sqrt(2)
+    n = np.sqrt(a**2 + 1)
+    out = ltc.accept_update(np.array([[1.0, 0.0, 1.0]]), np.eye(3)[:, :2])
+    np.testing.assert_allclose(out, [[a / n, 0, 1 / n]])
+    # a small head orthogonal to every q is just rescaled to unit norm
+    out = ltc.accept_update(np.array([0.0, 0.0, 0.02]), np.eye(3)[:, :2])
+    np.testing.assert_allclose(out, [0, 0, 1])
+    # scale-preserving variant keeps the original norm
+    out = ltc.accept_update(np.array([0.0, 0.0, 0.02]), np.eye(3)[:, :2], scale_preserving=True)
+    np.testing.assert_allclose(out, [0, 0, 0.02])
+    # zero rows stay zero
+    np.testing.assert_array_equal(ltc.accept_update(np.zeros((2, 3)), np.eye(3)[:, :1]), 0)
+
+
+def test_reject_update_by_hand():
+    # v = (3, 4), q = e1: cos = .6 -> (2.4, 4), norm sqrt(21.76)
+    out = ltc.reject_update(np.array([3.0, 4.0]), np.array([[1.0], [0.0]]))
+    np.testing.assert_allclose(out, [2.4 / np.sqrt(21.76), 4 / np.sqrt(21.76)])
+    # for a unit vector the rejection is the exact orthogonal projection (then renormalised)
+    out = ltc.reject_update(np.array([0.6, 0.8]), np.array([[1.0], [0.0]]))
+    np.testing.assert_allclose(out, [0.0, 1.0], atol=1e-12)
+
+
+def test_insight_basis_sign_invariance_and_orthonormality():
+    rng = np.random.default_rng(3)
+    pos = rng.standard_normal((3, 8)) * 5  # unnormalised text embeddings
+    neg = rng.standard_normal((3, 8)) * 5
+    q = ltc.insight_basis(pos, neg)
+    np.testing.assert_allclose(q.T @ q, np.eye(3), atol=1e-12)
+    # first column is along u_1 (Gram-Schmidt order = pair order)
+    u1 = pos[0] - neg[0]
+    assert abs(q[:, 0] @ u1) == pytest.approx(np.linalg.norm(u1))
+    v = rng.standard_normal((5, 8))
+    swapped = ltc.insight_basis(neg, pos)  # u -> -u in every pair
+    np.testing.assert_allclose(ltc.accept_update(v, q), ltc.accept_update(v, swapped), atol=1e-12)
+    np.testing.assert_allclose(ltc.reject_update(v, q), ltc.reject_update(v, swapped), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(ltc.accept_update(v, q), axis=1), 1.0)
+    # order of pairs matters in general
+    q_rev = ltc.insight_basis(pos[::-1], neg[::-1])
+    assert not np.allclose(ltc.accept_update(v, q), ltc.accept_update(v, q_rev))
+
+
+def test_ltc_correct_matches_manual_composition():
+    rng = np.random.default_rng(4)
+    heads = (0.1 * rng.standard_normal((6, 2, 3, 5))).astype(np.float32)
+    rest = rng.standard_normal((6, 5)).astype(np.float32)
+    ref = (0.1 * rng.standard_normal((9, 2, 3, 5))).astype(np.float32)
+    means = ltc.head_means(ref)
+    q = ltc.insight_basis(rng.standard_normal((2, 5)), rng.standard_normal((2, 5)))
+    S, Y = [(7, 1)], ["L8H0", (8, 2)]
+    emb = ltc.ltc_correct(heads, rest, [7, 8], S, Y, q, means)
+    manual = ltc.ablate_heads(heads, [7, 8], S, means).astype(np.float64)
+    for li, hh in [(1, 0), (1, 2)]:
+        manual[:, li, hh] = ltc.accept_update(manual[:, li, hh], q)
+    np.testing.assert_allclose(emb, manual.sum((1, 2)) + rest, atol=1e-5)
+    assert emb.dtype == np.float32 and emb.shape == (6, 5)
+    # switches
+    unit = ltc.ltc_correct(heads, rest, [7, 8], S, Y, q, means, renormalize_after_edit=True)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-6)
+    sp = ltc.ltc_correct(heads, rest, [7, 8], [], Y, q, scale_preserving=True)
+    manual = heads.astype(np.float64).copy()
+    for li, hh in [(1, 0), (1, 2)]:
+        manual[:, li, hh] = ltc.accept_update(manual[:, li, hh], q, scale_preserving=True)
+    np.testing.assert_allclose(sp, manual.sum((1, 2)) + rest, atol=1e-5)
+    # no edits -> the original embedding
+    np.testing.assert_allclose(
+        ltc.ltc_correct(heads, rest, [7, 8], [], [], None), heads.sum((1, 2)) + rest, atol=1e-6
+    )
+    with pytest.raises(ValueError):
+        ltc.ltc_correct(heads, rest, [7, 8], S, [], None, None)  # mean ablation needs means
