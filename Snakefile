@@ -21,6 +21,8 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/locate.smk"
+include: "workflow/rules/correct.smk"
 include: "workflow/rules/evaluate.smk"
 
 

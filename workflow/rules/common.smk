@@ -64,6 +64,7 @@ def all_targets():
     targets = [
         f"results/{exp}/features/{mdl}/{ds}/manifest.json",
         f"results/{exp}/metrics/zero_shot.csv",
+        f"results/{exp}/metrics/{ds}/{mdl}.csv",
     ]
     if PLANTED:
         targets.append(f"results/{exp}/ground_truth/head_attribute.csv")
@@ -91,3 +92,18 @@ def experiment_features(wildcards):
         "classifier": f"{folder}/classifier.parquet",
         "meta": f"{dataset_root(wildcards.experiment, DATASET)}/dataset.json",
     }
+
+
+def method_inputs(wildcards):
+    """Features, classifier, method texts and dataset metadata for the method rules."""
+    folder = feature_dir(wildcards)
+    return {
+        "manifest": f"{folder}/manifest.json",
+        "classifier": f"{folder}/classifier.parquet",
+        "texts": f"{folder}/texts.parquet",
+        "meta": f"{dataset_dir(wildcards)}/dataset.json",
+    }
+
+
+def dataset_meta(wildcards):
+    return f"{dataset_dir(wildcards)}/dataset.json"

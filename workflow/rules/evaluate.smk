@@ -41,3 +41,29 @@ rule planted_ground_truth:
         seed=config["seed"],
     script:
         "../scripts/planted_ground_truth.py"
+
+
+rule evaluate:
+    input:
+        predictions=[
+            "results/{experiment}/predictions/{dataset}/{model}/ltc.parquet",
+            "results/{experiment}/predictions/{dataset}/{model}/baselines.parquet",
+        ],
+        random="results/{experiment}/metrics/{dataset}/random/{model}/draws.csv",
+        meta=dataset_meta,
+    output:
+        table="results/{experiment}/metrics/{dataset}/{model}.csv",
+        random_summary="results/{experiment}/metrics/{dataset}/random/{model}/summary.csv",
+    log:
+        "logs/{experiment}/evaluate/{dataset}/{model}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        n_boot=config["evaluate"]["n_boot"],
+        seed=config["seed"],
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,20 @@
+"""Adapter: rule encode_method_texts -> clipbias.stages.encode_method_texts."""
+
+from typing import TYPE_CHECKING
+
+import _bootstrap
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+_bootstrap.setup_logging(snakemake.log[0])
+from clipbias.stages import encode_method_texts  # noqa: E402
+
+encode_method_texts(
+    model_name=snakemake.wildcards.model,
+    pretrained=snakemake.params.pretrained,
+    texts_yaml=snakemake.input.texts,
+    out=snakemake.output[0],
+    device=snakemake.params.device,
+    threads=snakemake.threads,
+)
