@@ -680,3 +680,43 @@ def evaluate_stage(
         pivot.round(4).to_string(),
         summary.to_string(index=False),
     )
+
+
+# ----------------------------------------------------------------------------- real datasets
+
+
+def download_stage(
+    registry: str | os.PathLike,
+    dataset: str,
+    resources_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    lock_file: str | os.PathLike | None = None,
+) -> None:
+    """Download (or find, for gated datasets), verify and unpack ``dataset``.
+
+    ``out`` is the folder ``<resources_dir>/<dataset>/extracted``; it appears only after
+    every file was verified and unpacked.
+    """
+    from clipbias.data.download import fetch_dataset
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    base = Path(resources_dir) / dataset
+    root = fetch_dataset(entry, base / "raw", out, lock_file)
+    log.info("dataset %s ready at %s", dataset, root)
+
+
+def prepare_stage(
+    registry: str | os.PathLike,
+    dataset: str,
+    extracted: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+) -> None:
+    """Run the dataset's adapter: extracted files -> index.parquet + dataset.json."""
+    from clipbias.data.adapters import build_index
+    from clipbias.data.download import check_layout
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    source = check_layout(entry, Path(extracted))
+    build_index(entry, source, dataset_root)

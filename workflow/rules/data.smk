@@ -23,3 +23,41 @@ rule make_planted_dataset:
         code_version=CODE_VERSION,
     script:
         "../scripts/make_planted_dataset.py"
+
+
+rule download_dataset:
+    input:
+        registry=config["dataset"]["registry"],
+    output:
+        directory("resources/datasets/{dataset}/extracted"),
+    log:
+        "logs/download_dataset/{dataset}.log",
+    conda:
+        "../../envs/download.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    params:
+        lock="config/datasets.lock.json",
+    script:
+        "../scripts/download_dataset.py"
+
+
+rule prepare_dataset:
+    input:
+        registry=config["dataset"]["registry"],
+        extracted="resources/datasets/{dataset}/extracted",
+    output:
+        index="resources/datasets/{dataset}/index.parquet",
+        meta="resources/datasets/{dataset}/dataset.json",
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    conda:
+        "../../envs/download.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/prepare_dataset.py"

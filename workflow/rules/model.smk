@@ -15,7 +15,7 @@ rule train_small_clip:
         "benchmarks/{experiment}/train_small_clip/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: workflow.cores
+    threads: 4
     resources:
         gpu=1,
         mem_mb=4000,

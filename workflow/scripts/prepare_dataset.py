@@ -1,0 +1,19 @@
+"""Adapter: rule prepare_dataset -> clipbias.stages.prepare_stage."""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import _bootstrap
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+_bootstrap.setup_logging(snakemake.log[0])
+from clipbias.stages import prepare_stage  # noqa: E402
+
+prepare_stage(
+    registry=snakemake.input.registry,
+    dataset=snakemake.wildcards.dataset,
+    extracted=snakemake.input.extracted,
+    dataset_root=Path(snakemake.output.index).parent,
+)
