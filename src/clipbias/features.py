@@ -138,8 +138,22 @@ def build_table(
 
 def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
     """Write a shard atomically (temporary sibling, then rename)."""
+    # Dictionary encoding only pays for the string index columns; byte-stream-split makes
+    # float contributions compress (about 0.85x raw float32 instead of 1.25x).
+    features = [
+        f"{f.name}.list.element"
+        for f in table.schema
+        if _is_feature(f.name) and pa.types.is_fixed_size_list(f.type)
+    ]
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            use_dictionary=strings,
+            use_byte_stream_split=features,
+        )
 
 
 def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
