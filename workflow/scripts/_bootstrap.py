@@ -23,3 +23,9 @@ def setup_logging(log_path: str) -> None:
         force=True,
     )
     logging.captureWarnings(True)
+
+    def log_uncaught(exc_type, exc, tb):
+        # Uncaught errors go to the rule log too, so --show-failed-logs shows the cause.
+        logging.getLogger("clipbias").critical("stage failed", exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = log_uncaught

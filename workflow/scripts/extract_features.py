@@ -20,5 +20,7 @@ extract_features(
     n_shards=snakemake.params.n_shards,
     device=snakemake.params.device,
     threads=snakemake.threads,
-    **snakemake.params.features,
+    layers=snakemake.params.features["layers"],
+    dtype=snakemake.params.features["dtype"],
+    batch_size=snakemake.params.features["batch_size"],
 )
