@@ -136,8 +136,17 @@ def build_table(
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write a shard atomically (temporary sibling, then rename)."""
+def checksum_path(shard: str | os.PathLike) -> Path:
+    """The sidecar holding a shard's sha256, written right after the shard itself."""
+    return Path(f"{shard}.sha256")
+
+
+def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
+    """Write a shard atomically (temporary sibling, then rename) and its sha256 sidecar.
+
+    Returns the sha256. The sidecar records the checksum at write time, so corruption that
+    happens later (truncation, bit rot, a partial copy) is detected by :func:`write_manifest`.
+    """
     # Dictionary encoding only pays for the string index columns; byte-stream-split makes
     # float contributions compress (about 0.85x raw float32 instead of 1.25x).
     features = [
@@ -154,6 +163,10 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> None:
             use_dictionary=strings,
             use_byte_stream_split=features,
         )
+        digest = sha256_file(tmp)
+    with atomic_path(checksum_path(path)) as tmp:
+        tmp.write_text(f"{digest}  {Path(path).name}\n")
+    return digest
 
 
 def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
@@ -163,6 +176,16 @@ def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) 
     meta = None
     for s in shards:
         s = Path(s)
+        side = checksum_path(s)
+        rebuild = f"`rm {s} {side}` and rerun the same snakemake command"
+        if not side.is_file():
+            raise FeatureError(f"{side} is missing, so {s} cannot be verified; {rebuild}")
+        expected = side.read_text().split()[0]
+        if sha256_file(s) != expected:
+            raise FeatureError(
+                f"shard {s} is corrupt: its sha256 differs from the one recorded when it was "
+                f"written ({side}). To rebuild it, {rebuild}."
+            )
         md = pq.read_metadata(s)
         if meta is None:
             meta = json.loads(md.schema.to_arrow_schema().metadata[META_KEY])
@@ -209,8 +232,8 @@ class FeatureSet:
                 )
             if verify and sha256_file(p) != e["sha256"]:
                 raise FeatureError(
-                    f"shard {p} is corrupt: its sha256 differs from {mpath}. Rebuild it with "
-                    f"`rm {p} && snakemake {mpath}` (add --profile/--configfile as in your run)."
+                    f"shard {p} is corrupt: its sha256 differs from {mpath}. To rebuild it, "
+                    f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
                 )
         return cls(folder, manifest, manifest["meta"])
 

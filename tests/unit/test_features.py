@@ -135,7 +135,7 @@ def test_corrupt_shard_is_detected_by_manifest(tmp_path):
     paths[1].write_bytes(data[: len(data) // 2])
     with pytest.raises(FeatureError) as e:
         FeatureSet.open(tmp_path)
-    assert str(paths[1]) in str(e.value) and "snakemake" in str(e.value)
+    assert str(paths[1]) in str(e.value) and "rerun" in str(e.value)
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
@@ -177,3 +177,27 @@ def test_classifier_round_trip(tmp_path):
     names, clf, meta = read_classifier(tmp_path / "c.parquet")
     assert names == ["a", "b", "c"] and clf.shape == (D, 3)
     assert np.array_equal(clf.T, emb) and meta["templates"] == ["x {}"]
+
+
+def test_manifest_refuses_shard_corrupted_after_write(tmp_path):
+    paths, _ = _write_set(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    data = bytearray(paths[0].read_bytes())
+    data[100] ^= 0xFF  # bit rot that keeps the Parquet footer readable
+    paths[0].write_bytes(bytes(data))
+    with pytest.raises(FeatureError) as e:
+        write_manifest(paths, tmp_path / "manifest.json")
+    assert str(paths[0]) in str(e.value) and "rerun" in str(e.value)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_stale_partial_from_killed_write_is_removed(tmp_path):
+    stale = tmp_path / ".shard-00000.parquet.abc123.partial"
+    stale.write_bytes(b"half a shard")
+    _write_set(tmp_path, n_shards=1)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.json",
+        "shard-00000.parquet",
+        "shard-00000.parquet.sha256",
+    ]

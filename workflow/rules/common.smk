@@ -59,6 +59,10 @@ def model_mem_mb(wildcards, attempt):
     return base * attempt
 
 
+def feature_checksums(wildcards):
+    return [f"{s}.sha256" for s in feature_shards(wildcards)]
+
+
 def all_targets():
     exp, ds, mdl = EXPERIMENT, DATASET, MODEL
     targets = [

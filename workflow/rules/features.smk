@@ -27,7 +27,8 @@ rule extract_features:
     input:
         unpack(extract_inputs),
     output:
-        "results/{experiment}/features/{model}/{dataset}/shard-{shard}.parquet",
+        shard="results/{experiment}/features/{model}/{dataset}/shard-{shard}.parquet",
+        checksum="results/{experiment}/features/{model}/{dataset}/shard-{shard}.parquet.sha256",
     log:
         "logs/{experiment}/extract_features/{model}/{dataset}/{shard}.log",
     benchmark:
@@ -51,7 +52,8 @@ rule extract_features:
 
 rule feature_manifest:
     input:
-        feature_shards,
+        shards=feature_shards,
+        checksums=feature_checksums,
     output:
         "results/{experiment}/features/{model}/{dataset}/manifest.json",
     log:

@@ -15,7 +15,7 @@ extract_features(
     model_name=snakemake.wildcards.model,
     pretrained=snakemake.params.pretrained,
     dataset_dir=Path(snakemake.input.index).parent,
-    out=snakemake.output[0],
+    out=snakemake.output.shard,
     shard=int(snakemake.wildcards.shard),
     n_shards=snakemake.params.n_shards,
     device=snakemake.params.device,

@@ -10,4 +10,4 @@ if TYPE_CHECKING:
 _bootstrap.setup_logging(snakemake.log[0])
 from clipbias.features import write_manifest  # noqa: E402
 
-write_manifest(list(snakemake.input), snakemake.output[0])
+write_manifest(list(snakemake.input.shards), snakemake.output[0])

@@ -1,0 +1,239 @@
+"""The whole workflow on a reduced embedded default (tests/config/tiny.yaml), run for real.
+
+Covers: every stage end to end, determinism of the result tables, resume after SIGKILL in
+the middle of feature extraction, detection of a corrupted shard, and a transient failure
+that succeeds on retry. Each test works in its own copy of the workflow under tmp_path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, tool
+
+CONFIG = "tests/config/tiny.yaml"
+EXP = "results/tiny"
+FEAT = f"{EXP}/features/planted-vit-tiny/planted"
+COPY = ["Snakefile", "workflow", "config", "envs", "profiles", "src", "tests/config"]
+
+pytestmark = pytest.mark.slow
+
+
+def make_workdir(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in COPY:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(
+                src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / item)
+    return dest
+
+
+def snakemake_cmd(*extra: str, cores: int = 2) -> list[str]:
+    return [tool("snakemake"), "--configfile", CONFIG, "--cores", str(cores), *extra]
+
+
+def run(workdir: Path, *extra: str, env: dict | None = None, timeout: int = 600):
+    res = subprocess.run(
+        snakemake_cmd(*extra),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return res.returncode, res.stdout + res.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def result_tables(workdir: Path) -> dict[str, str]:
+    files = [
+        *(workdir / EXP / "metrics").rglob("*.csv"),
+        *(workdir / EXP / "ground_truth").rglob("*.csv"),
+        *(workdir / EXP / "heads").rglob("*.csv"),
+        *(workdir / EXP / "heads").rglob("*.json"),
+    ]
+    return {str(p.relative_to(workdir)): digest(p) for p in sorted(files)}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    work = make_workdir(tmp_path_factory.mktemp("tiny") / "wf")
+    rc, out = run(work)
+    assert rc == 0, out[-5000:]
+    return work
+
+
+def incomplete_outputs(work: Path) -> set[str]:
+    """Outputs Snakemake has marked incomplete (job started, not acknowledged as finished)."""
+    out = set()
+    folder = work / ".snakemake" / "incomplete"
+    for marker in folder.iterdir() if folder.is_dir() else []:
+        try:
+            out.add(base64.urlsafe_b64decode(marker.name).decode())
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return out
+
+
+def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
+    """(shards finished as far as Snakemake knows, shards whose job is under way)."""
+    marked = incomplete_outputs(work)
+    logs = work / "logs/tiny/extract_features/planted-vit-tiny/planted"
+    done, running = [], []
+    for i in range(3):
+        shard = work / FEAT / f"shard-{i:05d}.parquet"
+        rel = str(shard.relative_to(work))
+        if shard.exists() and rel not in marked:
+            done.append(shard)
+        elif (logs / f"{i:05d}.log").exists() and rel in marked:
+            running.append(shard)
+    return done, running
+
+
+def copy_run(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest, symlinks=True)  # copy2 keeps mtimes, so nothing looks stale
+    return dest
+
+
+def test_every_stage_produced_its_outputs(tiny_run):
+    manifest = json.loads((tiny_run / FEAT / "manifest.json").read_text())
+    assert manifest["n_shards"] == 3 and manifest["rows"] == 800 + 300 + 300
+    from clipbias.features import FeatureSet
+
+    fs = FeatureSet.open(tiny_run / FEAT)
+    idx, heads, rest = fs.load(split="test")
+    emb = heads.sum((1, 2)) + rest
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert heads.shape[1:3] == (4, 4)
+
+    zs = pd.read_csv(tiny_run / EXP / "metrics/zero_shot.csv")
+    assert {"avg_acc", "worst_group_acc", "gap", "acc_group_3"} <= set(zs["metric"])
+    table = pd.read_csv(tiny_run / EXP / "metrics/planted/planted-vit-tiny.csv")
+    assert list(table.columns[:6]) == ["method", "split", "metric", "value", "ci_low", "ci_high"]
+    methods = set(table["method"])
+    assert {
+        "zero_shot",
+        "ortho_cali",
+        "roboshot",
+        "roboshot_accept",
+        "textspan_ablation",
+        "ablate",
+        "ltc",
+        "ltc_no_ablate",
+        "ltc_full",
+        "ltc_random",
+    } <= methods
+    assert (table["ci_low"] <= table["value"] + 1e-12).all()
+    gt = pd.read_csv(tiny_run / EXP / "ground_truth/head_attribute.csv")
+    assert len(gt) == 16 and set(gt["rank"]) == set(range(1, 17))
+    ltc = json.loads((tiny_run / EXP / "heads/planted/planted-vit-tiny/ltc.json").read_text())
+    assert len(ltc["frequencies"]) == 16
+    draws = pd.read_csv(tiny_run / EXP / "metrics/planted/random/planted-vit-tiny/draws.csv")
+    assert len(draws) == 20
+    log = json.loads((tiny_run / EXP / "models/planted-vit-tiny/train_log.json").read_text())
+    assert len(log["epochs"]) == 2
+
+
+def test_two_runs_give_identical_result_tables(tiny_run, tmp_path):
+    again = make_workdir(tmp_path / "wf")
+    rc, out = run(again)
+    assert rc == 0, out[-5000:]
+    first, second = result_tables(tiny_run), result_tables(again)
+    assert len(first) >= 8
+    assert first == second
+
+
+def test_sigkill_during_extraction_then_resume(tiny_run, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "wf")
+    shutil.rmtree(work / FEAT)
+    # one job at a time and small batches, so extraction is observable shard by shard; the
+    # batch size is not part of any output, so the earlier outputs stay up to date
+    cfg = work / CONFIG
+    cfg.write_text(cfg.read_text().replace("batch_size: 128\n  dtype", "batch_size: 16\n  dtype"))
+    cmd = snakemake_cmd(cores=1)
+    proc = subprocess.Popen(
+        cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            done, running = shard_states(work)
+            if done and running:  # >= 1 finished shard and >= 1 shard in the middle of work
+                break
+            assert proc.poll() is None, "pipeline ended before the kill"
+            time.sleep(0.05)
+        else:
+            pytest.fail("extraction never had a finished and a running shard at once")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done, _ = shard_states(work)
+    complete = {p.name: (p.stat().st_mtime_ns, digest(p)) for p in done}
+    assert complete
+    for p in (work / FEAT).glob("shard-*.parquet"):  # no half-written file under a final name
+        side = Path(f"{p}.sha256")
+        assert not side.exists() or side.read_text().split()[0] == digest(p)
+    assert not (work / FEAT / "manifest.json").exists()
+
+    # Snakemake keeps its directory lock after a SIGKILL (it cannot tell a dead process from
+    # a live one on a shared filesystem): release it, then rerun the same command.
+    rc, out = run(work, "--unlock")
+    assert rc == 0, out[-5000:]
+    rc, out = run(work)
+    assert rc == 0, out[-5000:]
+    for name, (mtime, sha) in complete.items():
+        p = work / FEAT / name
+        assert p.stat().st_mtime_ns == mtime and digest(p) == sha, f"{name} was recomputed"
+    assert len(list((work / FEAT).glob("shard-*.parquet"))) == 3
+    assert not list((work / FEAT).glob(".*.partial"))
+
+
+def test_corrupted_shard_is_reported_with_rebuild_command(tiny_run, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "wf")
+    shard = work / FEAT / "shard-00001.parquet"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    rc, out = run(work)
+    assert rc != 0
+    assert "shard-00001.parquet is corrupt" in out and "rerun the same snakemake command" in out
+    # follow the instruction in the message
+    shard.unlink()
+    Path(f"{shard}.sha256").unlink()
+    rc, out = run(work)
+    assert rc == 0, out[-5000:]
+    from clipbias.features import FeatureSet
+
+    FeatureSet.open(work / FEAT)  # verifies every checksum
+
+
+def test_transient_failure_succeeds_on_retry(tiny_run, tmp_path):
+    work = copy_run(tiny_run, tmp_path / "wf")
+    for p in [*(work / FEAT).glob("shard-00002.parquet*"), work / FEAT / "manifest.json"]:
+        p.unlink()
+    marker = tmp_path / "failed-once"
+    env = {"CLIPBIAS_FAIL_ONCE": f"extract_features:{marker}"}
+    rc, out = run(work, "--retries", "1", env=env)
+    assert rc == 0, out[-5000:]
+    assert marker.exists(), "the injected failure did not happen"
+    assert "injected transient failure" in out
