@@ -1,6 +1,8 @@
 # Helpers shared by all stages (config validation, path helpers, resources).
+import sys
 from pathlib import Path
 
+from snakemake.io import report as report_file
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -72,7 +74,7 @@ def all_targets():
     ]
     if PLANTED:
         targets.append(f"results/{exp}/ground_truth/head_attribute.csv")
-    return targets
+    return targets + report_targets()
 
 
 def dataset_files(wildcards):
@@ -111,3 +113,83 @@ def method_inputs(wildcards):
 
 def dataset_meta(wildcards):
     return f"{dataset_dir(wildcards)}/dataset.json"
+
+
+# Report notebooks: figure and table stems each notebook writes, and the caption of each.
+PLANTED_FIGURES = [
+    "sample_grid",
+    "training_curve",
+    "zero_shot_groups",
+    "head_heatmap_ltc",
+    "head_heatmap_ltc_full",
+    "textspan_heads",
+    "located_vs_ground_truth",
+    "group_accuracy",
+    "random_distribution",
+]
+PLANTED_TABLES = [
+    "zero_shot_groups",
+    "heads_table",
+    "located_precision",
+    "group_accuracy",
+    "main_table",
+    "random_summary",
+]
+METHOD_FIGURES = [
+    "zero_shot_groups",
+    "head_heatmap_ltc",
+    "head_heatmap_ltc_full",
+    "textspan_heads",
+    "group_accuracy",
+    "random_distribution",
+]
+METHOD_TABLES = ["heads_table", "group_accuracy", "main_table", "random_summary"]
+_CAPTIONS = {
+    "head_heatmap_ltc": "head_heatmap",
+    "head_heatmap_ltc_full": "head_heatmap",
+    "zero_shot_groups_table": "group_table",
+    "group_accuracy_table": "group_table",
+}
+REPORT_DIR = "results/{experiment}/report/{dataset}/{model}"
+
+
+def caption(name, kind):
+    key = f"{name}_table" if kind == "table" else name
+    return f"../report/{_CAPTIONS.get(key, name)}.rst"
+
+
+def report_figures(names):
+    return [
+        report_file(
+            f"{REPORT_DIR}/figures/{n}.png",
+            caption=caption(n, "figure"),
+            category="{dataset} / {model}",
+            subcategory="Figures",
+            labels={"figure": n.replace("_", " ")},
+        )
+        for n in names
+    ]
+
+
+def report_tables(names):
+    return [
+        report_file(
+            f"{REPORT_DIR}/tables/{n}.csv",
+            caption=caption(n, "table"),
+            category="{dataset} / {model}",
+            subcategory="Tables",
+            labels={"table": n.replace("_", " ")},
+        )
+        for n in names
+    ]
+
+
+def report_targets():
+    kind = "planted" if PLANTED else "method"
+    root = REPORT_DIR.format(experiment=EXPERIMENT, dataset=DATASET, model=MODEL)
+    return [f"{root}/report_{kind}.html"]
+
+
+# Shell rules append the folder of the Python running Snakemake to PATH, so papermill and
+# jupyter are found without conda; a job's conda env (first on PATH) still wins.
+PYTHON_BIN = str(Path(sys.executable).parent)

@@ -1,0 +1,671 @@
+"""Figures of the report notebooks (seaborn/matplotlib).
+
+Every function takes DataFrames/dicts read from the result tables (docs/DESIGN.md, "Result
+tables"; readers in :mod:`clipbias.report`) and an output path *stem* ``out``; it writes
+``out.png`` and ``out.pdf`` and returns the :class:`matplotlib.figure.Figure`.
+
+Figures are built as :class:`~matplotlib.figure.Figure` objects rendered by the Agg canvas,
+never through ``pyplot``: no global figure registry, no GUI backend, and the caller's
+matplotlib backend is left alone (a notebook shows the returned figure with ``display``).
+Styling is applied in an ``rc_context``, so global rcParams are untouched. Colours come from
+seaborn's colour-blind palette; heatmaps use a diverging map centred at 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from clipbias import report
+from clipbias.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+PALETTE = sns.color_palette("colorblind")
+DIVERGING_CMAP = "RdBu_r"
+SEQUENTIAL_CMAP = "viridis"
+S_COLOUR = PALETTE[3]  # vermillion: located spurious heads
+Y_COLOUR = PALETTE[0]  # blue: located salient heads
+LTC_COLOUR = PALETTE[1]  # orange
+ZERO_SHOT_COLOUR = "0.35"
+DPI = 200
+AXIS_LABELS = {
+    "worst_group_acc": "Worst-group accuracy (%)",
+    "avg_acc": "Average accuracy (%)",
+    "avg_group_acc": "Group-average accuracy (%)",
+    "gap": "Gap (percentage points)",
+}
+
+
+def _style() -> dict[str, Any]:
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update(sns.plotting_context("paper", font_scale=1.25))
+    rc.update(
+        {
+            "axes.titleweight": "bold",
+            "figure.titlesize": 13,
+            "figure.titleweight": "bold",
+            "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
+            "savefig.bbox": "tight",
+            "savefig.pad_inches": 0.08,
+            "svg.hashsalt": "clipbias",
+        }
+    )
+    return rc
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_style()):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def new_figure(width: float, height: float, **kwargs) -> Figure:
+    """A pyplot-free figure on the Agg canvas."""
+    fig = Figure(figsize=(width, height), **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _stem(out: str | os.PathLike) -> Path:
+    p = Path(out)
+    return p.with_suffix("") if p.suffix.lower() in {".png", ".pdf"} else p
+
+
+def save_figure(fig: Figure, out: str | os.PathLike) -> dict[str, Path]:
+    """Write ``out.png`` (200 dpi) and ``out.pdf`` atomically; returns the two paths."""
+    stem = _stem(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta)
+        paths[fmt] = path
+    log.info("wrote figure %s.{png,pdf}", stem)
+    return paths
+
+
+def group_colours(n: int) -> list:
+    """``n`` well-separated colours of the colour-blind palette (orange/vermillion kept apart)."""
+    order = [0, 1, 2, 4, 9, 5, 6, 8, 3, 7]
+    full = sns.color_palette("colorblind", 10)
+    return [full[order[i % 10]] for i in range(n)]
+
+
+def _head_sets(located: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(S, Y) head ids from an ltc.json dict or ``{"spurious": [ids], "salient": [ids]}``."""
+    if not located:
+        return [], []
+
+    def ids(key):
+        return [x["head"] if isinstance(x, Mapping) else str(x) for x in located.get(key, [])]
+
+    return ids("spurious"), ids("salient")
+
+
+# ---------------------------------------------------------------------------------------------
+# LTC head heatmaps
+# ---------------------------------------------------------------------------------------------
+
+
+def _head_matrix(freq_df: pd.DataFrame, layers: Sequence[int], n_heads: int, col: str):
+    mat = np.full((len(layers), n_heads), np.nan)
+    row = {int(l): i for i, l in enumerate(layers)}
+    head_col = "index" if "index" in freq_df.columns else "head"
+    for _, r in freq_df.iterrows():
+        l, h = int(r["layer"]), int(r[head_col])
+        if l in row and 0 <= h < n_heads:
+            mat[row[l], h] = r[col]
+    return pd.DataFrame(mat, index=[int(l) for l in layers], columns=range(n_heads))
+
+
+def _mark_heads(ax, layers, s_ids, y_ids):
+    row = {int(l): i for i, l in enumerate(layers)}
+    for ids, tag, colour, style in ((s_ids, "S", "black", "-"), (y_ids, "Y", "black", "--")):
+        for hid in ids:
+            l, h = (int(x) for x in hid[1:].split("H"))
+            if l not in row:
+                continue
+            i = row[l]
+            # a white halo under the black outline keeps it visible on dark cells
+            ax.add_patch(Rectangle((h, i), 1, 1, fill=False, edgecolor="white", lw=4.2, zorder=3))
+            ax.add_patch(
+                Rectangle((h, i), 1, 1, fill=False, edgecolor=colour, lw=2.2, ls=style, zorder=3)
+            )
+            ax.text(
+                h + 0.06,
+                i + 0.08,
+                tag,
+                ha="left",
+                va="top",
+                fontsize=9,
+                fontweight="bold",
+                color=colour,
+                zorder=4,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
+
+
+@_styled
+def head_heatmap(
+    freq_df: pd.DataFrame,
+    layers: Sequence[int],
+    n_heads: int,
+    located: Mapping[str, Any] | None,
+    value: str = "f_wrong-f_correct",
+    *,
+    out: str | os.PathLike,
+    title: str | None = None,
+    annotate: bool | None = None,
+) -> Figure:
+    """Layers x heads heatmaps of the LTC top-1 frequencies, located heads marked.
+
+    ``freq_df``: ``ltc.json["frequencies"]`` as a frame (``layer, index, f_correct,
+    f_wrong``; :func:`clipbias.report.frequency_frame`). ``located``: the ltc.json dict (or
+    ``{"spurious": [...], "salient": [...]}``); S heads get a solid box and "S", Y heads a
+    dashed box and "Y". ``value="f_wrong-f_correct"`` draws F_W - F_C and F_C - F_W
+    (diverging colours centred at 0, common scale); ``value="frequencies"`` draws F_C and
+    F_W themselves. Cells are annotated with their value when there are <= 100 heads.
+    """
+    df = freq_df.copy()
+    if "f_wrong-f_correct" not in df.columns:
+        df["f_wrong-f_correct"] = df["f_wrong"] - df["f_correct"]
+        df["f_correct-f_wrong"] = -df["f_wrong-f_correct"]
+    if value == "f_wrong-f_correct":
+        panels = [
+            ("f_wrong-f_correct", "F_W − F_C (spurious direction)"),
+            ("f_correct-f_wrong", "F_C − F_W (salient direction)"),
+        ]
+        vmax = float(np.nanmax(np.abs(df["f_wrong-f_correct"]))) or 1.0
+        cmap, vmin, center, cbar_label = DIVERGING_CMAP, -vmax, 0.0, "frequency difference"
+    elif value == "frequencies":
+        panels = [("f_correct", "F_C (correct samples)"), ("f_wrong", "F_W (wrong samples)")]
+        vmax = float(np.nanmax(df[["f_correct", "f_wrong"]].to_numpy())) or 1.0
+        cmap, vmin, center, cbar_label = SEQUENTIAL_CMAP, 0.0, None, "top-1 frequency"
+    else:
+        raise ValueError(f"value must be 'f_wrong-f_correct' or 'frequencies', got {value!r}")
+    layers = [int(l) for l in layers]
+    s_ids, y_ids = _head_sets(located)
+    if annotate is None:
+        annotate = len(layers) * n_heads <= 100
+    w = max(3.6, 0.5 * n_heads + 1.6)
+    h = max(2.8, 0.42 * len(layers) + 1.4)
+    fig = new_figure(2 * w + 0.6, h + 0.6, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        mat = _head_matrix(df, layers, n_heads, col)
+        with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad (mpl >= 3.10)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(
+                mat,
+                ax=ax,
+                cmap=cmap,
+                vmin=vmin,
+                vmax=vmax,
+                center=center,
+                annot=annotate,
+                fmt=".2f",
+                annot_kws={"fontsize": 8},
+                linewidths=0.5,
+                linecolor="white",
+                square=False,
+                cbar_kws={"label": cbar_label, "shrink": 0.9},
+            )
+        _mark_heads(ax, layers, s_ids, y_ids)
+        ax.set_title(label)
+        ax.set_xlabel("Head")
+        ax.set_ylabel("Layer")
+        ax.tick_params(axis="y", rotation=0)
+    handles = [
+        Patch(fc="white", ec="black", lw=2, ls="-", label=f"S: spurious ({len(s_ids)})"),
+        Patch(fc="white", ec="black", lw=2, ls="--", label=f"Y: salient ({len(y_ids)})"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    sub = ""
+    if located is not None and located.get("kappa") is not None:
+        sub = f"  (κ = {located['kappa']:.3f}, {located.get('n_active', '?')} active heads)"
+    fig.suptitle((title or "LTC head frequencies") + sub)
+    save_figure(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Group accuracies
+# ---------------------------------------------------------------------------------------------
+
+
+def _group_rows(metrics_df, methods, split, group_names):
+    df = report.select_split(metrics_df, split)
+    df = df[df["metric"].astype(str).str.startswith("acc_group_")].copy()
+    if df.empty:
+        raise ValueError("metrics table has no acc_group_<g> rows")
+    df["gid"] = df["metric"].str.slice(len("acc_group_")).astype(int)
+    if methods is None:
+        methods = report.ordered_methods(df["method"].tolist())
+    else:
+        methods = [m for m in methods if m in set(df["method"])]
+    gids = sorted(df["gid"].unique())
+    names = {g: report.group_label(g, group_names, df) for g in gids}
+    return df, list(methods), gids, names
+
+
+@_styled
+def group_accuracy(
+    metrics_df: pd.DataFrame,
+    out: str | os.PathLike,
+    group_names: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    split: str | None = None,
+    title: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
+    """Per-group accuracy (%) of every method with its 95 % bootstrap interval.
+
+    Methods on the x axis (display names, :data:`clipbias.report.METHOD_ORDER`), one bar per
+    group (colour; names from ``group_names`` = dataset.json ``group_names``, else the tidy
+    table's ``group_name``). Each method's worst group is hatched with a black edge, its
+    value written above. Methods without per-group rows (``ltc_random``) are skipped. With a
+    single method (e.g. ``zero_shot.csv``) the groups are on the x axis, values written.
+    """
+    df, methods, gids, names = _group_rows(metrics_df, methods, split, group_names)
+    n_m, n_g = len(methods), len(gids)
+    single = n_m == 1  # one method: groups on the x axis, named there
+    width = 0.7 if single else 0.8 / n_g
+    colours = group_colours(n_g)
+    if single:
+        size = (max(4.0, 1.4 + 1.1 * n_g), 4.2)
+    else:
+        size = (max(4.5, 2.6 + n_m * (0.17 * n_g + 0.2)), 4.4)
+    fig = new_figure(*size, layout="constrained")
+    ax = fig.subplots()
+    for j, m in enumerate(methods):
+        sub = df[df["method"] == m].set_index("gid")
+        vals = [float(sub.loc[g, "value"]) if g in sub.index else np.nan for g in gids]
+        worst = int(np.nanargmin(vals)) if np.isfinite(vals).any() else -1
+        for k, g in enumerate(gids):
+            if g not in sub.index:
+                continue
+            r = sub.loc[g]
+            x = k if single else j - 0.4 + width * (k + 0.5)
+            v = 100 * float(r["value"])
+            yerr = None
+            if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+                yerr = [[v - 100 * float(r["ci_low"])], [100 * float(r["ci_high"]) - v]]
+            is_worst = k == worst
+            ax.bar(
+                x,
+                v,
+                width * 0.92,
+                color=colours[k],
+                edgecolor="black" if is_worst else "none",
+                linewidth=1.6 if is_worst else 0,
+                hatch="///" if is_worst else None,
+                yerr=yerr,
+                error_kw={"elinewidth": 1.0, "capsize": 2, "ecolor": "0.2"},
+                zorder=2,
+            )
+            if is_worst or single:
+                top = v + (yerr[1][0] if yerr else 0)
+                ax.text(
+                    x,
+                    top + 1.5,
+                    f"{v:.1f}" if single else f"{v:.0f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=9 if single else 8,
+                )
+    ticks = (
+        [names[g].replace(" on ", "\non ") for g in gids]
+        if single
+        else [report.method_label(m, labels) for m in methods]
+    )
+    n_t = len(ticks)
+    ax.set_xticks(range(n_t))
+    rotate = not single and n_t > 3
+    ax.set_xticklabels(ticks, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_xlim(-0.6, n_t - 0.4)
+    ax.set_ylim(0, 108)
+    ax.set_ylabel("Accuracy (%)")
+    ax.set_xlabel("Group (hatched: worst group)" if single else "Method")
+    worst_patch = Patch(fc="white", ec="black", hatch="///", label="worst group")
+    if not single:
+        handles = [Patch(color=colours[k], label=names[g]) for k, g in enumerate(gids)]
+        ax.legend(
+            handles=[*handles, worst_patch],
+            title="Group",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
+    if single and title is None:
+        title = f"{report.method_label(methods[0], labels)}: per-group accuracy (95 % CI)"
+    ax.set_title(title or "Per-group accuracy (95 % bootstrap intervals)")
+    save_figure(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# LTC vs random heads
+# ---------------------------------------------------------------------------------------------
+
+
+def midrank_percentile(draws: Sequence[float], value: float) -> float:
+    """100 * (#{draw < value} + 0.5 #{draw = value}) / n (as the evaluate stage's summary)."""
+    x = np.asarray(draws, dtype=np.float64)
+    return float(100.0 * (np.sum(x < value) + 0.5 * np.sum(x == value)) / len(x))
+
+
+@_styled
+def random_distribution(
+    random_df: pd.DataFrame,
+    ltc_value: float,
+    zero_shot_value: float | None,
+    metric: str = "worst_group_acc",
+    *,
+    out: str | os.PathLike,
+    percentile: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Histogram + KDE of the LTC-random draws of ``metric`` (draws.csv), with vertical
+    lines at LTC and zero-shot; LTC's percentile among the draws is in the legend
+    (``percentile`` from summary.csv, else the mid-rank percentile of the draws)."""
+    x = 100 * random_df[metric].to_numpy(dtype=np.float64)
+    pct = midrank_percentile(x / 100, ltc_value) if percentile is None else float(percentile)
+    fig = new_figure(6.0, 4.3, layout="constrained")
+    ax = fig.subplots()
+    sns.histplot(
+        x=x,
+        ax=ax,
+        kde=len(x) >= 5 and np.ptp(x) > 0,
+        color=PALETTE[0],
+        alpha=0.45,
+        edgecolor="white",
+        label=f"LTC-random draws (n = {len(x)})",
+    )
+    ax.axvline(
+        100 * ltc_value,
+        color=LTC_COLOUR,
+        lw=2.5,
+        label=f"LTC = {100 * ltc_value:.1f} (percentile {pct:.0f})",
+    )
+    if zero_shot_value is not None and np.isfinite(zero_shot_value):
+        ax.axvline(
+            100 * zero_shot_value,
+            color=ZERO_SHOT_COLOUR,
+            lw=2,
+            ls="--",
+            label=f"Zero-shot = {100 * zero_shot_value:.1f}",
+        )
+    name = AXIS_LABELS.get(metric, metric)
+    ax.set_xlabel(name)
+    ax.set_ylabel("Number of draws")
+    fig.legend(loc="outside lower center", ncols=2, frameon=False, fontsize=9)
+    ax.margins(x=0.08)
+    ax.set_title(title or f"LTC vs random heads: {name.split(' (')[0].lower()}")
+    save_figure(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# TextSpan descriptions
+# ---------------------------------------------------------------------------------------------
+
+
+@_styled
+def textspan_table_figure(
+    textspan_df: pd.DataFrame,
+    heads: Mapping[str, Any] | Sequence[str],
+    out: str | os.PathLike,
+    top_k: int = 3,
+    title: str | None = None,
+) -> Figure:
+    """The first ``top_k`` TextSpan descriptions (with variance explained) of each head.
+
+    ``heads``: the ltc.json dict (S heads then Y heads, tagged) or a list of head ids.
+    Heads outside the TextSpan layers are listed as "(not described)".
+    """
+    if isinstance(heads, Mapping):
+        s_ids, y_ids = _head_sets(heads)
+        entries = [("S", h) for h in s_ids] + [("Y", h) for h in y_ids]
+    else:
+        entries = [("", str(h)) for h in heads]
+    blocks = []
+    for tag, hid in entries:
+        sub = textspan_df[textspan_df["head_id"] == hid].sort_values("rank").head(top_k)
+        lines = [
+            f"{int(r['rank'])}. {r['text']}   (VE {100 * float(r['ve']):.1f} %)"
+            for _, r in sub.iterrows()
+        ] or ["(not described)"]
+        blocks.append((tag, hid, lines))
+    line_h, gap_h, title_h = 0.26, 0.1, 0.45  # inches
+    height = 0.15 + title_h + sum((1 + len(b[2])) * line_h + gap_h for b in blocks)
+    longest = max([len(x) for b in blocks for x in b[2]] + [40])
+    fig = new_figure(max(5.0, 0.8 + 0.085 * longest), height)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, height)  # y in inches from the bottom
+    y = height - 0.12
+    ax.text(
+        0.02,
+        y,
+        title or "TextSpan descriptions of the located heads",
+        fontweight="bold",
+        fontsize=12,
+        va="top",
+    )
+    y -= title_h
+    for tag, hid, lines in blocks:
+        colour = S_COLOUR if tag == "S" else Y_COLOUR if tag == "Y" else "black"
+        label = {"S": "spurious (S)", "Y": "salient (Y)"}.get(tag, "")
+        ax.text(0.02, y, f"{hid}  {label}".rstrip(), fontweight="bold", color=colour, va="top")
+        y -= line_h
+        for line in lines:
+            ax.text(0.06, y, line, fontsize=10, va="top")
+            y -= line_h
+        y -= gap_h
+    save_figure(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset samples and training
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_image(path: Path, max_side: int = 256) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side))
+        return np.asarray(im)
+
+
+@_styled
+def sample_grid(
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    per_group: int = 6,
+    split: str = "test",
+    seed: int = 0,
+    title: str | None = None,
+) -> Figure:
+    """Grid of sample images: one row per group (name from dataset.json, minority groups
+    marked), ``per_group`` images drawn with ``numpy.random.default_rng(seed)``. Datasets
+    without groups (``group == -1``) get one row per class."""
+    root = Path(dataset_dir)
+    meta = report.read_json(root / "dataset.json")
+    idx = pd.read_parquet(root / "index.parquet")
+    idx = idx[idx["split"] == split].sort_values("image_id")
+    if idx.empty:
+        raise ValueError(f"no images in split {split!r} of {root}")
+    if (idx["group"] >= 0).any():
+        key = "group"
+        names = meta.get("group_names") or []
+        minority = set(meta.get("minority_groups") or [])
+        ids = sorted(int(g) for g in idx["group"].unique() if g >= 0)
+
+        def row_name(g):
+            name = names[g] if g < len(names) else f"group {g}"
+            return name + ("\n(minority)" if g in minority else "")
+    else:
+        key = "label"
+        classes = meta.get("classes") or []
+        ids = sorted(int(c) for c in idx["label"].unique())
+
+        def row_name(c):
+            return classes[c] if c < len(classes) else f"class {c}"
+
+    rng = np.random.default_rng(seed)
+    width, height = 1.6 + 1.05 * per_group, 0.55 + 1.1 * len(ids)
+    fig = new_figure(width, height)
+    axes = fig.subplots(len(ids), per_group, squeeze=False)
+    fig.subplots_adjust(
+        left=1.5 / width, right=0.99, bottom=0.02, top=1 - 0.5 / height, wspace=0.06, hspace=0.1
+    )
+    for i, g in enumerate(ids):
+        rows = idx[idx[key] == g]
+        pick = rows.iloc[np.sort(rng.choice(len(rows), min(per_group, len(rows)), replace=False))]
+        for j in range(per_group):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(pick):
+                img = _read_image(root / pick.iloc[j]["path"])
+                ax.imshow(
+                    img, interpolation="nearest" if max(img.shape[:2]) < 96 else "antialiased"
+                )
+            if j == 0:
+                ax.set_ylabel(row_name(g), rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(
+        title or f"{meta.get('name', root.name)}: {split} samples per group",
+        y=1 - 0.12 / height,
+        va="top",
+    )
+    save_figure(fig, out)
+    return fig
+
+
+@_styled
+def training_curve(
+    train_log: Mapping[str, Any] | str | os.PathLike,
+    out: str | os.PathLike,
+    title: str | None = None,
+) -> Figure:
+    """Mean contrastive training loss per epoch (train_log.json ``epochs``)."""
+    logd = train_log if isinstance(train_log, Mapping) else report.read_json(train_log)
+    ep = pd.DataFrame(logd["epochs"])
+    fig = new_figure(5.2, 3.5, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(ep["epoch"], ep["loss"], marker="o", color=PALETTE[0], lw=2)
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Mean CLIP loss")
+    ax.set_xticks(ep["epoch"])
+    bits = []
+    if "wall_seconds" in logd:
+        bits.append(f"{logd['wall_seconds'] / 60:.1f} min")
+    if "device" in logd:
+        bits.append(str(logd["device"]))
+    if "seed" in logd:
+        bits.append(f"seed {logd['seed']}")
+    ax.set_title(title or "Training loss" + (f" ({', '.join(bits)})" if bits else ""))
+    save_figure(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+@_styled
+def located_vs_ground_truth(
+    ground_truth_df: pd.DataFrame,
+    ltc_json: Mapping[str, Any],
+    out: str | os.PathLike,
+    top_n: int | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Planted ground-truth effect of every head (95 % CI), heads ranked by |effect|;
+    located S heads in vermillion, Y heads in blue. The dashed line marks rank |S|;
+    precision at |S| (share of S among the |S| top-ranked heads) is in the title.
+    ``top_n`` limits the heads shown (default: all up to 48, else 40), always keeping every
+    located head."""
+    gt = ground_truth_df.sort_values("rank").reset_index(drop=True)
+    s_ids, y_ids = _head_sets(ltc_json)
+    if top_n is None:
+        top_n = len(gt) if len(gt) <= 48 else 40
+    pos = {h: i for i, h in enumerate(gt["head_id"])}
+    needed = max([pos[h] + 1 for h in s_ids + y_ids if h in pos] + [top_n])
+    gt = gt.head(needed)
+    fig = new_figure(max(5.0, 1.5 + 0.28 * len(gt)), 4.2, layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0, color="0.5", lw=0.8, zorder=1)
+    colours, markers = [], []
+    for h in gt["head_id"]:
+        if h in s_ids:
+            colours.append(S_COLOUR)
+            markers.append("s")
+        elif h in y_ids:
+            colours.append(Y_COLOUR)
+            markers.append("D")
+        else:
+            colours.append("0.55")
+            markers.append("o")
+    x = np.arange(len(gt))
+    eff = gt["effect"].to_numpy(dtype=float)
+    lo = eff - gt["ci_low"].to_numpy(dtype=float)
+    hi = gt["ci_high"].to_numpy(dtype=float) - eff
+    for i in range(len(gt)):
+        ax.errorbar(
+            x[i],
+            eff[i],
+            yerr=[[max(lo[i], 0)], [max(hi[i], 0)]],
+            fmt=markers[i],
+            color=colours[i],
+            ms=7 if colours[i] != "0.55" else 5,
+            capsize=2,
+            zorder=3,
+        )
+    k = len(s_ids)
+    prec = report.precision_at_k(ground_truth_df, s_ids)
+    if k:
+        ax.axvline(k - 0.5, color="black", ls="--", lw=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(gt["head_id"], rotation=90, fontsize=8 if len(gt) > 24 else 9)
+    ax.set_xlim(-0.7, len(gt) - 0.3)
+    ax.set_xlabel("Head (ranked by |ground-truth effect|)")
+    ax.set_ylabel("Background effect on class margin")
+    handles = [
+        Line2D([], [], color=S_COLOUR, marker="s", ls="none", label=f"LTC S ({k})"),
+        Line2D([], [], color=Y_COLOUR, marker="D", ls="none", label=f"LTC Y ({len(y_ids)})"),
+        Line2D([], [], color="0.55", marker="o", ls="none", label="other heads"),
+    ]
+    if k:
+        handles.append(Line2D([], [], color="black", ls="--", label="rank |S|"))
+    ax.legend(handles=handles, loc="best", fontsize=9)
+    p = "n/a" if not k else f"{round(prec * k)}/{k} = {prec:.2f}"
+    ax.set_title(title or f"Located heads vs planted ground truth (precision@|S| {p})")
+    save_figure(fig, out)
+    return fig

@@ -1,0 +1,372 @@
+"""Report tables: readers of the result tables (docs/DESIGN.md, "Result tables") and table
+builders/writers for the report notebooks.
+
+Readers return plain pandas/JSON objects; builders return DataFrames of display strings
+(accuracies in %, 95 % intervals as ``"72.7 [69.1, 76.0]"``); :func:`write_table` writes one
+table as CSV, Markdown and LaTeX next to each other. Nothing here needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipbias.io import atomic_path, read_json
+
+log = logging.getLogger(__name__)
+
+#: Display names of the methods written by the correct/baselines/evaluate stages.
+METHOD_LABELS: dict[str, str] = {
+    "zero_shot": "Zero-shot",
+    "ortho_cali": "Ortho-Cali",
+    "roboshot": "RoboShot",
+    "roboshot_accept": "RoboShot (accept only)",
+    "textspan_ablation": "TextSpan ablation",
+    "ltc_random": "LTC-random (mean of draws)",
+    "ablate": "Ablate S only",
+    "ltc_no_ablate": "LTC without ablation",
+    "ltc_full": "LTC (all samples)",
+    "ltc_scale_preserving": "LTC (scale-preserving)",
+    "ltc_transductive": "LTC (test-split means)",
+    "ltc": "LTC",
+}
+#: Row order of the main table; methods not listed follow in order of appearance.
+METHOD_ORDER: list[str] = list(METHOD_LABELS)
+
+METRIC_LABELS: dict[str, str] = {
+    "worst_group_acc": "Worst-group",
+    "avg_acc": "Average",
+    "avg_group_acc": "Group average",
+    "gap": "Gap",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------
+
+
+def read_metrics(*paths: str | os.PathLike) -> pd.DataFrame:
+    """Concatenate tidy metric CSVs (``method, split, metric, value, ci_low, ci_high``, ...).
+
+    Rows repeated across files (e.g. ``zero_shot`` in both ``zero_shot.csv`` and the
+    per-model table) are kept once, the first file winning.
+    """
+    frames = [pd.read_csv(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates(subset=["method", "split", "metric"], keep="first").reset_index(
+        drop=True
+    )
+
+
+def frequency_frame(ltc: Mapping[str, Any]) -> pd.DataFrame:
+    """``ltc.json["frequencies"]`` as a DataFrame with ``f_wrong-f_correct`` and
+    ``f_correct-f_wrong`` columns added."""
+    df = pd.DataFrame(ltc["frequencies"])
+    df["f_wrong-f_correct"] = df["f_wrong"] - df["f_correct"]
+    df["f_correct-f_wrong"] = -df["f_wrong-f_correct"]
+    return df
+
+
+def located(ltc: Mapping[str, Any], key: str = "spurious") -> list[str]:
+    """Head ids (``"L3H1"``) of ``ltc.json[key]`` (``spurious`` or ``salient``), in order."""
+    return [x["head"] for x in ltc.get(key, [])]
+
+
+def group_names_from(dataset_meta: str | os.PathLike | Mapping[str, Any] | None) -> list[str]:
+    """``dataset.json["group_names"]`` (path or parsed dict); ``[]`` when absent."""
+    if dataset_meta is None:
+        return []
+    meta = dataset_meta if isinstance(dataset_meta, Mapping) else read_json(dataset_meta)
+    return list(meta.get("group_names") or [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def format_ci(value: float, low: float, high: float, digits: int = 1, scale: float = 100.0) -> str:
+    """``"72.7 [69.1, 76.0]"`` (values scaled by ``scale``; NaN interval -> value only)."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    v = f"{value * scale:.{digits}f}"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return v
+    return f"{v} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+
+def method_label(method: str, labels: Mapping[str, str] | None = None) -> str:
+    labels = METHOD_LABELS if labels is None else labels
+    return labels.get(method, method)
+
+
+def ordered_methods(methods: Sequence[str], order: Sequence[str] | None = None) -> list[str]:
+    """Unique ``methods`` in ``order`` (default :data:`METHOD_ORDER`), unknown ones last."""
+    order = METHOD_ORDER if order is None else list(order)
+    seen = list(dict.fromkeys(methods))
+    return [m for m in order if m in seen] + [m for m in seen if m not in order]
+
+
+def select_split(df: pd.DataFrame, split: str | None) -> pd.DataFrame:
+    """Rows of ``split``; with ``None``: the only split, else ``test`` (else the commonest)."""
+    if split is not None:
+        return df[df["split"] == split]
+    splits = df["split"].dropna().unique()
+    if len(splits) > 1:
+        counts = df["split"].value_counts()
+        chosen = "test" if "test" in splits else counts.index[0]
+        log.info("metrics hold splits %s; using %r", list(splits), chosen)
+        return df[df["split"] == chosen]
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Table builders
+# ---------------------------------------------------------------------------------------------
+
+
+def main_table(
+    metrics_df: pd.DataFrame,
+    methods: Sequence[str] | None = None,
+    split: str | None = None,
+    metrics: Sequence[str] = ("worst_group_acc", "avg_acc", "gap"),
+    digits: int = 1,
+    labels: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The papers' main-table layout: one row per method, columns Worst-group / Average / Gap.
+
+    Values are in % with the 95 % interval, e.g. ``"72.7 [69.1, 76.0]"``; Average is the
+    sample-weighted accuracy (``avg_acc``) and Gap = Average - Worst-group. ``methods``
+    selects and orders rows (default: every method in :data:`METHOD_ORDER` order). Missing
+    metrics show ``"n/a"``. The first column ``Method`` holds display names.
+    """
+    df = select_split(metrics_df, split)
+    methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)
+    rows = []
+    for m in methods:
+        sub = df[df["method"] == m].set_index("metric")
+        if sub.empty:
+            log.warning("main_table: no rows for method %r", m)
+        row = {"Method": method_label(m, labels)}
+        for k in metrics:
+            if k in sub.index:
+                r = sub.loc[k]
+                row[METRIC_LABELS.get(k, k)] = format_ci(
+                    float(r["value"]), float(r["ci_low"]), float(r["ci_high"]), digits
+                )
+            else:
+                row[METRIC_LABELS.get(k, k)] = "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["Method", *(METRIC_LABELS.get(k, k) for k in metrics)])
+
+
+def group_table(
+    metrics_df: pd.DataFrame,
+    group_names: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    split: str | None = None,
+    digits: int = 1,
+) -> pd.DataFrame:
+    """Per-group accuracy (%, with interval): one row per method, one column per group."""
+    df = select_split(metrics_df, split)
+    df = df[df["metric"].str.startswith("acc_group_")].copy()
+    df["gid"] = df["metric"].str.slice(len("acc_group_")).astype(int)
+    methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)
+    gids = sorted(df["gid"].unique())
+    names = [group_label(g, group_names, df) for g in gids]
+    rows = []
+    for m in methods:
+        sub = df[df["method"] == m].set_index("gid")
+        row = {"Method": method_label(m)}
+        for g, name in zip(gids, names, strict=True):
+            row[name] = (
+                format_ci(*sub.loc[g, ["value", "ci_low", "ci_high"]].astype(float), digits=digits)
+                if g in sub.index
+                else "n/a"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["Method", *names])
+
+
+def group_label(gid: int, group_names: Sequence[str] | None, df: pd.DataFrame | None = None) -> str:
+    """Name of group ``gid``: ``group_names[gid]``, else the tidy table's ``group_name``."""
+    if group_names and 0 <= gid < len(group_names):
+        return str(group_names[gid])
+    if df is not None and "group_name" in df.columns:
+        names = df.loc[df["metric"] == f"acc_group_{gid}", "group_name"].dropna()
+        if len(names) and str(names.iloc[0]):
+            return str(names.iloc[0])
+    return f"group {gid}"
+
+
+def heads_table(
+    ltc_json: Mapping[str, Any],
+    textspan_df: pd.DataFrame | None = None,
+    top_k: int = 3,
+    ground_truth_df: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Located heads with their LTC score and top-``top_k`` TextSpan descriptions.
+
+    One row per head of ``spurious`` (Set ``S``, Score = F_W - F_C) then ``salient`` (Set
+    ``Y``, Score = F_C - F_W), in the order of ``ltc.json``. ``Descriptions`` joins the first ``top_k`` TextSpan texts by
+    rank with ``"; "`` (``"(not described)"`` when the head was outside the TextSpan layers).
+    With ``ground_truth_df`` (planted benchmark) a ``GT rank`` column gives the head's rank
+    by absolute planted effect.
+    """
+    rows = []
+    for key, tag in (("spurious", "S"), ("salient", "Y")):
+        for x in ltc_json.get(key, []):
+            row = {"Set": tag, "Head": x["head"], "Score": f"{x['score']:.3f}"}
+            if textspan_df is not None:
+                sub = textspan_df[textspan_df["head_id"] == x["head"]].sort_values("rank")
+                texts = sub["text"].head(top_k).tolist()
+                row["Descriptions"] = "; ".join(texts) if texts else "(not described)"
+            if ground_truth_df is not None:
+                gt = ground_truth_df[ground_truth_df["head_id"] == x["head"]]
+                row["GT rank"] = str(int(gt["rank"].iloc[0])) if len(gt) else "n/a"
+            rows.append(row)
+    cols = ["Set", "Head", "Score"]
+    if textspan_df is not None:
+        cols.append("Descriptions")
+    if ground_truth_df is not None:
+        cols.append("GT rank")
+    return pd.DataFrame(rows, columns=cols)
+
+
+def precision_at_k(ground_truth_df: pd.DataFrame, heads: Sequence[str], k: int | None = None):
+    """Fraction of ``heads`` among the top-``k`` ground-truth heads (``k`` = len(heads)).
+
+    Returns NaN when ``heads`` is empty.
+    """
+    k = len(heads) if k is None else int(k)
+    if k == 0:
+        return float("nan")
+    top = set(ground_truth_df.sort_values("rank")["head_id"].head(k))
+    return sum(h in top for h in heads) / k
+
+
+def random_summary_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """Display version of ``random/{model}/summary.csv``: LTC vs the LTC-random draws."""
+    rows = []
+    for _, r in summary_df.iterrows():
+        rows.append(
+            {
+                "Metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+                "LTC": f"{100 * r['observed']:.{digits}f}",
+                "Random mean ± sd": f"{100 * r['mean']:.{digits}f} ± {100 * r['sd']:.{digits}f}",
+                "Random 5-95 %": f"[{100 * r['p05']:.{digits}f}, {100 * r['p95']:.{digits}f}]",
+                "Percentile of LTC": f"{r['percentile']:.1f}",
+                "p-value": f"{r['p_value']:.3g}",
+                "Draws": str(int(r["n_draws"])),
+            }
+        )
+    cols = [
+        "Metric",
+        "LTC",
+        "Random mean ± sd",
+        "Random 5-95 %",
+        "Percentile of LTC",
+        "p-value",
+        "Draws",
+    ]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+# ---------------------------------------------------------------------------------------------
+
+
+def _md_cell(x: Any) -> str:
+    s = "" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x)
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
+    """GitHub-flavoured pipe table (no ``tabulate`` needed); numbers right-aligned."""
+    d = df.reset_index() if index else df
+    header = [_md_cell(c) for c in d.columns]
+    numeric = [pd.api.types.is_numeric_dtype(d[c]) for c in d.columns]
+    align = ["---:" if n else "---" for n in numeric]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for row in d.itertuples(index=False):
+        lines.append("| " + " | ".join(_md_cell(x) for x in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "−": r"$-$",
+}
+
+
+def latex_escape(s: Any) -> str:
+    s = "" if s is None or (isinstance(s, float) and np.isnan(s)) else str(s)
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in s)
+
+
+def to_latex(
+    df: pd.DataFrame, caption: str | None = None, label: str | None = None, index: bool = False
+) -> str:
+    """A booktabs ``tabular`` (wrapped in ``table`` when ``caption``/``label`` is given).
+
+    Written directly (no jinja2/Styler), every cell escaped; needs ``\\usepackage{booktabs}``.
+    """
+    d = df.reset_index() if index else df
+    numeric = [pd.api.types.is_numeric_dtype(d[c]) for c in d.columns]
+    spec = "".join("r" if n else "l" for n in numeric)
+    body = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in d.columns) + r" \\",
+        r"\midrule",
+    ]
+    for row in d.itertuples(index=False):
+        body.append(" & ".join(latex_escape(x) for x in row) + r" \\")
+    body += [r"\bottomrule", r"\end{tabular}"]
+    if caption is None and label is None:
+        return "\n".join(body) + "\n"
+    out = [r"\begin{table}[t]", r"\centering"]
+    if caption is not None:
+        out.append(rf"\caption{{{latex_escape(caption)}}}")
+    if label is not None:
+        out.append(rf"\label{{{label}}}")
+    return "\n".join(out + body + [r"\end{table}"]) + "\n"
+
+
+def write_table(
+    df: pd.DataFrame,
+    stem: str | os.PathLike,
+    caption: str | None = None,
+    label: str | None = None,
+    index: bool = False,
+) -> dict[str, Path]:
+    """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` (atomically); returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("csv", "md", "tex")}
+    with atomic_path(paths["csv"]) as tmp:
+        df.to_csv(tmp, index=index)
+    with atomic_path(paths["md"]) as tmp:
+        Path(tmp).write_text(to_markdown(df, index=index))
+    with atomic_path(paths["tex"]) as tmp:
+        Path(tmp).write_text(to_latex(df, caption=caption, label=label, index=index))
+    log.info("wrote table %s.{csv,md,tex}", stem)
+    return paths

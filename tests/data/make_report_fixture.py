@@ -1,0 +1,356 @@
+"""Write tests/data/report_fixture/: a tiny, made-up experiment in the result-table formats of
+docs/DESIGN.md ("Result tables (what the report notebooks read)").
+
+The fixture mirrors ``results/{experiment}/`` for the planted benchmark (dataset ``planted``,
+model ``planted-vit-tiny``: 4 layers x 4 heads). The numbers are simulated, not computed by
+a model: per-group accuracies are drawn per method and passed through
+``clipbias.metrics.evaluate_predictions`` (so the tidy metric tables have exactly the
+evaluate stage's columns); the LTC frequency maps go through
+``clipbias.methods.ltc.contrastive_selection``; the dataset folder is a small
+``clipbias.synth.generate`` run. The output is committed; rerun after a format change:
+
+    .venv/bin/python tests/data/make_report_fixture.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipbias.methods.baselines import random_control_summary
+from clipbias.methods.ltc import contrastive_selection
+from clipbias.metrics import evaluate_predictions
+from clipbias.synth import generate
+
+OUT = Path(__file__).resolve().parent / "report_fixture"
+DATASET = "planted"
+MODEL = "planted-vit-tiny"
+LAYERS = [0, 1, 2, 3]
+N_HEADS = 4
+SEED = 20240611
+N_PER_GROUP = 400  # test split: balanced over class x background
+N_BOOT = 200
+
+# Per-group accuracies (groups: circle/land, circle/water, square/land, square/water).
+GROUP_ACC = {
+    "zero_shot": [0.97, 0.58, 0.62, 0.96],
+    "ortho_cali": [0.95, 0.66, 0.68, 0.94],
+    "roboshot": [0.93, 0.70, 0.71, 0.92],
+    "roboshot_accept": [0.96, 0.61, 0.64, 0.95],
+    "textspan_ablation": [0.94, 0.72, 0.74, 0.93],
+    "ltc": [0.92, 0.84, 0.85, 0.91],
+    "ltc_transductive": [0.92, 0.85, 0.85, 0.91],
+    "ltc_scale_preserving": [0.91, 0.83, 0.84, 0.91],
+    "ablate": [0.93, 0.79, 0.80, 0.92],
+    "ltc_no_ablate": [0.96, 0.63, 0.66, 0.95],
+    "ltc_full": [0.92, 0.81, 0.83, 0.91],
+}
+LTC_FILE_METHODS = [
+    "ltc",
+    "ltc_transductive",
+    "ltc_scale_preserving",
+    "ablate",
+    "ltc_no_ablate",
+    "ltc_full",
+]
+
+
+def head_id(l: int, h: int) -> str:
+    return f"L{l}H{h}"
+
+
+def simulate_predictions(rng, accs, n_per_group):
+    groups = np.repeat(np.arange(len(accs)), n_per_group)
+    labels = groups // 2
+    correct = rng.random(len(groups)) < np.asarray(accs)[groups]
+    preds = np.where(correct, labels, 1 - labels)
+    return preds, labels, groups
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+
+
+def write_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def metrics_tables(rng, group_names):
+    tables = {}
+    for method, accs in GROUP_ACC.items():
+        preds, labels, groups = simulate_predictions(rng, accs, N_PER_GROUP)
+        tables[method] = evaluate_predictions(
+            preds,
+            labels,
+            groups,
+            group_names=group_names,
+            method=method,
+            split="test",
+            n_boot=N_BOOT,
+            seed=SEED,
+        )
+    return tables
+
+
+def random_draws(rng, spurious, salient, zero_shot):
+    """100 LTC-random draws (columns of the correct stage's draws.csv)."""
+    pool = [head_id(l, h) for l in LAYERS for h in range(N_HEADS)]
+    pool_s = [h for h in pool if h not in spurious]
+    pool_y = [h for h in pool if h not in salient]
+    rows = []
+    for k in range(100):
+        rs = rng.choice(pool_s, size=len(spurious), replace=False)
+        ry = rng.choice(pool_y, size=len(salient), replace=False)
+        wg = float(np.clip(zero_shot["worst_group_acc"] + rng.normal(0.03, 0.05), 0.3, 0.95))
+        avg = float(np.clip(zero_shot["avg_acc"] + rng.normal(0.0, 0.015), wg, 0.99))
+        avg_group = float(np.clip(avg + rng.normal(0.0, 0.003), wg, 0.99))
+        rows.append(
+            {
+                "draw": k,
+                "spurious": ";".join(rs),
+                "salient": ";".join(ry),
+                "avg_acc": avg,
+                "avg_group_acc": avg_group,
+                "worst_group_acc": wg,
+                "gap": avg - wg,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def ltc_json(rng, variant, planted_s, planted_y):
+    """Frequency maps peaked on the planted heads -> the DESIGN ltc.json structure."""
+    n = len(LAYERS) * N_HEADS
+    ids = [(l, h) for l in LAYERS for h in range(N_HEADS)]
+    w_c = rng.gamma(0.6, 1.0, n)
+    w_w = rng.gamma(0.6, 1.0, n)
+    for i, (l, h) in enumerate(ids):
+        if head_id(l, h) in planted_s:
+            w_w[i] += 6.0 if head_id(l, h) == planted_s[0] else 3.5
+        if head_id(l, h) in planted_y:
+            w_c[i] += 5.0
+    w_c[[0, 1, 4]] = 0.0  # a few inactive heads, as in real runs
+    w_w[[0, 1]] = 0.0
+    n_correct, n_wrong = 812, 231
+    f_c = np.round(w_c / w_c.sum() * n_correct) / n_correct
+    f_w = np.round(w_w / w_w.sum() * n_wrong) / n_wrong
+    s_ids, y_ids, kappa, n_act = contrastive_selection(f_c, f_w)
+    d = f_w - f_c
+
+    def entry(i, score):
+        l, h = ids[i]
+        return {"head": head_id(l, h), "layer": l, "index": h, "score": float(score)}
+
+    return {
+        "variant": variant,
+        "locate_split": "val",
+        "group_labels": "true",
+        "attribute_accuracy": None,
+        "layers": LAYERS,
+        "n_heads": N_HEADS,
+        "minority_groups": [1, 2] if variant == "groups" else None,
+        "kappa": float(kappa),
+        "n_active": int(n_act),
+        "n_correct": n_correct,
+        "n_wrong": n_wrong,
+        "n_samples": 2000,
+        "baseline_accuracy": 0.9,
+        "spurious": [entry(i, d[i]) for i in s_ids],
+        "salient": [entry(i, -d[i]) for i in y_ids],
+        "frequencies": [
+            {
+                "head": head_id(l, h),
+                "layer": l,
+                "index": h,
+                "f_correct": float(f_c[i]),
+                "f_wrong": float(f_w[i]),
+            }
+            for i, (l, h) in enumerate(ids)
+        ],
+    }
+
+
+BACKGROUND_TEXTS = [
+    "a photo of the ocean",
+    "a land background",
+    "a picture of a lake",
+    "a photo of a forest",
+    "a water background",
+    "a photo of grass",
+]
+SHAPE_TEXTS = [
+    "a circle shape",
+    "a photo of a square",
+    "a small circle",
+    "a square shape",
+    "a picture of a circle",
+]
+OTHER_TEXTS = [
+    "a red object",
+    "a yellow object",
+    "a bright picture",
+    "a blurry photo",
+    "a small drawing",
+    "an image with noise",
+    "a dark picture",
+]
+
+
+def textspan_table(rng, spurious, salient, m=5):
+    rows = []
+    for l in LAYERS:
+        for h in range(N_HEADS):
+            hid = head_id(l, h)
+            if hid in spurious:
+                pool = BACKGROUND_TEXTS
+            elif hid in salient:
+                pool = SHAPE_TEXTS
+            else:
+                pool = OTHER_TEXTS
+            texts = list(rng.choice(pool, size=m, replace=False))
+            ve = np.sort(rng.uniform(0.01, 0.2, m))[::-1]
+            cum = np.cumsum(ve)
+            for r in range(m):
+                rows.append(
+                    {
+                        "layer": l,
+                        "head": h,
+                        "head_id": hid,
+                        "rank": r + 1,
+                        "text_index": int(rng.integers(0, 500)),
+                        "text": texts[r],
+                        "ve": float(ve[r]),
+                        "cum_ve": float(cum[r]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def ground_truth_table(rng, planted):
+    rows = []
+    for l in LAYERS:
+        for h in range(N_HEADS):
+            hid = head_id(l, h)
+            effect = rng.normal(0.0, 0.02) * (1 + l)
+            if hid in planted:
+                effect = -(0.9 if hid == planted[0] else 0.5) + rng.normal(0, 0.03)
+            half = abs(rng.normal(0.03, 0.01)) + 0.005
+            rows.append(
+                {
+                    "layer": l,
+                    "head": h,
+                    "head_id": hid,
+                    "effect": effect,
+                    "abs_effect": abs(effect),
+                    "ci_low": effect - half,
+                    "ci_high": effect + half * rng.uniform(0.8, 1.2),
+                }
+            )
+    df = pd.DataFrame(rows)
+    order = np.lexsort((df["head"], df["layer"], -df["abs_effect"]))
+    rank = np.empty(len(df), dtype=np.int64)
+    rank[order] = np.arange(1, len(df) + 1)
+    df["rank"] = rank
+    return df
+
+
+def train_log(rng):
+    epochs = []
+    loss = 4.6
+    for e in range(1, 11):
+        loss = loss * 0.78 + 0.12 + rng.normal(0, 0.02)
+        epochs.append(
+            {
+                "epoch": e,
+                "loss": float(loss),
+                "seconds": float(rng.uniform(30, 34)),
+                "logit_scale": float(14.3 + 3.0 * e),
+            }
+        )
+    return {
+        "epochs": epochs,
+        "wall_seconds": float(sum(x["seconds"] for x in epochs) + 4.0),
+        "seed": 42,
+        "n_images": 12000,
+        "steps": 470,
+        "config": {"epochs": 10, "batch_size": 256, "lr": 0.001},
+        "device": "cpu",
+        "num_threads": 2,
+        "torch_version": "fixture",
+        "open_clip_version": "fixture",
+    }
+
+
+README = """# Report fixture (generated, do not edit)
+
+A tiny, simulated experiment in the result-table formats of docs/DESIGN.md ("Result
+tables"), laid out like `results/{experiment}/` for dataset `planted` and model
+`planted-vit-tiny` (4 layers x 4 heads). The report notebooks default to these files and
+tests/unit/test_plots.py and tests/integration/test_notebooks.py run on them. The numbers
+are made up (LTC locates L3H1 and L2H0, the planted heads); regenerate with
+
+    .venv/bin/python tests/data/make_report_fixture.py
+"""
+
+
+def main() -> None:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    rng = np.random.default_rng(SEED)
+
+    data_dir = OUT / "data" / DATASET
+    generate(data_dir, seed=7, n_train=8, n_val=8, n_test=24, image_size=32)
+    meta = json.loads((data_dir / "dataset.json").read_text())
+    group_names = meta["group_names"]
+
+    planted_s, planted_y = ["L3H1", "L2H0"], ["L3H2"]
+    heads_dir = OUT / "heads" / DATASET / MODEL
+    ltc = ltc_json(rng, "groups", planted_s, planted_y)
+    write_json(ltc, heads_dir / "ltc.json")
+    write_json(ltc_json(rng, "full", planted_s, planted_y), heads_dir / "ltc_full.json")
+    spurious = [x["head"] for x in ltc["spurious"]]
+    salient = [x["head"] for x in ltc["salient"]]
+    write_csv(textspan_table(rng, spurious, salient), heads_dir / "textspan.csv")
+
+    tables = metrics_tables(rng, group_names)
+    write_csv(tables["zero_shot"], OUT / "metrics" / "zero_shot.csv")
+    zs = dict(zip(tables["zero_shot"]["metric"], tables["zero_shot"]["value"], strict=True))
+    draws = random_draws(rng, spurious, salient, zs)
+    rnd_dir = OUT / "metrics" / DATASET / "random" / MODEL
+    write_csv(draws, rnd_dir / "draws.csv")
+    metric_cols = ["avg_acc", "avg_group_acc", "worst_group_acc", "gap"]
+    random_rows = pd.DataFrame(
+        [
+            {
+                "method": "ltc_random",
+                "split": "test",
+                "metric": m,
+                "value": float(draws[m].mean()),
+                "ci_low": float(draws[m].quantile(0.025)),
+                "ci_high": float(draws[m].quantile(0.975)),
+                "n": len(draws),
+            }
+            for m in metric_cols
+        ]
+    )
+    order = LTC_FILE_METHODS + [m for m in GROUP_ACC if m not in LTC_FILE_METHODS]
+    table = pd.concat([tables[m] for m in order] + [random_rows], ignore_index=True)
+    write_csv(table, OUT / "metrics" / DATASET / f"{MODEL}.csv")
+    ltc_obs = dict(zip(tables["ltc"]["metric"], tables["ltc"]["value"], strict=True))
+    summary = random_control_summary(draws, {k: ltc_obs[k] for k in metric_cols})
+    write_csv(summary, rnd_dir / "summary.csv")
+
+    write_csv(ground_truth_table(rng, planted_s), OUT / "ground_truth" / "head_attribute.csv")
+    write_json(train_log(rng), OUT / "models" / MODEL / "train_log.json")
+    (OUT / "README.md").write_text(README)
+    print(f"wrote {OUT}")  # noqa: T201 - command-line script
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The report notebooks run under papermill on the committed fixture and convert to HTML.
+
+Command lines are the ones the Snakemake report rule uses (cwd = repo root, kernel
+``python3``, every output folder passed with ``-p``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import nbformat
+import pytest
+from conftest import REPO, tool
+
+FIGURES = {
+    "report_planted": [
+        "sample_grid",
+        "training_curve",
+        "zero_shot_groups",
+        "head_heatmap_ltc",
+        "head_heatmap_ltc_full",
+        "textspan_heads",
+        "located_vs_ground_truth",
+        "group_accuracy",
+        "random_distribution",
+    ],
+    "report_method": [
+        "zero_shot_groups",
+        "head_heatmap_ltc",
+        "head_heatmap_ltc_full",
+        "textspan_heads",
+        "group_accuracy",
+        "random_distribution",
+    ],
+}
+TABLES = {
+    "report_planted": [
+        "zero_shot_groups",
+        "heads_table",
+        "located_precision",
+        "group_accuracy",
+        "main_table",
+        "random_summary",
+    ],
+    "report_method": ["heads_table", "group_accuracy", "main_table", "random_summary"],
+}
+INPUT_PARAMS = {
+    "report_planted": [
+        "dataset_dir",
+        "train_log",
+        "zero_shot_metrics",
+        "metrics",
+        "random_draws",
+        "random_summary",
+        "ltc_json",
+        "ltc_full_json",
+        "textspan",
+        "ground_truth",
+    ],
+    "report_method": [
+        "dataset_meta",
+        "metrics",
+        "random_draws",
+        "random_summary",
+        "ltc_json",
+        "ltc_full_json",
+        "textspan",
+    ],
+}
+
+
+def _parameters(name):
+    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    ns: dict = {}
+    exec(cells[0].source, ns)  # plain literal assignments
+    return nb, {k: v for k, v in ns.items() if not k.startswith("__")}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_notebook_parameters_and_stripped(name):
+    nb, params = _parameters(name)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert params["repo_root"] == "."
+    assert {"fig_dir", "table_dir"} <= set(params)
+    for key in INPUT_PARAMS[name]:
+        assert (REPO / params[key]).exists(), f"default of {key} is not in the fixture"
+        assert params[key].startswith("tests/data/report_fixture/")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    rc = subprocess.run(
+        [tool("python"), "tools/strip_notebooks.py", "--check", f"notebooks/{name}.ipynb"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert rc.returncode == 0, rc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_notebook_runs_under_papermill(name, tmp_path):
+    fig_dir, table_dir = tmp_path / "figures", tmp_path / "tables"
+    out_nb = tmp_path / f"{name}.ipynb"
+    cmd = [
+        tool("papermill"),
+        f"notebooks/{name}.ipynb",
+        str(out_nb),
+        "-k",
+        "python3",
+        "--log-level",
+        "WARNING",
+        "-p",
+        "fig_dir",
+        str(fig_dir),
+        "-p",
+        "table_dir",
+        str(table_dir),
+    ]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-4000:]
+    for stem in FIGURES[name]:
+        for ext in ("png", "pdf"):
+            assert (fig_dir / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
+    for stem in TABLES[name]:
+        for ext in ("csv", "md", "tex"):
+            assert (table_dir / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    produced = {p.stem for p in fig_dir.iterdir()}
+    assert produced == set(FIGURES[name])
+    assert {p.stem for p in table_dir.iterdir()} == set(TABLES[name])
+
+    executed = nbformat.read(out_nb, as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = [
+        o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert len(images) == len(FIGURES[name])  # each figure shown once inline
+
+    res = subprocess.run(
+        [tool("jupyter"), "nbconvert", "--to", "html", "--log-level", "WARN", str(out_nb)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    html = out_nb.with_suffix(".html").read_text()
+    assert html.count("data:image/png;base64") >= len(FIGURES[name])
+    assert "Worst-group" in html

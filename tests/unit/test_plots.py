@@ -1,0 +1,273 @@
+"""clipbias.plots and clipbias.report on the committed report fixture (tests/data/report_fixture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from clipbias import plots, report
+
+FIX = "tests/data/report_fixture"
+DS, MODEL = "planted", "planted-vit-tiny"
+
+
+@pytest.fixture(scope="module")
+def fx(request):
+    root = request.config.rootpath / FIX
+    heads = root / "heads" / DS / MODEL
+    rnd = root / "metrics" / DS / "random" / MODEL
+    return {
+        "root": root,
+        "dataset_dir": root / "data" / DS,
+        "metrics": report.read_metrics(root / "metrics" / DS / f"{MODEL}.csv"),
+        "zero_shot": report.read_metrics(root / "metrics" / "zero_shot.csv"),
+        "ltc": report.read_json(heads / "ltc.json"),
+        "textspan": pd.read_csv(heads / "textspan.csv"),
+        "draws": pd.read_csv(rnd / "draws.csv"),
+        "summary": pd.read_csv(rnd / "summary.csv"),
+        "gt": pd.read_csv(root / "ground_truth" / "head_attribute.csv"),
+        "train_log": root / "models" / MODEL / "train_log.json",
+        "group_names": report.group_names_from(root / "data" / DS / "dataset.json"),
+    }
+
+
+def assert_written(fig, stem):
+    assert isinstance(fig, Figure)
+    png, pdf = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")
+    assert png.stat().st_size > 1000
+    assert pdf.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    # no leftovers from the atomic writes
+    assert not list(stem.parent.glob(".*.partial"))
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+@pytest.mark.parametrize("value", ["f_wrong-f_correct", "frequencies"])
+def test_head_heatmap(fx, tmp_path, value):
+    ltc = fx["ltc"]
+    out = tmp_path / f"heat_{value}"
+    fig = plots.head_heatmap(
+        report.frequency_frame(ltc), ltc["layers"], ltc["n_heads"], ltc, value, out=out
+    )
+    assert_written(fig, out)
+    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) >= 2
+    # S and Y marks are drawn as text in the cells
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("S") == 2 * len(ltc["spurious"])
+    assert texts.count("Y") == 2 * len(ltc["salient"])
+
+
+def test_head_heatmap_accepts_plain_head_lists_and_rejects_bad_value(fx, tmp_path):
+    ltc = fx["ltc"]
+    freq = pd.DataFrame(ltc["frequencies"])[["layer", "index", "f_correct", "f_wrong"]]
+    located = {"spurious": ["L3H1"], "salient": []}
+    fig = plots.head_heatmap(freq, ltc["layers"], 4, located, out=tmp_path / "h.png")
+    assert_written(fig, tmp_path / "h")  # ".png" suffix is dropped from the stem
+    with pytest.raises(ValueError, match="value must be"):
+        plots.head_heatmap(freq, ltc["layers"], 4, located, "nope", out=tmp_path / "x")
+
+
+def test_group_accuracy_all_methods(fx, tmp_path):
+    out = tmp_path / "groups"
+    fig = plots.group_accuracy(fx["metrics"], out, group_names=fx["group_names"])
+    assert_written(fig, out)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "Zero-shot" and labels[-1] == "LTC"
+    assert "LTC-random (mean of draws)" not in labels  # no per-group rows
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [*fx["group_names"], "worst group"]
+    hatched = [p for p in ax.patches if p.get_hatch()]
+    assert len(hatched) == len(labels)  # one worst group per method
+
+
+def test_group_accuracy_single_method_uses_table_group_names(fx, tmp_path):
+    out = tmp_path / "zs"
+    fig = plots.group_accuracy(fx["zero_shot"], out)  # names from the group_name column
+    assert_written(fig, out)
+    labels = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()]
+    assert labels == fx["group_names"]
+
+
+def test_random_distribution(fx, tmp_path):
+    v = fx["metrics"].set_index(["method", "metric"])["value"]
+    out = tmp_path / "rand"
+    fig = plots.random_distribution(
+        fx["draws"], v["ltc", "worst_group_acc"], v["zero_shot", "worst_group_acc"], out=out
+    )
+    assert_written(fig, out)
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    pct = fx["summary"].set_index("metric").loc["worst_group_acc", "percentile"]
+    assert f"percentile {pct:.0f}" in legend
+    assert "Zero-shot" in legend and "n = 100" in legend
+
+
+def test_midrank_percentile_matches_summary(fx):
+    summary = fx["summary"].set_index("metric")
+    for metric in ["avg_acc", "worst_group_acc", "gap"]:
+        got = plots.midrank_percentile(fx["draws"][metric], summary.loc[metric, "observed"])
+        assert got == pytest.approx(summary.loc[metric, "percentile"])
+    assert plots.midrank_percentile([1, 2, 3, 4], 2.0) == pytest.approx(37.5)
+
+
+def test_textspan_figure(fx, tmp_path):
+    out = tmp_path / "ts"
+    fig = plots.textspan_table_figure(fx["textspan"], fx["ltc"], out, top_k=2)
+    assert_written(fig, out)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    first = fx["textspan"].query("head_id == 'L3H1' and rank == 1")["text"].iloc[0]
+    assert any(t.startswith(f"1. {first}") for t in texts)
+    fig = plots.textspan_table_figure(fx["textspan"], ["L9H9"], tmp_path / "ts2")
+    assert "(not described)" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_sample_grid(fx, tmp_path):
+    out = tmp_path / "grid"
+    fig = plots.sample_grid(fx["dataset_dir"], out, per_group=3)
+    assert_written(fig, out)
+    assert len(fig.axes) == 4 * 3
+    rows = [fig.axes[i * 3].get_ylabel() for i in range(4)]
+    assert rows[0] == "circle on land" and rows[1] == "circle on water\n(minority)"
+    assert all(len(ax.images) == 1 for ax in fig.axes)
+
+
+def test_training_curve(fx, tmp_path):
+    out = tmp_path / "train"
+    fig = plots.training_curve(fx["train_log"], out)
+    assert_written(fig, out)
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == list(range(1, 11))
+
+
+def test_located_vs_ground_truth(fx, tmp_path):
+    out = tmp_path / "gt"
+    fig = plots.located_vs_ground_truth(fx["gt"], fx["ltc"], out)
+    assert_written(fig, out)
+    ax = fig.axes[0]
+    assert "precision@|S| 2/2 = 1.00" in ax.get_title()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == fx["gt"].sort_values("rank")["head_id"].tolist()
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+@pytest.fixture
+def tiny_metrics():
+    rows = [
+        ("ltc", "test", "avg_acc", 0.9, 0.88, 0.92),
+        ("ltc", "test", "worst_group_acc", 0.727, 0.691, 0.760),
+        ("ltc", "test", "gap", 0.173, 0.15, 0.2),
+        ("ltc", "test", "acc_group_0", 0.95, 0.9, 0.99),
+        ("ltc", "test", "acc_group_1", 0.727, 0.691, 0.760),
+        ("zero_shot", "test", "avg_acc", 0.8, 0.78, 0.82),
+        ("zero_shot", "test", "worst_group_acc", 0.5, 0.45, 0.55),
+        ("zero_shot", "test", "acc_group_0", 0.99, 0.98, 1.0),
+        ("zero_shot", "test", "acc_group_1", 0.5, 0.45, 0.55),
+        ("my_method", "test", "avg_acc", 0.85, np.nan, np.nan),
+        ("zero_shot", "val", "avg_acc", 0.1, 0.0, 0.2),
+    ]
+    return pd.DataFrame(rows, columns=["method", "split", "metric", "value", "ci_low", "ci_high"])
+
+
+def test_main_table_values_and_layout(tiny_metrics):
+    t = report.main_table(tiny_metrics, split="test")
+    assert list(t.columns) == ["Method", "Worst-group", "Average", "Gap"]
+    # METHOD_ORDER: zero-shot first, LTC after the baselines, unknown methods last
+    assert t["Method"].tolist() == ["Zero-shot", "LTC", "my_method"]
+    ltc = t.set_index("Method").loc["LTC"]
+    assert ltc["Worst-group"] == "72.7 [69.1, 76.0]"
+    assert ltc["Average"] == "90.0 [88.0, 92.0]"
+    assert ltc["Gap"] == "17.3 [15.0, 20.0]"
+    zs = t.set_index("Method").loc["Zero-shot"]
+    assert zs["Gap"] == "n/a"
+    assert t.set_index("Method").loc["my_method", "Average"] == "85.0"  # no interval
+    # default split: "test" is chosen when several are present
+    assert report.main_table(tiny_metrics).equals(t)
+    t2 = report.main_table(tiny_metrics, methods=["ltc"], split="test", digits=2)
+    assert t2["Worst-group"].tolist() == ["72.70 [69.10, 76.00]"]
+
+
+def test_format_ci():
+    assert report.format_ci(0.7272, 0.6911, 0.76) == "72.7 [69.1, 76.0]"
+    assert report.format_ci(float("nan"), 0.1, 0.2) == "n/a"
+
+
+def test_group_table(tiny_metrics):
+    t = report.group_table(tiny_metrics, ["land", "water"], split="test")
+    assert list(t.columns) == ["Method", "land", "water"]
+    assert t.set_index("Method").loc["Zero-shot", "water"] == "50.0 [45.0, 55.0]"
+
+
+def test_heads_table(fx):
+    ltc = fx["ltc"]
+    t = report.heads_table(ltc, fx["textspan"], top_k=2, ground_truth_df=fx["gt"])
+    n_s, n_y = len(ltc["spurious"]), len(ltc["salient"])
+    assert t["Set"].tolist() == ["S"] * n_s + ["Y"] * n_y
+    assert t["Head"].tolist() == report.located(ltc, "spurious") + report.located(ltc, "salient")
+    row = t.iloc[0]
+    texts = fx["textspan"].query("head_id == @row.Head").sort_values("rank")["text"].tolist()
+    assert row["Descriptions"] == "; ".join(texts[:2])
+    assert row["GT rank"] == "1"
+    assert row["Score"] == f"{ltc['spurious'][0]['score']:.3f}"
+    bare = report.heads_table({"spurious": [{"head": "L9H9", "score": 0.5}]}, fx["textspan"])
+    assert bare["Descriptions"].tolist() == ["(not described)"]
+    assert list(report.heads_table(ltc).columns) == ["Set", "Head", "Score"]
+
+
+def test_precision_at_k(fx):
+    assert report.precision_at_k(fx["gt"], ["L3H1", "L2H0"]) == 1.0
+    assert report.precision_at_k(fx["gt"], ["L3H1", "L0H0"]) == 0.5
+    assert np.isnan(report.precision_at_k(fx["gt"], []))
+
+
+def test_markdown_and_latex():
+    df = pd.DataFrame({"Method": ["a|b", "c_d"], "Acc (%)": ["72.7 [69.1, 76.0]", "50 ± 1"]})
+    md = report.to_markdown(df)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| Method | Acc (%) |"
+    assert lines[1] == "| --- | --- |"
+    assert lines[2] == "| a\\|b | 72.7 [69.1, 76.0] |"
+    num = report.to_markdown(pd.DataFrame({"x": [1.5]}))
+    assert "| ---: |" in num
+    tex = report.to_latex(df)
+    assert tex.startswith("\\begin{tabular}{ll}\n\\toprule\n")
+    assert "Method & Acc (\\%) \\\\" in tex
+    assert "c\\_d & 50 $\\pm$ 1 \\\\" in tex
+    assert tex.rstrip().endswith("\\end{tabular}")
+    wrapped = report.to_latex(df, caption="Main 100%", label="tab:main")
+    assert "\\caption{Main 100\\%}" in wrapped and "\\label{tab:main}" in wrapped
+    assert wrapped.rstrip().endswith("\\end{table}")
+
+
+def test_write_table(fx, tmp_path):
+    t = report.main_table(fx["metrics"])
+    paths = report.write_table(t, tmp_path / "sub" / "main_table", caption="Main")
+    assert sorted(p.name for p in paths.values()) == [
+        "main_table.csv",
+        "main_table.md",
+        "main_table.tex",
+    ]
+    assert pd.read_csv(paths["csv"]).equals(t)
+    md = paths["md"].read_text().splitlines()
+    assert len(md) == 2 + len(t)
+    assert "| LTC |" in md[-1]
+    assert "\\caption{Main}" in paths["tex"].read_text()
+
+
+def test_random_summary_table(fx):
+    t = report.random_summary_table(fx["summary"])
+    assert t["Metric"].tolist() == ["Average", "Group average", "Worst-group", "Gap"]
+    assert t.loc[2, "Draws"] == "100"
+
+
+def test_read_metrics_dedupes(fx):
+    root = fx["root"] / "metrics"
+    both = report.read_metrics(root / "zero_shot.csv", root / DS / f"{MODEL}.csv")
+    assert not both.duplicated(["method", "split", "metric"]).any()
+    assert set(both["method"]) == set(fx["metrics"]["method"])
