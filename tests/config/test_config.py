@@ -46,6 +46,20 @@ def test_every_key_documented_in_config_readme():
             assert f"`{path}`" in readme, f"config/README.md does not document `{path}`"
 
 
+def test_config_readme_is_generated_from_the_schema():
+    """Defaults and descriptions in config/README.md are the schema's (scripts/config_docs.py)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "scripts/config_docs.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+
+
 BAD = [
     ({"unknown_key": 1}, "unknown_key"),
     ({"features": {"n_shards": 0}}, "n_shards"),
