@@ -8,7 +8,6 @@ that succeeds on retry. Each test works in its own copy of the workflow under tm
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -20,66 +19,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tool
-
-CONFIG = "tests/config/tiny.yaml"
-EXP = "results/tiny"
-FEAT = f"{EXP}/features/planted-vit-tiny/planted"
-COPY = ["Snakefile", "workflow", "config", "envs", "profiles", "src", "tests/config"]
+from workflow_helpers import (
+    CONFIG,
+    EXP,
+    FEAT,
+    N_HEADS,
+    N_LAYERS,
+    digest,
+    make_workdir,
+    result_tables,
+    run,
+    snakemake_cmd,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def make_workdir(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in COPY:
-        src = REPO / item
-        if src.is_dir():
-            shutil.copytree(
-                src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-            )
-        else:
-            (dest / item).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / item)
-    return dest
-
-
-def snakemake_cmd(*extra: str, cores: int = 2) -> list[str]:
-    return [tool("snakemake"), "--configfile", CONFIG, "--cores", str(cores), *extra]
-
-
-def run(workdir: Path, *extra: str, env: dict | None = None, timeout: int = 600):
-    res = subprocess.run(
-        snakemake_cmd(*extra),
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    return res.returncode, res.stdout + res.stderr
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def result_tables(workdir: Path) -> dict[str, str]:
-    files = [
-        *(workdir / EXP / "metrics").rglob("*.csv"),
-        *(workdir / EXP / "ground_truth").rglob("*.csv"),
-        *(workdir / EXP / "heads").rglob("*.csv"),
-        *(workdir / EXP / "heads").rglob("*.json"),
-    ]
-    return {str(p.relative_to(workdir)): digest(p) for p in sorted(files)}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    work = make_workdir(tmp_path_factory.mktemp("tiny") / "wf")
-    rc, out = run(work)
-    assert rc == 0, out[-5000:]
-    return work
 
 
 def incomplete_outputs(work: Path) -> set[str]:
@@ -123,7 +76,7 @@ def test_every_stage_produced_its_outputs(tiny_run):
     idx, heads, rest = fs.load(split="test")
     emb = heads.sum((1, 2)) + rest
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
-    assert heads.shape[1:3] == (4, 4)
+    assert heads.shape[1:3] == (N_LAYERS, N_HEADS)
 
     zs = pd.read_csv(tiny_run / EXP / "metrics/zero_shot.csv")
     assert {"avg_acc", "worst_group_acc", "gap", "acc_group_3"} <= set(zs["metric"])
@@ -144,9 +97,10 @@ def test_every_stage_produced_its_outputs(tiny_run):
     } <= methods
     assert (table["ci_low"] <= table["value"] + 1e-12).all()
     gt = pd.read_csv(tiny_run / EXP / "ground_truth/head_attribute.csv")
-    assert len(gt) == 16 and set(gt["rank"]) == set(range(1, 17))
+    n = N_LAYERS * N_HEADS
+    assert len(gt) == n and set(gt["rank"]) == set(range(1, n + 1))
     ltc = json.loads((tiny_run / EXP / "heads/planted/planted-vit-tiny/ltc.json").read_text())
-    assert len(ltc["frequencies"]) == 16
+    assert len(ltc["frequencies"]) == n
     draws = pd.read_csv(tiny_run / EXP / "metrics/planted/random/planted-vit-tiny/draws.csv")
     assert len(draws) == 20
     log = json.loads((tiny_run / EXP / "models/planted-vit-tiny/train_log.json").read_text())

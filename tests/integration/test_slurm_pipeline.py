@@ -1,0 +1,99 @@
+"""The reduced embedded default through profiles/slurm on a real SLURM cluster.
+
+tests/config/tiny.yaml passes through every stage (generation, training, extraction in 3
+shards, TextSpan, locating, correcting, evaluation, report notebook). Here every one of its
+jobs is submitted by the official executor plugin with `--profile profiles/slurm`, and the
+result tables must be byte-identical to a local run of the same config (``tiny_run``).
+
+The cluster comes from the session fixture ``slurm_cluster`` (tests/conftest.py): a running
+cluster, or the local one of cluster/slurm-up.sh with CLIPBIAS_SLURM=1 (.ci/run sets it);
+otherwise the test is skipped with the reason. Every snakemake call runs under
+`timeout -s KILL`, so a hung status check cannot hang CI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from workflow_helpers import (
+    CONFIG,
+    EXP,
+    cancel_leftover_jobs,
+    make_workdir,
+    result_tables,
+    run_bounded,
+    tail,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+TIMEOUT = 1500  # seconds, hard limit (SIGKILL) for the whole pipeline through SLURM
+GPU_RULES = ("extract_features", "train_small_clip")
+
+
+def slurm_snakemake(workdir: Path, *extra: str):
+    """snakemake with profiles/slurm, overridden only where this cluster differs from a real
+    one: partition `debug` (no `gpu` partition), no GPU, no accounting database (squeue)."""
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--configfile", CONFIG,
+        "--profile", str(workdir / "profiles" / "slurm"),
+        # profiles/default (cores: all, local options) must not be layered on top.
+        "--workflow-profile", "none",
+        # Same threads per job as the local run (determinism of the trained model), and
+        # two jobs at a time on the 2-CPU node.
+        "--cores", "2", "--jobs", "2",
+        "--default-resources", "slurm_partition=debug", "runtime=20", "mem_mb=1500",
+        "--set-resources",
+        *(f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "slurm_partition=debug")),
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-keep-successful-logs",
+        "--latency-wait", "10",
+        *extra,
+    ]  # fmt: skip
+    env = dict(os.environ)
+    # Jobs inherit PATH (sbatch --export=ALL): their snakemake must be this one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        res = run_bounded(cmd, timeout=TIMEOUT, env=env, cwd=workdir)
+    finally:
+        cancel_leftover_jobs(workdir)
+    if res.returncode in (-9, 137):
+        pytest.fail(f"snakemake killed after {TIMEOUT} s:\n{tail(res.stderr, 80)}")
+    return res
+
+
+def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tiny_run, tmp_path):
+    work = make_workdir(tmp_path / "wf")
+    res = slurm_snakemake(work)
+    assert res.returncode == 0, tail(res.stderr, 120)
+
+    # Every job was a SLURM job: the plugin kept one log per job, named by its SLURM id.
+    logs = work / ".snakemake" / "slurm_logs"
+    by_rule = {d.name.removeprefix("rule_"): list(d.rglob("*.log")) for d in logs.iterdir()}
+    expected = {
+        "make_planted_dataset": 1,
+        "train_small_clip": 1,
+        "extract_features": 3,
+        "feature_manifest": 1,
+        "textspan": 1,
+        "locate_ltc": 1,
+        "correct_ltc": 1,
+        "run_baselines": 1,
+        "evaluate": 1,
+        "report_planted": 1,
+    }
+    for rule, n in expected.items():
+        assert len(by_rule.get(rule, [])) == n, (rule, by_rule.get(rule))
+    assert all(p.stem.isdigit() for files in by_rule.values() for p in files)
+
+    # Same science as the local run: every result table byte-identical.
+    local, cluster = result_tables(tiny_run), result_tables(work)
+    assert len(local) >= 8
+    assert cluster == local
+    report = work / EXP / "report/planted/planted-vit-tiny/report_planted.html"
+    assert report.stat().st_size > 10_000

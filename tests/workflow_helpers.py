@@ -1,0 +1,139 @@
+"""Helpers shared by the workflow-level tests (local runs and runs through SLURM).
+
+A test never runs the workflow in the repository itself: :func:`make_workdir` copies what a
+fresh clone needs to run (the tracked workflow files) into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import REPO, tool
+
+CONFIG = "tests/config/tiny.yaml"
+EXP = "results/tiny"
+FEAT = f"{EXP}/features/planted-vit-tiny/planted"
+COPY = [
+    "Snakefile",
+    "workflow",
+    "config",
+    "envs",
+    "profiles",
+    "src",
+    "notebooks",
+    "tests/config",
+]
+MODEL_CFG = json.loads((REPO / "src/clipbias/model_configs/planted-vit-tiny.json").read_text())
+N_LAYERS = MODEL_CFG["vision_cfg"]["layers"]
+N_HEADS = MODEL_CFG["vision_cfg"]["width"] // MODEL_CFG["vision_cfg"]["head_width"]
+
+
+def make_workdir(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in COPY:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(
+                src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+            )
+        else:
+            (dest / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / item)
+    return dest
+
+
+def snakemake_cmd(*extra: str, cores: int = 2) -> list[str]:
+    return [tool("snakemake"), "--configfile", CONFIG, "--cores", str(cores), *extra]
+
+
+def run(workdir: Path, *extra: str, env: dict | None = None, timeout: int = 600):
+    res = subprocess.run(
+        snakemake_cmd(*extra),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return res.returncode, res.stdout + res.stderr
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def result_tables(workdir: Path) -> dict[str, str]:
+    files = [
+        *(workdir / EXP / "metrics").rglob("*.csv"),
+        *(workdir / EXP / "ground_truth").rglob("*.csv"),
+        *(workdir / EXP / "heads").rglob("*.csv"),
+        *(workdir / EXP / "heads").rglob("*.json"),
+    ]
+    return {str(p.relative_to(workdir)): digest(p) for p in sorted(files)}
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+UP = REPO / "cluster" / "slurm-up.sh"
+DOWN = REPO / "cluster" / "slurm-down.sh"
+
+
+def run_bounded(cmd: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
+    """Run under `timeout -s KILL` (plus a Python-side timeout as a second guard)."""
+    return subprocess.run(
+        ["timeout", "-s", "KILL", str(timeout), *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        **kwargs,
+    )
+
+
+def local_cluster_down() -> bool:
+    """True if slurm.conf is the one of cluster/slurm-up.sh and its slurmctld is not running.
+
+    Saves the ~10 s that sinfo spends retrying a controller that is not there.
+    """
+    conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    state = Path(os.environ.get("CLIPBIAS_SLURM_STATE", "/run/clipbias-slurm"))
+    try:
+        if "written by clipbias cluster/slurm-up.sh" not in conf.read_text():
+            return False
+        pid = (state / "slurm" / "slurmctld.pid").read_text().strip()
+        return Path(f"/proc/{pid}/comm").read_text().strip() != "slurmctld"
+    except OSError:
+        return conf.exists()
+
+
+def cluster_up() -> bool:
+    """A SLURM controller answers and its node is usable."""
+    if shutil.which("sinfo") is None or local_cluster_down():
+        return False
+    try:
+        res = run_bounded(["sinfo", "-h", "-o", "%T"], timeout=15)
+    except subprocess.TimeoutExpired:
+        return False
+    # idle, or partly/fully busy with someone else's jobs: usable either way.
+    usable = {"idle", "mixed", "allocated", "completing"}
+    return res.returncode == 0 and bool(usable & set(res.stdout.split()))
+
+
+def tail(text: str, n: int = 40) -> str:
+    return "\n".join(text.splitlines()[-n:])
+
+
+def cancel_leftover_jobs(workdir: Path) -> None:
+    """scancel jobs of this run still queued (a failed or killed run), by working directory."""
+    res = run_bounded(["squeue", "-h", "-o", "%i %Z"], timeout=15)
+    ids = [
+        line.split()[0]
+        for line in res.stdout.splitlines()
+        if len(line.split()) == 2 and Path(line.split()[1]) == workdir
+    ]
+    if ids:
+        run_bounded(["scancel", *ids], timeout=15)
