@@ -47,6 +47,12 @@ def make_workdir(dest: Path) -> Path:
     return dest
 
 
+def copy_run(src: Path, dest: Path) -> Path:
+    """Copy a finished run; copy2 keeps mtimes, so nothing looks stale to Snakemake."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
 def snakemake_cmd(*extra: str, cores: int = 2) -> list[str]:
     return [tool("snakemake"), "--configfile", CONFIG, "--cores", str(cores), *extra]
 

@@ -25,6 +25,7 @@ from workflow_helpers import (
     FEAT,
     N_HEADS,
     N_LAYERS,
+    copy_run,
     digest,
     make_workdir,
     result_tables,
@@ -60,11 +61,6 @@ def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
         elif (logs / f"{i:05d}.log").exists() and rel in marked:
             running.append(shard)
     return done, running
-
-
-def copy_run(src: Path, dest: Path) -> Path:
-    shutil.copytree(src, dest, symlinks=True)  # copy2 keeps mtimes, so nothing looks stale
-    return dest
 
 
 def test_every_stage_produced_its_outputs(tiny_run):
