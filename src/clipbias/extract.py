@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +37,66 @@ def resolve_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
     return layers
 
 
+def load_image(root: Path, rel: str, preprocess) -> torch.Tensor:
+    """Open one image (RGB) and apply the model's preprocess transform."""
+    p = root / rel
+    try:
+        with Image.open(p) as im:
+            return preprocess(im.convert("RGB"))
+    except OSError as e:
+        raise FileNotFoundError(
+            f"cannot read image {p} listed in {root / 'index.parquet'}: {e}. "
+            "Re-run the dataset rule (download/extract) for this dataset."
+        ) from e
+
+
 def load_images(root: Path, paths: Sequence[str], preprocess) -> torch.Tensor:
     """Open and preprocess images (RGB) into one [N, 3, S, S] tensor."""
-    out = []
-    for rel in paths:
-        p = root / rel
-        try:
-            with Image.open(p) as im:
-                out.append(preprocess(im.convert("RGB")))
-        except (OSError, FileNotFoundError) as e:
-            raise FileNotFoundError(
-                f"cannot read image {p} listed in {root / 'index.parquet'}: {e}. "
-                "Re-run the dataset rule (download/extract) for this dataset."
-            ) from e
-    return torch.stack(out)
+    return torch.stack([load_image(root, rel, preprocess) for rel in paths])
+
+
+class _Images(torch.utils.data.Dataset):
+    """Index rows -> preprocessed image tensors (for a DataLoader with worker processes)."""
+
+    def __init__(self, root: Path, paths: Sequence[str], preprocess) -> None:
+        self.root, self.paths, self.preprocess = root, list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return load_image(self.root, self.paths[i], self.preprocess)
+
+
+def image_batches(
+    root: Path, paths: Sequence[str], preprocess, batch_size: int, num_workers: int = 0
+) -> Iterator[torch.Tensor]:
+    """Preprocessed [B, 3, S, S] batches in index order.
+
+    With ``num_workers`` > 0, worker processes decode and resize the next batches while the
+    model works on the current one (what keeps a GPU busy); 0 loads in this process.
+    """
+    if num_workers <= 0:
+        for b in range(0, len(paths), batch_size):
+            yield load_images(root, paths[b : b + batch_size], preprocess)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Images(root, paths, preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2,
+    )
+    yield from loader
+
+
+def default_workers(threads: int | None, device: torch.device) -> int:
+    """Loader worker processes for a job with ``threads`` CPUs: all but one on CUDA (the
+    main process feeds the GPU), none on the CPU (the model itself needs the cores)."""
+    if device.type != "cuda" or not threads:
+        return 0
+    return max(0, int(threads) - 1)
 
 
 def extract_shard(
@@ -63,10 +109,12 @@ def extract_shard(
     dtype: str = "float32",
     batch_size: int = 64,
     extra_meta: dict[str, Any] | None = None,
+    num_workers: int = 0,
 ) -> int:
     """Decompose the images of one index shard and write the Parquet shard atomically.
 
-    Returns the number of rows written.
+    ``num_workers``: image loader processes (see :func:`image_batches`); the output does not
+    depend on it. Returns the number of rows written.
     """
     from clipbias.decompose import decompose
 
@@ -96,10 +144,11 @@ def extract_shard(
     heads_out, rest_out, emb_out, norm_out, mu_out, sig_out = [], [], [], [], [], []
     t0 = time.perf_counter()
     with tqdm(total=len(part), unit="img", desc=f"shard {shard}", mininterval=2.0) as bar:
-        for b in range(0, len(part), batch_size):
-            rows = part.iloc[b : b + batch_size]
-            images = load_images(root, rows["path"].tolist(), loaded.preprocess).to(loaded.device)
-            dec = decompose(loaded.model, images)
+        batches = image_batches(
+            root, part["path"].tolist(), loaded.preprocess, batch_size, num_workers
+        )
+        for images in batches:
+            dec = decompose(loaded.model, images.to(loaded.device, non_blocking=True))
             heads = dec.heads.float().cpu().numpy()
             keep = heads[:, stored]
             not_stored = [l for l in range(n_layers) if l not in stored]
@@ -112,7 +161,7 @@ def extract_shard(
             norm_out.append(dec.norm.float().cpu().numpy())
             mu_out.append(dec.ln_mu.float().cpu().numpy())
             sig_out.append(dec.ln_sigma.float().cpu().numpy())
-            bar.update(len(rows))
+            bar.update(len(images))
             bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f}")
 
     n_heads, dim = meta["n_heads"], meta["dim"]

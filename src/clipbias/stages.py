@@ -97,13 +97,21 @@ def extract_features(
     threads: int | None = None,
 ) -> int:
     """Decompose one shard of the dataset index into ``out`` (Parquet, written atomically)."""
-    from clipbias.extract import extract_shard
+    from clipbias.extract import default_workers, extract_shard
 
     _set_threads(threads)
     maybe_fail_once("extract_features")
     loaded = _load(model_name, pretrained, device)
     return extract_shard(
-        loaded, dataset_dir, out, shard, n_shards, layers=layers, dtype=dtype, batch_size=batch_size
+        loaded,
+        dataset_dir,
+        out,
+        shard,
+        n_shards,
+        layers=layers,
+        dtype=dtype,
+        batch_size=batch_size,
+        num_workers=default_workers(threads, loaded.device),
     )
 
 

@@ -35,7 +35,8 @@ rule extract_features:
         "benchmarks/{experiment}/extract_features/{model}/{dataset}/{shard}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    # On a GPU, all but one thread decode and resize images for the next batches.
+    threads: 4
     resources:
         gpu=1,
         mem_mb=model_mem_mb,
