@@ -21,12 +21,19 @@ def pip_pins() -> dict[str, str]:
     return pins
 
 
+ACTIONS = re.compile(r"^\s+(shell|script|run|notebook|wrapper):", re.M)
+
+
 def rules_and_envs() -> list[tuple[str, str, Path]]:
+    """(rule, file, env path) of every rule that runs something; target-only rules (inputs
+    and nothing else, e.g. ``report``) execute no code and need no env."""
     out = []
     for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
         text = smk.read_text()
         for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", text, re.S | re.M):
             name, body = m.group(1), m.group(2)
+            if not ACTIONS.search(body):
+                continue
             env = re.search(r"conda:\s*\n\s*\"([^\"]+)\"", body)
             out.append((name, smk.name, (smk.parent / env.group(1)).resolve() if env else None))
     return out
