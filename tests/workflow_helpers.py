@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO, tool
@@ -45,6 +46,42 @@ def make_workdir(dest: Path) -> Path:
             (dest / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / item)
     return dest
+
+
+# Figure and table stems each report notebook writes (workflow/rules/common.smk lists them
+# as the rules' outputs).
+FIGURES = {
+    "report_planted": [
+        "sample_grid",
+        "training_curve",
+        "zero_shot_groups",
+        "head_heatmap_ltc",
+        "head_heatmap_ltc_full",
+        "textspan_heads",
+        "located_vs_ground_truth",
+        "group_accuracy",
+        "random_distribution",
+    ],
+    "report_method": [
+        "zero_shot_groups",
+        "head_heatmap_ltc",
+        "head_heatmap_ltc_full",
+        "textspan_heads",
+        "group_accuracy",
+        "random_distribution",
+    ],
+}
+TABLES = {
+    "report_planted": [
+        "zero_shot_groups",
+        "heads_table",
+        "located_precision",
+        "group_accuracy",
+        "main_table",
+        "random_summary",
+    ],
+    "report_method": ["heads_table", "group_accuracy", "main_table", "random_summary"],
+}
 
 
 def copy_run(src: Path, dest: Path) -> Path:
@@ -143,3 +180,47 @@ def cancel_leftover_jobs(workdir: Path) -> None:
     ]
     if ids:
         run_bounded(["scancel", *ids], timeout=15)
+
+
+def run_through_slurm(
+    workdir: Path,
+    *args: str,
+    profile: Path,
+    timeout: int,
+    gpu_rules: tuple[str, ...] = ("extract_features",),
+    runtime: int = 5,
+    mem_mb: int = 200,
+    latency_wait: int = 5,
+) -> subprocess.CompletedProcess:
+    """snakemake with ``profile`` (profiles/slurm) on the local test cluster, overridden only
+    where that cluster differs from a real one: partition `debug` for everything (there is
+    no `gpu` partition), no GPU request, no accounting database (squeue for status).
+
+    Runs under `timeout -s KILL`; jobs of the run left in the queue are cancelled; a killed
+    run fails the calling test.
+    """
+    import pytest
+
+    cmd = [
+        sys.executable, "-m", "snakemake", *args,
+        "--profile", str(profile),
+        # profiles/default (cores: all, local options) must not be layered on top.
+        "--workflow-profile", "none",
+        "--default-resources", "slurm_partition=debug", f"runtime={runtime}", f"mem_mb={mem_mb}",
+        "--set-resources",
+        *(f"{rule}:{key}" for rule in gpu_rules for key in ("gpu=0", "slurm_partition=debug")),
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-keep-successful-logs",
+        "--latency-wait", str(latency_wait),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    # Jobs inherit PATH (sbatch --export=ALL): their snakemake must be this one.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        res = run_bounded(cmd, timeout=timeout, env=env, cwd=workdir)
+    finally:
+        cancel_leftover_jobs(workdir)
+    if res.returncode in (-9, 137):
+        pytest.fail(f"snakemake killed after {timeout} s:\n{tail(res.stderr, 80)}")
+    return res

@@ -11,39 +11,8 @@ import subprocess
 import nbformat
 import pytest
 from conftest import REPO, tool
+from workflow_helpers import FIGURES, TABLES
 
-FIGURES = {
-    "report_planted": [
-        "sample_grid",
-        "training_curve",
-        "zero_shot_groups",
-        "head_heatmap_ltc",
-        "head_heatmap_ltc_full",
-        "textspan_heads",
-        "located_vs_ground_truth",
-        "group_accuracy",
-        "random_distribution",
-    ],
-    "report_method": [
-        "zero_shot_groups",
-        "head_heatmap_ltc",
-        "head_heatmap_ltc_full",
-        "textspan_heads",
-        "group_accuracy",
-        "random_distribution",
-    ],
-}
-TABLES = {
-    "report_planted": [
-        "zero_shot_groups",
-        "heads_table",
-        "located_precision",
-        "group_accuracy",
-        "main_table",
-        "random_summary",
-    ],
-    "report_method": ["heads_table", "group_accuracy", "main_table", "random_summary"],
-}
 INPUT_PARAMS = {
     "report_planted": [
         "dataset_dir",

@@ -13,29 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from workflow_helpers import EXP, copy_run, run
+from workflow_helpers import FIGURES as ALL_FIGURES
+from workflow_helpers import TABLES as ALL_TABLES
 
 pytestmark = pytest.mark.slow
 
 REPORT = f"{EXP}/report/planted/planted-vit-tiny"
-FIGURES = [
-    "sample_grid",
-    "training_curve",
-    "zero_shot_groups",
-    "head_heatmap_ltc",
-    "head_heatmap_ltc_full",
-    "textspan_heads",
-    "located_vs_ground_truth",
-    "group_accuracy",
-    "random_distribution",
-]
-TABLES = [
-    "zero_shot_groups",
-    "heads_table",
-    "located_precision",
-    "group_accuracy",
-    "main_table",
-    "random_summary",
-]
+FIGURES = ALL_FIGURES["report_planted"]
+TABLES = ALL_TABLES["report_planted"]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -13,20 +13,10 @@ otherwise the test is skipped with the reason. Every snakemake call runs under
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-from workflow_helpers import (
-    CONFIG,
-    EXP,
-    cancel_leftover_jobs,
-    make_workdir,
-    result_tables,
-    run_bounded,
-    tail,
-)
+from workflow_helpers import CONFIG, EXP, make_workdir, result_tables, run_through_slurm, tail
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -35,36 +25,21 @@ GPU_RULES = ("extract_features", "train_small_clip")
 
 
 def slurm_snakemake(workdir: Path, *extra: str):
-    """snakemake with profiles/slurm, overridden only where this cluster differs from a real
-    one: partition `debug` (no `gpu` partition), no GPU, no accounting database (squeue)."""
-    cmd = [
-        sys.executable, "-m", "snakemake",
+    """The tiny config through profiles/slurm on the local test cluster."""
+    return run_through_slurm(
+        workdir,
         "--configfile", CONFIG,
-        "--profile", str(workdir / "profiles" / "slurm"),
-        # profiles/default (cores: all, local options) must not be layered on top.
-        "--workflow-profile", "none",
         # Same threads per job as the local run (determinism of the trained model), and
         # two jobs at a time on the 2-CPU node.
         "--cores", "2", "--jobs", "2",
-        "--default-resources", "slurm_partition=debug", "runtime=20", "mem_mb=1500",
-        "--set-resources",
-        *(f"{rule}:{key}" for rule in GPU_RULES for key in ("gpu=0", "slurm_partition=debug")),
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--slurm-keep-successful-logs",
-        "--latency-wait", "10",
         *extra,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    # Jobs inherit PATH (sbatch --export=ALL): their snakemake must be this one.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    try:
-        res = run_bounded(cmd, timeout=TIMEOUT, env=env, cwd=workdir)
-    finally:
-        cancel_leftover_jobs(workdir)
-    if res.returncode in (-9, 137):
-        pytest.fail(f"snakemake killed after {TIMEOUT} s:\n{tail(res.stderr, 80)}")
-    return res
+        profile=workdir / "profiles" / "slurm",
+        timeout=TIMEOUT,
+        gpu_rules=GPU_RULES,
+        runtime=20,
+        mem_mb=1500,
+        latency_wait=10,
+    )  # fmt: skip
 
 
 def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tiny_run, tmp_path):

@@ -12,15 +12,13 @@ The local cluster has no accounting database, hence `--slurm-status-command sque
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from workflow_helpers import cancel_leftover_jobs, run_bounded, tail
+from workflow_helpers import run_through_slurm, tail
 
 pytestmark = pytest.mark.slurm
 
@@ -37,36 +35,17 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def _snakemake(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """Run the tiny workflow with profiles/slurm, overridden for the local test cluster."""
-    cmd = [
-        sys.executable, "-m", "snakemake",
+    """Run the tiny workflow with profiles/slurm on the local test cluster."""
+    return run_through_slurm(
+        workdir,
         "--snakefile", str(workdir / "Snakefile"),
         "--directory", str(workdir),
-        # The profile under test; `none` keeps any profiles/default out of the run.
-        "--profile", str(REPO / "profiles" / "slurm"),
-        "--workflow-profile", "none",
         "--executor", "slurm",
         "--jobs", "2",
-        # Local cluster: partition debug, small jobs, no accounting DB (squeue status).
-        "--default-resources", "slurm_partition=debug", "runtime=5", "mem_mb=200",
-        # The profile sends the GPU rules to partition gpu with gpu=1; no GPU here.
-        "--set-resources", "extract_features:gpu=0", "extract_features:slurm_partition=debug",
-        "--slurm-status-command", "squeue",
-        "--slurm-init-seconds-before-status-checks", "2",
-        "--slurm-keep-successful-logs",
-        "--latency-wait", "5",
         *extra,
-    ]  # fmt: skip
-    env = dict(os.environ)
-    # Jobs inherit PATH (sbatch --export=ALL): the job's snakemake must be this one.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    try:
-        res = run_bounded(cmd, timeout=SNAKEMAKE_TIMEOUT, env=env, cwd=workdir)
-    finally:
-        cancel_leftover_jobs(workdir)
-    if res.returncode == -9 or res.returncode == 137:
-        pytest.fail(f"snakemake killed after {SNAKEMAKE_TIMEOUT} s:\n{tail(res.stderr, 60)}")
-    return res
+        profile=REPO / "profiles" / "slurm",
+        timeout=SNAKEMAKE_TIMEOUT,
+    )  # fmt: skip
 
 
 def _job_id(text: str, key: str = "job") -> str:
