@@ -141,6 +141,7 @@ def extract_shard(
         **(extra_meta or {}),
     }
 
+    not_stored = [l for l in range(n_layers) if l not in stored]
     heads_out, rest_out, emb_out, norm_out, mu_out, sig_out = [], [], [], [], [], []
     t0 = time.perf_counter()
     with tqdm(total=len(part), unit="img", desc=f"shard {shard}", mininterval=2.0) as bar:
@@ -151,7 +152,6 @@ def extract_shard(
             dec = decompose(loaded.model, images.to(loaded.device, non_blocking=True))
             heads = dec.heads.float().cpu().numpy()
             keep = heads[:, stored]
-            not_stored = [l for l in range(n_layers) if l not in stored]
             rest = dec.cls.float().cpu().numpy() + dec.mlp.float().cpu().numpy().sum(1)
             if not_stored:
                 rest = rest + heads[:, not_stored].sum((1, 2))

@@ -627,7 +627,7 @@ def evaluate_stage(
     import pyarrow.parquet as pq
 
     from clipbias.io import atomic_path
-    from clipbias.methods.baselines import random_control_summary
+    from clipbias.methods.baselines import random_control_summary, random_metric_rows
     from clipbias.metrics import evaluate_predictions
 
     meta = _dataset_meta(dataset_meta)
@@ -654,24 +654,10 @@ def evaluate_stage(
                 observed = dict(zip(res["metric"], res["value"], strict=True))
     draws = pd.read_csv(random_draws)
     if len(draws):
-        metric_cols = [
-            c for c in ("avg_acc", "avg_group_acc", "worst_group_acc", "gap") if c in draws
-        ]
-        rows = [
-            {
-                "method": "ltc_random",
-                "split": tables[0]["split"].iloc[0],
-                "metric": m,
-                "value": float(draws[m].mean()),
-                "ci_low": float(draws[m].quantile(0.025)),
-                "ci_high": float(draws[m].quantile(0.975)),
-                "n": len(draws),
-            }
-            for m in metric_cols
-        ]
-        tables.append(pd.DataFrame(rows))
+        random_rows = random_metric_rows(draws, tables[0]["split"].iloc[0])
+        tables.append(random_rows)
         summary = random_control_summary(
-            draws, {k: v for k, v in (observed or {}).items() if k in metric_cols}
+            draws, {k: v for k, v in (observed or {}).items() if k in set(random_rows["metric"])}
         )
     else:
         summary = pd.DataFrame()

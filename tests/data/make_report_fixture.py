@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipbias.methods.baselines import random_control_summary
+from clipbias.methods.baselines import random_control_summary, random_metric_rows
 from clipbias.methods.ltc import contrastive_selection
 from clipbias.metrics import evaluate_predictions
 from clipbias.synth import generate
@@ -324,26 +324,12 @@ def main() -> None:
     draws = random_draws(rng, spurious, salient, zs)
     rnd_dir = OUT / "metrics" / DATASET / "random" / MODEL
     write_csv(draws, rnd_dir / "draws.csv")
-    metric_cols = ["avg_acc", "avg_group_acc", "worst_group_acc", "gap"]
-    random_rows = pd.DataFrame(
-        [
-            {
-                "method": "ltc_random",
-                "split": "test",
-                "metric": m,
-                "value": float(draws[m].mean()),
-                "ci_low": float(draws[m].quantile(0.025)),
-                "ci_high": float(draws[m].quantile(0.975)),
-                "n": len(draws),
-            }
-            for m in metric_cols
-        ]
-    )
+    random_rows = random_metric_rows(draws, "test")
     order = LTC_FILE_METHODS + [m for m in GROUP_ACC if m not in LTC_FILE_METHODS]
     table = pd.concat([tables[m] for m in order] + [random_rows], ignore_index=True)
     write_csv(table, OUT / "metrics" / DATASET / f"{MODEL}.csv")
     ltc_obs = dict(zip(tables["ltc"]["metric"], tables["ltc"]["value"], strict=True))
-    summary = random_control_summary(draws, {k: ltc_obs[k] for k in metric_cols})
+    summary = random_control_summary(draws, {k: ltc_obs[k] for k in random_rows["metric"]})
     write_csv(summary, rnd_dir / "summary.csv")
 
     write_csv(ground_truth_table(rng, planted_s), OUT / "ground_truth" / "head_attribute.csv")

@@ -278,6 +278,29 @@ def ltc_random(
     return pd.DataFrame(rows, columns=[c for c in RANDOM_COLUMNS if c in rows[0]])
 
 
+RANDOM_METRICS = ("avg_acc", "avg_group_acc", "worst_group_acc", "gap")
+
+
+def random_metric_rows(draws: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The ``ltc_random`` rows of the tidy metrics table: per metric the mean of the draws,
+    with the 2.5-97.5 % range of the draws as interval (columns ``method, split, metric,
+    value, ci_low, ci_high, n``)."""
+    rows = [
+        {
+            "method": "ltc_random",
+            "split": split,
+            "metric": m,
+            "value": float(draws[m].mean()),
+            "ci_low": float(draws[m].quantile(0.025)),
+            "ci_high": float(draws[m].quantile(0.975)),
+            "n": len(draws),
+        }
+        for m in RANDOM_METRICS
+        if m in draws
+    ]
+    return pd.DataFrame(rows)
+
+
 def random_control_summary(
     draws: pd.DataFrame,
     observed: Mapping[str, float],
