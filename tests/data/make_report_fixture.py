@@ -35,7 +35,7 @@ SEED = 20240611
 N_PER_GROUP = 400  # test split: balanced over class x background
 N_BOOT = 200
 
-# Per-group accuracies (groups: circle/land, circle/water, square/land, square/water).
+# Per-group accuracies (groups: circle/land, circle/water, triangle/land, triangle/water).
 GROUP_ACC = {
     "zero_shot": [0.97, 0.58, 0.62, 0.96],
     "ortho_cali": [0.95, 0.66, 0.68, 0.94],
@@ -186,9 +186,9 @@ BACKGROUND_TEXTS = [
 ]
 SHAPE_TEXTS = [
     "a circle shape",
-    "a photo of a square",
+    "a photo of a triangle",
     "a small circle",
-    "a square shape",
+    "a triangle shape",
     "a picture of a circle",
 ]
 OTHER_TEXTS = [
