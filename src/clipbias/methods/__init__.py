@@ -1,88 +1,23 @@
-"""Methods on stored head decompositions (pure numpy / scipy).
+"""Methods on stored head decompositions, and the method registry.
 
-Array conventions (docs/DESIGN.md, "Array conventions for methods"):
+* :mod:`.heads` — head ids (``(layer, head)`` tuples, serialised ``"L{l}H{h}"``) and small
+  array helpers shared by the method modules (docs/DESIGN.md, "Array conventions");
+* :mod:`.registry` — which methods exist, what each needs and where its code lives (pure
+  Python, importable by the Snakefile without numpy);
+* one module per method family: :mod:`.zero_shot`, :mod:`.ortho_cali`, :mod:`.roboshot`,
+  :mod:`.textspan_ablation`, :mod:`.ltc` (LTC and its ablations), :mod:`.ltc_random`; the
+  algorithms they share live in :mod:`.ltc` and :mod:`.textspan`.
 
-* ``heads``: ``[N, L, H, D]`` head contributions of the stored layers ``layers`` (real numbers);
-* ``rest``: ``[N, D]``, everything else, so ``embedding = heads.sum((1, 2)) + rest``;
-* ``classifier``: ``[D, C]`` unit-norm class text embeddings;
-* head ids are ``(layer, head)`` tuples with the real layer number, serialised ``"L{l}H{h}"``.
-
-This module holds the small helpers shared by :mod:`.textspan`, :mod:`.ltc` and
-:mod:`.baselines`.
+This package module stays free of numpy so that ``clipbias.methods.registry`` can be imported
+by the workflow itself; the helpers of :mod:`.heads` are re-exported lazily.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
-from importlib import resources
+import importlib
 from typing import Any
 
-import numpy as np
-
-HeadId = tuple[int, int]
-
-_HEAD_RE = re.compile(r"^L(\d+)H(\d+)$")
-
-
-def head_str(head: HeadId) -> str:
-    """``(10, 3) -> "L10H3"``."""
-    return f"L{int(head[0])}H{int(head[1])}"
-
-
-def parse_head(text: str | Sequence[int]) -> HeadId:
-    """``"L10H3" -> (10, 3)``; tuples/lists pass through as ints."""
-    if isinstance(text, str):
-        m = _HEAD_RE.match(text.strip())
-        if not m:
-            raise ValueError(f"not a head id: {text!r} (expected 'L<layer>H<head>')")
-        return int(m.group(1)), int(m.group(2))
-    layer, head = text
-    return int(layer), int(head)
-
-
-def parse_heads(items: Iterable[str | Sequence[int]]) -> list[HeadId]:
-    return [parse_head(x) for x in items]
-
-
-def all_heads(layers: Sequence[int], n_heads: int) -> list[HeadId]:
-    """All head ids of the stored layers, in storage order (layer-major)."""
-    return [(int(layer), h) for layer in layers for h in range(n_heads)]
-
-
-def head_position(head: HeadId, layers: Sequence[int]) -> tuple[int, int]:
-    """Position ``(layer_index, head)`` of a head id in a ``[N, L, H, D]`` array."""
-    layer, h = parse_head(head)
-    layers = [int(x) for x in layers]
-    if layer not in layers:
-        raise ValueError(f"head {head_str((layer, h))} is not in the stored layers {layers}")
-    return layers.index(layer), h
-
-
-def embeddings_from(heads: np.ndarray, rest: np.ndarray) -> np.ndarray:
-    """``heads.sum((1, 2)) + rest`` -> [N, D]."""
-    return heads.sum(axis=(1, 2)) + rest
-
-
-def resource_path(name: str):
-    """Traversable path of a data file shipped in ``clipbias/resources/``."""
-    return resources.files("clipbias").joinpath("resources", name)
-
-
-def load_resource_yaml(name: str) -> Any:
-    """Parse a YAML file shipped in ``clipbias/resources/`` (e.g. ``waterbirds_texts.yaml``)."""
-    import yaml
-
-    return yaml.safe_load(resource_path(name).read_text(encoding="utf-8"))
-
-
-def load_resource_lines(name: str) -> list[str]:
-    """Non-empty, stripped lines of a text file in ``clipbias/resources/``."""
-    text = resource_path(name).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-__all__ = [
+_HEADS_NAMES = (
     "HeadId",
     "all_heads",
     "embeddings_from",
@@ -93,4 +28,13 @@ __all__ = [
     "parse_head",
     "parse_heads",
     "resource_path",
-]
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HEADS_NAMES:
+        return getattr(importlib.import_module(".heads", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_HEADS_NAMES)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import HeadId, all_heads, head_position, head_str, parse_head
+from .heads import HeadId, all_heads, head_position, head_str, parse_head
 
 log = logging.getLogger(__name__)
 
@@ -524,3 +524,53 @@ __all__ = [
     "top_heads",
     "worst_gender_mask",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered methods: LTC and its ablations (clipbias.methods.registry)
+# ---------------------------------------------------------------------------------------------
+
+
+def heads_of(located: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(S, Y) head ids of a located-heads file (docs/DESIGN.md, ``heads/.../ltc.json``)."""
+    return [x["head"] for x in located["spurious"]], [x["head"] for x in located["salient"]]
+
+
+def predict(
+    ctx: Any,
+    heads_from: str = "ltc",
+    ablate: bool = True,
+    project: bool = True,
+    ablation_stats: str = "locate",
+    ablation: str = "mean",
+    scale_preserving: bool = False,
+    renormalize_after_edit: bool = False,
+) -> Any:
+    """LTC correct (METHODS §4.6-4.7) on the test split; the registry's variants fix
+    ``heads_from`` (``ltc`` or ``ltc_full``), ``ablate`` (mean-ablate S), ``project``
+    (accept-project Y), ``ablation_stats`` and ``scale_preserving``."""
+    from clipbias.methods.api import MethodOutput
+
+    s, y = heads_of(ctx.located[heads_from])
+    s = s if ablate else []
+    y = y if project else []
+    means = ctx.ablation_means(ablation_stats) if s and ablation == "mean" else None
+    q = ctx.basis("accept_pos", "accept_neg") if y else None
+    if y and q is None:
+        raise ValueError("LTC's accept projection needs insight_pairs.accept in the text file")
+
+    def edit(heads, rest, idx):
+        return ltc_correct(
+            heads, rest, ctx.layers, s, y, q, means, ablation, scale_preserving,
+            renormalize_after_edit,
+        )  # fmt: skip
+
+    meta = {
+        "heads_from": heads_from,
+        "spurious": s,
+        "salient": y,
+        "ablation_stats": ablation_stats if s else None,
+        "ablation": ablation,
+        "scale_preserving": scale_preserving,
+    }
+    return MethodOutput(ctx.predict(edit), meta)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import head_str
+from .heads import head_str
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,319 @@
+"""The method registry: every method the pipeline can run, what it needs, where its code is.
+
+Pure Python (no numpy): the workflow imports this module to expand the experiment grid, build
+rule inputs and validate ``config["methods"]``. The code of a method is imported only when it
+runs (:meth:`MethodSpec.load`).
+
+A **locator** writes head lists (or descriptions) under
+``results/{experiment}/heads/{dataset}/{model}/seed-{seed}/`` (file name in :data:`LOCATORS`).
+A **method** turns stored features (+ the located heads and encoded texts it declares) into
+test-split predictions, ``predictions/{dataset}/{model}/seed-{seed}/{method}.parquet``;
+its function has the signature ``fn(ctx: MethodContext, **params) -> MethodOutput``
+(:mod:`clipbias.methods.api`).
+
+How to add a method (docs/DESIGN.md, "How to add a method"): write the module with its
+``predict`` function, add one :class:`MethodSpec` to :data:`METHODS` below, add its name to the
+``methods`` enum of ``workflow/schemas/config.schema.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+class MethodConfigError(ValueError):
+    """``config["methods"]`` names an unknown method or parameter, or lacks a requirement."""
+
+
+@dataclass(frozen=True)
+class Locator:
+    """A head-locating stage: its output file (in the heads folder) and the rule writing it."""
+
+    name: str
+    file: str
+    rule: str
+    description: str
+
+
+LOCATORS: Mapping[str, Locator] = MappingProxyType(
+    {
+        "ltc": Locator(
+            "ltc", "ltc.json", "locate_ltc", "LTC S and Y heads on bias-conflicting groups"
+        ),
+        "ltc_full": Locator(
+            "ltc_full", "ltc_full.json", "locate_ltc", "LTC S and Y from all correct/wrong"
+        ),
+        "textspan": Locator("textspan", "textspan.csv", "textspan", "TextSpan descriptions"),
+    }
+)
+
+
+def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
+
+    ``module``/``function``: where ``fn(ctx, **params) -> MethodOutput`` lives.
+    ``params``: user-settable parameters with their defaults (config ``methods`` entries may
+    override them); ``fixed``: parameters that define this variant and cannot be overridden.
+    ``locators``: located-head files it reads; ``texts``: whether it needs the dataset's
+    encoded method texts; ``shots``: whether it samples labelled few-shot examples (seeded);
+    ``env``: conda env of its predict rule (``analysis`` has no torch, ``torch`` has);
+    ``control_of``: for random controls, the method whose result they are compared with (its
+    predictions file then holds draws, and ``requires`` must list it).
+    """
+
+    name: str
+    label: str
+    family: str
+    module: str
+    function: str = "predict"
+    description: str = ""
+    locators: tuple[str, ...] = ()
+    texts: bool = False
+    shots: bool = False
+    env: str = "analysis"
+    params: Mapping[str, Any] = field(default_factory=_frozen)
+    fixed: Mapping[str, Any] = field(default_factory=_frozen)
+    requires: tuple[str, ...] = ()
+    control_of: str | None = None
+
+    def load(self) -> Callable[..., Any]:
+        """Import the method's module and return its predict function."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated by ``overrides`` (unknown or fixed keys are errors), then fixed."""
+        overrides = dict(overrides or {})
+        bad = sorted(set(overrides) - set(self.params))
+        if bad:
+            fixed = sorted(set(bad) & set(self.fixed))
+            why = f" ({', '.join(fixed)} define(s) this variant)" if fixed else ""
+            raise MethodConfigError(
+                f"method {self.name!r}: unknown parameter(s) {bad}{why}; "
+                f"settable: {sorted(self.params) or 'none'}"
+            )
+        for key, value in overrides.items():
+            default = self.params[key]
+            if default is not None and not _same_kind(default, value):
+                raise MethodConfigError(
+                    f"method {self.name!r}: parameter {key}={value!r} should be of the kind "
+                    f"of its default {default!r}"
+                )
+        return {**self.params, **overrides, **self.fixed}
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
+_LTC = "clipbias.methods.ltc"
+_LTC_PARAMS = {"ablation_stats": "locate", "ablation": "mean", "renormalize_after_edit": False}
+
+METHODS: Mapping[str, MethodSpec] = MappingProxyType(
+    {
+        s.name: s
+        for s in (
+            MethodSpec(
+                "zero_shot",
+                "Zero-shot",
+                "baseline",
+                "clipbias.methods.zero_shot",
+                description="Sum of all stored contributions, original classifier (§4.9)",
+            ),
+            MethodSpec(
+                "ortho_cali",
+                "Ortho-Cali",
+                "baseline",
+                "clipbias.methods.ortho_cali",
+                description="Debiased text classifier of Chuang et al. (§4.10)",
+                texts=True,
+                params=_frozen({"orientation": "original"}),
+            ),
+            MethodSpec(
+                "roboshot",
+                "RoboShot",
+                "baseline",
+                "clipbias.methods.roboshot",
+                description="Reject then accept projections of the full embedding (§4.7)",
+                texts=True,
+                fixed=_frozen({"mode": "both"}),
+            ),
+            MethodSpec(
+                "roboshot_accept",
+                "RoboShot (accept only)",
+                "baseline",
+                "clipbias.methods.roboshot",
+                description="Accept projections of the full embedding only (§4.7)",
+                texts=True,
+                fixed=_frozen({"mode": "accept"}),
+            ),
+            MethodSpec(
+                "textspan_ablation",
+                "TextSpan ablation",
+                "baseline",
+                "clipbias.methods.textspan_ablation",
+                description="Mean-ablate heads whose TextSpan texts name the spurious attribute",
+                locators=("textspan",),
+                texts=True,
+                params=_frozen({"top_k": 5, "ablation": "mean"}),
+            ),
+            MethodSpec(
+                "ltc",
+                "LTC",
+                "ltc",
+                _LTC,
+                description="Mean-ablate S, accept-project each Y head (§4.6-4.7)",
+                locators=("ltc",),
+                texts=True,
+                params=_frozen(_LTC_PARAMS),
+            ),
+            MethodSpec(
+                "ltc_transductive",
+                "LTC (test-split means)",
+                "ltc",
+                _LTC,
+                description="LTC with ablation means from the test split (reference code)",
+                locators=("ltc",),
+                texts=True,
+                params=_frozen({k: v for k, v in _LTC_PARAMS.items() if k != "ablation_stats"}),
+                fixed=_frozen({"ablation_stats": "test"}),
+            ),
+            MethodSpec(
+                "ltc_scale_preserving",
+                "LTC (scale-preserving)",
+                "ltc",
+                _LTC,
+                description="LTC with Y heads rescaled to their original norm (§4.7 [REC])",
+                locators=("ltc",),
+                texts=True,
+                params=_frozen(_LTC_PARAMS),
+                fixed=_frozen({"scale_preserving": True}),
+            ),
+            MethodSpec(
+                "ablate",
+                "Ablate S only",
+                "ltc",
+                _LTC,
+                description="Mean-ablate the LTC spurious heads only",
+                locators=("ltc",),
+                params=_frozen(_LTC_PARAMS),
+                fixed=_frozen({"project": False}),
+            ),
+            MethodSpec(
+                "ltc_no_ablate",
+                "LTC without ablation",
+                "ltc",
+                _LTC,
+                description="Accept-project the LTC salient heads only",
+                locators=("ltc",),
+                texts=True,
+                params=_frozen({"renormalize_after_edit": False}),
+                fixed=_frozen({"ablate": False}),
+            ),
+            MethodSpec(
+                "ltc_full",
+                "LTC (all samples)",
+                "ltc",
+                _LTC,
+                description="LTC with S and Y located on all correct vs all wrong samples",
+                locators=("ltc_full",),
+                texts=True,
+                params=_frozen(_LTC_PARAMS),
+                fixed=_frozen({"heads_from": "ltc_full"}),
+            ),
+            MethodSpec(
+                "ltc_random",
+                "LTC-random (mean of draws)",
+                "ltc",
+                "clipbias.methods.ltc_random",
+                description="|S| and |Y| random heads of the last layers, many seeded draws",
+                locators=("ltc",),
+                texts=True,
+                params=_frozen({"n_draws": 100, "last_layers": 4, "ablation_stats": "locate"}),
+                requires=("ltc",),
+                control_of="ltc",
+            ),
+        )
+    }
+)
+
+#: Always evaluated: the reference of every paired comparison.
+REFERENCE_METHOD = "zero_shot"
+
+
+def names() -> list[str]:
+    return list(METHODS)
+
+
+def get(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise MethodConfigError(
+            f"unknown method {name!r}; known methods: {', '.join(METHODS)}"
+        ) from None
+
+
+def labels() -> dict[str, str]:
+    """Display name of every method (report tables)."""
+    return {name: spec.label for name, spec in METHODS.items()}
+
+
+def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``config["methods"]`` -> ``{name: resolved params}`` in config order.
+
+    Entries are method names or mappings ``{name: ..., <param>: value, ...}``. The reference
+    method (zero-shot) is added first when missing. Raises :class:`MethodConfigError` for
+    unknown methods or parameters, duplicates, and unmet requirements (e.g. ``ltc_random``
+    without ``ltc``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            name, overrides = entry, {}
+        elif isinstance(entry, Mapping) and "name" in entry:
+            name = entry["name"]
+            overrides = {k: v for k, v in entry.items() if k != "name"}
+        else:
+            raise MethodConfigError(
+                f"a methods entry must be a name or a mapping with 'name', got {entry!r}"
+            )
+        spec = get(name)
+        if name in out:
+            raise MethodConfigError(f"method {name!r} is listed twice in methods")
+        out[name] = spec.resolve_params(overrides)
+    if REFERENCE_METHOD not in out:
+        out = {REFERENCE_METHOD: get(REFERENCE_METHOD).resolve_params(), **out}
+    for name in out:
+        missing = [r for r in get(name).requires if r not in out]
+        if missing:
+            raise MethodConfigError(
+                f"method {name!r} needs {missing} in methods as well (it is compared with them)"
+            )
+    return out
+
+
+def locators_for(methods: Sequence[str]) -> list[str]:
+    """Locators the given methods read, in :data:`LOCATORS` order."""
+    needed = {loc for m in methods for loc in get(m).locators}
+    return [name for name in LOCATORS if name in needed]
+
+
+def locator_rules(methods: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(LOCATORS[loc].rule for loc in locators_for(methods)))
+
+
+def by_env(env: str) -> list[str]:
+    return [name for name, spec in METHODS.items() if spec.env == env]

@@ -1,0 +1,128 @@
+"""Method texts of a dataset (``config/texts/*.yaml``), by role, and their encoded table.
+
+Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
+``reject_pos``/``reject_neg`` (insight pairs, METHODS §4.7), ``ortho_spurious`` and
+``ortho_candidate`` (Ortho-Cali prompts, §4.10), ``attribute`` (zero-shot prompts of the
+spurious attribute's values, §4.8). The text file keys are described in
+``config/texts/planted.yaml``. Encoded texts are stored raw (unnormalised) in
+``texts.parquet`` next to the features: ``role, idx, text, embedding``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TEXT_ROLES = (
+    "pool",
+    "accept_pos",
+    "accept_neg",
+    "reject_pos",
+    "reject_neg",
+    "ortho_spurious",
+    "ortho_candidate",
+    "attribute",
+)
+
+
+def read_spec(texts_yaml: str | os.PathLike) -> dict[str, Any]:
+    """The parsed text file of a dataset (an empty file gives ``{}``)."""
+    import yaml
+
+    path = Path(texts_yaml)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} not found (config datasets[].texts)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def method_texts(spec: Mapping[str, Any]) -> dict[str, list[str]]:
+    """All texts the methods need, by role, from a parsed text file.
+
+    The TextSpan pool is the shipped general pool (unless ``general_pool: false``), then the
+    file's ``pool`` and ``textspan_extra`` texts, duplicates removed in order.
+    """
+    from clipbias.methods.heads import load_resource_lines
+
+    pairs = spec.get("insight_pairs", {}) or {}
+    oc = spec.get("ortho_cali", {}) or {}
+    general = load_resource_lines("text_pool_general.txt") if spec.get("general_pool", True) else []
+    pool = list(dict.fromkeys([*general, *spec.get("pool", []), *spec.get("textspan_extra", [])]))
+    return {
+        "pool": pool,
+        "accept_pos": [p[0] for p in pairs.get("accept", [])],
+        "accept_neg": [p[1] for p in pairs.get("accept", [])],
+        "reject_pos": [p[0] for p in pairs.get("reject", [])],
+        "reject_neg": [p[1] for p in pairs.get("reject", [])],
+        "ortho_spurious": list(oc.get("spurious", [])),
+        "ortho_candidate": list(oc.get("candidates", [])),
+        "attribute": list((spec.get("attribute_prompts", {}) or {}).get("default", [])),
+    }
+
+
+def write_method_texts(
+    out: str | os.PathLike, by_role: Mapping[str, Sequence[str]], embeddings: np.ndarray
+) -> None:
+    """Write ``texts.parquet``: rows in :data:`TEXT_ROLES` order, ``embeddings`` aligned."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipbias.io import atomic_path
+
+    roles, idx, texts = [], [], []
+    for role in TEXT_ROLES:
+        for i, t in enumerate(by_role.get(role, [])):
+            roles.append(role)
+            idx.append(i)
+            texts.append(t)
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if len(emb) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(emb)} embeddings")
+    table = pa.table(
+        {
+            "role": pa.array(roles, pa.string()),
+            "idx": pa.array(idx, pa.int64()),
+            "text": pa.array(texts, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1] if emb.ndim == 2 else 0
+            ),
+        }
+    )
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+
+
+def flatten_roles(by_role: Mapping[str, Sequence[str]]) -> list[str]:
+    """Texts of every role in :data:`TEXT_ROLES` order (the rows of ``texts.parquet``)."""
+    return [t for role in TEXT_ROLES for t in by_role.get(role, [])]
+
+
+def read_method_texts(path: str | os.PathLike) -> dict[str, tuple[list[str], np.ndarray]]:
+    """role -> (texts, raw embeddings [M, D]); roles without texts give ``([], [0, D])``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).to_pandas()
+    dim = len(table["embedding"].iloc[0]) if len(table) else 0
+    out = {}
+    for role in TEXT_ROLES:
+        part = table[table["role"] == role].sort_values("idx")
+        emb = (
+            np.stack(part["embedding"].to_numpy()).astype(np.float32)
+            if len(part)
+            else np.zeros((0, dim), np.float32)
+        )
+        out[role] = (part["text"].tolist(), emb)
+    return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalised rows (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
