@@ -126,6 +126,8 @@ def extract_shard(
     visual = loaded.model.visual
     n_layers = len(visual.transformer.resblocks)
     stored = resolve_layers(layers, n_layers)
+    n_heads = int(visual.transformer.resblocks[0].attn.num_heads)
+    width = int(visual.transformer.resblocks[0].attn.embed_dim)
     meta = {
         **loaded.provenance(),
         "clipbias_version": __version__,
@@ -134,7 +136,9 @@ def extract_shard(
         "n_shards": n_shards,
         "layers": stored,
         "n_layers": n_layers,
-        "n_heads": int(visual.transformer.resblocks[0].attn.num_heads),
+        "n_heads": n_heads,
+        "width": width,
+        "head_dim": width // n_heads,
         "dim": int(visual.output_dim),
         "dtype": dtype,
         "centring": "shared",

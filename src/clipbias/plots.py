@@ -669,3 +669,64 @@ def located_vs_ground_truth(
     ax.set_title(title or f"Located heads vs planted ground truth (precision@|S| {p})")
     save_figure(fig, out)
     return fig
+
+
+@_styled
+def seeds_scatter(
+    per_seed: pd.DataFrame,
+    out: str | os.PathLike,
+    metrics: Sequence[str] = ("worst_group_acc", "avg_acc"),
+    title: str | None = None,
+) -> Figure:
+    """One point per seed per method (%), one panel per metric, methods on the y axis.
+
+    ``per_seed``: tidy rows ``method, metric, value, seed`` (the ``metrics.csv`` of every seed
+    with a ``seed`` column). Each seed has its own marker colour, the mean over seeds is a
+    black bar, and a dashed line marks zero-shot's mean, so a method that only helps on some
+    seeds is visible at a glance.
+    """
+    df = per_seed[per_seed["metric"].isin(metrics)].copy()
+    if df.empty:
+        raise ValueError(f"no rows of metrics {list(metrics)}")
+    methods = report.ordered_methods(df["method"].tolist())
+    seeds = sorted(df["seed"].unique())
+    colours = group_colours(len(seeds))
+    fig = new_figure(4.2 * len(metrics), 0.9 + 0.36 * len(methods), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), sharey=True))
+    ypos = {m: i for i, m in enumerate(methods)}
+    offsets = np.linspace(-0.25, 0.25, len(seeds)) if len(seeds) > 1 else [0.0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        sub = df[df["metric"] == metric]
+        for k, seed in enumerate(seeds):
+            s = sub[sub["seed"] == seed]
+            ax.scatter(
+                100 * s["value"],
+                [ypos[m] + offsets[k] for m in s["method"]],
+                s=22,
+                color=colours[k],
+                label=f"seed {seed}",
+                zorder=3,
+            )
+        means = sub.groupby("method")["value"].mean()
+        for m, v in means.items():
+            ax.plot([100 * v] * 2, [ypos[m] - 0.35, ypos[m] + 0.35], color="black", lw=1.6)
+        if "zero_shot" in means:
+            ax.axvline(100 * means["zero_shot"], color=ZERO_SHOT_COLOUR, ls="--", lw=1)
+        ax.set_xlabel(AXIS_LABELS.get(metric, metric))
+    axes[0].set_yticks(range(len(methods)), [report.method_label(m) for m in methods])
+    axes[0].invert_yaxis()
+    axes[-1].legend(loc="lower right", fontsize=8, frameon=True)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, out)
+    return fig
+
+
+@_styled
+def note_figure(text: str, out: str | os.PathLike) -> Figure:
+    """A small figure that states why a figure of the report has no data (e.g. the method it
+    shows is not configured), so the report's file list stays the same for every config."""
+    fig = new_figure(5.0, 1.2)
+    fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    save_figure(fig, out)
+    return fig

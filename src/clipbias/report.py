@@ -18,24 +18,12 @@ import numpy as np
 import pandas as pd
 
 from clipbias.io import atomic_path, read_json
+from clipbias.methods import registry
 
 log = logging.getLogger(__name__)
 
-#: Display names of the methods written by the correct/baselines/evaluate stages.
-METHOD_LABELS: dict[str, str] = {
-    "zero_shot": "Zero-shot",
-    "ortho_cali": "Ortho-Cali",
-    "roboshot": "RoboShot",
-    "roboshot_accept": "RoboShot (accept only)",
-    "textspan_ablation": "TextSpan ablation",
-    "ltc_random": "LTC-random (mean of draws)",
-    "ablate": "Ablate S only",
-    "ltc_no_ablate": "LTC without ablation",
-    "ltc_full": "LTC (all samples)",
-    "ltc_scale_preserving": "LTC (scale-preserving)",
-    "ltc_transductive": "LTC (test-split means)",
-    "ltc": "LTC",
-}
+#: Display names of the registered methods (clipbias.methods.registry), in registry order.
+METHOD_LABELS: dict[str, str] = registry.labels()
 #: Row order of the main table; methods not listed follow in order of appearance.
 METHOD_ORDER: list[str] = list(METHOD_LABELS)
 
@@ -253,30 +241,94 @@ def precision_at_k(ground_truth_df: pd.DataFrame, heads: Sequence[str], k: int |
 
 
 def random_summary_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
-    """Display version of ``random/{model}/summary.csv``: LTC vs the LTC-random draws."""
+    """Display version of ``random_summary.csv``: the observed method vs its random draws."""
     rows = []
     for _, r in summary_df.iterrows():
+        observed = method_label(r.get("observed_method", "ltc"))
         rows.append(
             {
                 "Metric": METRIC_LABELS.get(r["metric"], r["metric"]),
-                "LTC": f"{100 * r['observed']:.{digits}f}",
+                "Observed": f"{observed}: {100 * r['observed']:.{digits}f}",
                 "Random mean ± sd": f"{100 * r['mean']:.{digits}f} ± {100 * r['sd']:.{digits}f}",
                 "Random 5-95 %": f"[{100 * r['p05']:.{digits}f}, {100 * r['p95']:.{digits}f}]",
-                "Percentile of LTC": f"{r['percentile']:.1f}",
+                "Percentile": f"{r['percentile']:.1f}",
                 "p-value": f"{r['p_value']:.3g}",
                 "Draws": str(int(r["n_draws"])),
             }
         )
-    cols = [
-        "Metric",
-        "LTC",
-        "Random mean ± sd",
-        "Random 5-95 %",
-        "Percentile of LTC",
-        "p-value",
-        "Draws",
+    cols = ["Metric", "Observed", "Random mean ± sd", "Random 5-95 %", "Percentile", "p-value"]
+    return pd.DataFrame(rows, columns=[*cols, "Draws"])
+
+
+def paired_table(paired_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """Display version of ``paired.csv``: each method minus zero-shot (points, 95 % paired
+    bootstrap interval) for worst-group and average accuracy, with the p-values."""
+    rows = []
+    for m in ordered_methods(paired_df["method"].tolist()):
+        sub = paired_df[paired_df["method"] == m].set_index("metric")
+        row = {"Method": method_label(m)}
+        for k in ("worst_group_acc", "avg_acc"):
+            if k not in sub.index:
+                continue
+            r = sub.loc[k]
+            d = format_ci(float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), digits)
+            row[f"Δ {METRIC_LABELS[k]}"] = d if d.startswith("-") else f"+{d}"
+            test = "McNemar" if r["test"] == "mcnemar_exact" else "bootstrap"
+            row[f"p ({METRIC_LABELS[k]}, {test})"] = f"{float(r['p_value']):.3g}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seeds_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """Display version of ``summary_over_seeds.csv``: mean ± sd [min, max] per method and
+    metric (%), and on how many seeds the method beat zero-shot."""
+    rows = []
+    for m in ordered_methods(summary_df["method"].tolist()):
+        sub = summary_df[summary_df["method"] == m].set_index("metric")
+        row = {"Method": method_label(m)}
+        for k in ("worst_group_acc", "avg_acc"):
+            if k not in sub.index:
+                continue
+            r = sub.loc[k]
+            sd = f" ± {100 * r['sd']:.{digits}f}" if np.isfinite(r["sd"]) else ""
+            row[METRIC_LABELS[k]] = (
+                f"{100 * r['mean']:.{digits}f}{sd} "
+                f"[{100 * r['min']:.{digits}f}, {100 * r['max']:.{digits}f}]"
+            )
+            if m != registry.REFERENCE_METHOD:
+                row[f"{METRIC_LABELS[k]} > zero-shot"] = (
+                    f"{int(r['n_better_than_zero_shot'])}/{int(r['n_seeds'])}"
+                )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid_main_table(
+    summaries: Sequence[Mapping[str, str]],
+    metric_names: Sequence[str] = ("worst_group_acc", "avg_acc"),
+    digits: int = 1,
+) -> pd.DataFrame:
+    """One row per method, one column per (dataset, model, metric): mean over seeds in %
+    (± sd with several seeds). ``summaries``: ``{"dataset", "model", "path"}`` of each
+    cell's ``summary_over_seeds.csv``."""
+    cols: dict[str, dict[str, str]] = {}
+    methods: list[str] = []
+    for cell in summaries:
+        df = pd.read_csv(cell["path"]).set_index(["method", "metric"])
+        methods += df.index.get_level_values(0).tolist()
+        for k in metric_names:
+            col = f"{cell['dataset']} / {cell['model']}: {METRIC_LABELS.get(k, k)}"
+            cols[col] = {}
+            for (m, metric), r in df.iterrows():
+                if metric != k:
+                    continue
+                sd = f" ± {100 * r['sd']:.{digits}f}" if np.isfinite(r["sd"]) else ""
+                cols[col][m] = f"{100 * r['mean']:.{digits}f}{sd}"
+    rows = [
+        {"Method": method_label(m), **{c: v.get(m, "n/a") for c, v in cols.items()}}
+        for m in ordered_methods(methods)
     ]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=["Method", *cols])
 
 
 # ---------------------------------------------------------------------------------------------

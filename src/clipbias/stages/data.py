@@ -1,0 +1,57 @@
+"""Rules of ``workflow/rules/data.smk``: the planted benchmark and real-dataset downloads."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def make_planted_dataset(
+    out_dir: str | os.PathLike, seed: int, synth: Mapping[str, Any], name: str = "planted"
+) -> None:
+    """Generate the planted-bias dataset folder (docs/DESIGN.md) for one seed."""
+    from clipbias.synth import generate
+
+    generate(out_dir, seed=int(seed), name=name, **dict(synth))
+
+
+def download_dataset(
+    registry: str | os.PathLike,
+    dataset: str,
+    resources_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    lock_file: str | os.PathLike | None = None,
+) -> None:
+    """Download (or find, for gated datasets), verify and unpack ``dataset``.
+
+    ``out`` is the folder ``<resources_dir>/<dataset>/extracted``; it appears only after
+    every file was verified and unpacked.
+    """
+    from clipbias.data.download import fetch_dataset
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    base = Path(resources_dir) / dataset
+    root = fetch_dataset(entry, base / "raw", out, lock_file)
+    log.info("dataset %s ready at %s", dataset, root)
+
+
+def prepare_dataset(
+    registry: str | os.PathLike,
+    dataset: str,
+    extracted: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+) -> None:
+    """Run the dataset's adapter: extracted files -> index.parquet + dataset.json."""
+    from clipbias.data.adapters import build_index
+    from clipbias.data.download import check_layout
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    source = check_layout(entry, Path(extracted))
+    build_index(entry, source, dataset_root)

@@ -1,0 +1,274 @@
+"""Rules of ``workflow/rules/evaluate.smk``: metrics of every method with bootstrap intervals,
+paired comparisons with zero-shot, random-control summaries, the planted ground truth, the
+summary over seeds and the experiment's grid table (stored tables only; no torch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clipbias.stages.common import limit_blas_threads
+
+log = logging.getLogger(__name__)
+
+#: Metrics compared with zero-shot in ``paired.csv`` and summarised over seeds.
+PAIRED_METRICS = ("worst_group_acc", "avg_acc")
+SEED_METRICS = ("avg_acc", "avg_group_acc", "worst_group_acc", "gap")
+LOWER_IS_BETTER = ("gap",)
+PAIRED_COLUMNS = [
+    "method",
+    "baseline",
+    "metric",
+    "value",
+    "baseline_value",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "test",
+    "n",
+]
+
+
+def _write_csv(df, out: str | os.PathLike) -> None:
+    from clipbias.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def paired_rows(
+    method: str,
+    pred: np.ndarray,
+    baseline: str,
+    pred_base: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+):
+    """Rows of ``paired.csv`` for ``method`` vs ``baseline`` on the same test images.
+
+    ``diff`` = value − baseline value with a paired, group-stratified bootstrap 95 % interval
+    (METHODS §7.2). ``p_value``: McNemar's exact test for the average accuracy; for the
+    worst-group accuracy (a minimum over groups, not a per-sample statistic) the two-sided
+    paired-bootstrap p-value (``test`` says which).
+    """
+    import pandas as pd
+
+    from clipbias.metrics import mcnemar_exact, paired_bootstrap_difference
+
+    diff = paired_bootstrap_difference(
+        pred, pred_base, labels, groups, n_boot=n_boot, seed=seed
+    ).set_index("metric")
+    mc = mcnemar_exact(pred == labels, pred_base == labels)
+    rows = []
+    for metric in PAIRED_METRICS:
+        if metric not in diff.index:
+            continue
+        r = diff.loc[metric]
+        mcnemar = metric == "avg_acc"
+        rows.append(
+            {
+                "method": method,
+                "baseline": baseline,
+                "metric": metric,
+                "value": float(r["value_a"]),
+                "baseline_value": float(r["value_b"]),
+                "diff": float(r["diff"]),
+                "ci_low": float(r["ci_low"]),
+                "ci_high": float(r["ci_high"]),
+                "p_value": float(mc["pvalue"] if mcnemar else r["p_boot"]),
+                "test": "mcnemar_exact" if mcnemar else "paired_bootstrap",
+                "n": len(labels),
+            }
+        )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def evaluate(
+    predictions: Mapping[str, str | os.PathLike],
+    dataset_meta: str | os.PathLike,
+    out_metrics: str | os.PathLike,
+    out_paired: str | os.PathLike,
+    out_draws: str | os.PathLike,
+    out_random_summary: str | os.PathLike,
+    n_boot: int = 1000,
+    seed: int = 42,
+    threads: int | None = None,
+) -> None:
+    """Tidy metrics of every method (95 % stratified bootstrap intervals), paired differences
+    with zero-shot, and the random-control draws and summary (docs/DESIGN.md)."""
+    import pandas as pd
+
+    from clipbias.io import read_json
+    from clipbias.methods import registry
+    from clipbias.methods.ltc_random import (
+        draws_table,
+        random_control_summary,
+        random_metric_rows,
+    )
+    from clipbias.metrics import evaluate_predictions
+    from clipbias.stages.predict import read_predictions
+
+    limit_blas_threads(threads)
+    meta = read_json(dataset_meta)
+    tables, preds, draws_all, summaries = [], {}, [], []
+    point: dict[str, dict[str, float]] = {}
+    index = None
+    controls = []
+    for method, path in predictions.items():
+        df, draws, info = read_predictions(path)
+        if index is None:
+            index = df
+        elif not df["image_id"].equals(index["image_id"]):
+            raise ValueError(f"{path}: test rows differ from the other methods' predictions")
+        labels, groups = df["label"].to_numpy(), df["group"].to_numpy()
+        split = info["split"]
+        if "pred" in df:
+            preds[method] = df["pred"].to_numpy()
+            res = evaluate_predictions(
+                preds[method], labels, groups, meta.get("group_names"), method, split,
+                n_boot=n_boot, seed=seed,
+            )  # fmt: skip
+            tables.append(res)
+            point[method] = dict(zip(res["metric"], res["value"], strict=True))
+        if draws is not None:
+            sets = [(d["spurious"], d["salient"]) for d in info["draw_meta"]]
+            table = draws_table(draws, sets, labels, groups)
+            table = table.rename(columns={"S": "spurious", "Y": "salient"})
+            table.insert(0, "method", method)
+            draws_all.append(table)
+            tables.append(random_metric_rows(table, split, method))
+            controls.append((method, registry.get(method).control_of, table))
+    for method, observed_method, table in controls:
+        if observed_method not in point:
+            continue
+        observed = point[observed_method]
+        s = random_control_summary(table, {k: observed[k] for k in SEED_METRICS if k in observed})
+        s.insert(0, "method", method)
+        s.insert(1, "observed_method", observed_method)
+        summaries.append(s)
+    metrics = pd.concat(tables, ignore_index=True)
+    _write_csv(metrics, out_metrics)
+
+    ref = registry.REFERENCE_METHOD
+    paired = [
+        paired_rows(
+            m,
+            p,
+            ref,
+            preds[ref],
+            index["label"].to_numpy(),
+            index["group"].to_numpy(),
+            n_boot,
+            seed,
+        )  # fmt: skip
+        for m, p in preds.items()
+        if m != ref and ref in preds
+    ]
+    paired_df = (
+        pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=PAIRED_COLUMNS)
+    )
+    _write_csv(paired_df, out_paired)
+    draws_df = pd.concat(draws_all, ignore_index=True) if draws_all else pd.DataFrame()
+    _write_csv(draws_df, out_draws)
+    summary_df = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    _write_csv(summary_df, out_random_summary)
+    pivot = metrics[metrics["metric"].isin(["avg_acc", "worst_group_acc", "gap"])].pivot(
+        index="method", columns="metric", values="value"
+    )
+    log.info("evaluation:\n%s", pivot.round(4).to_string())
+    if len(paired_df):
+        log.info("paired with %s:\n%s", ref, paired_df.round(4).to_string(index=False))
+
+
+def planted_ground_truth(
+    feature_dir: str | os.PathLike,
+    dataset_meta: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> None:
+    """Per-head dependence of the class-margin contribution on the planted attribute."""
+    from clipbias.features import FeatureSet, read_classifier
+    from clipbias.ground_truth import head_attribute_table
+    from clipbias.io import read_json
+
+    meta = read_json(dataset_meta)
+    attr = meta["spurious_attribute"]
+    _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
+    fs = FeatureSet.open(feature_dir)
+    idx, heads, _ = fs.load(split=split)
+    table = head_attribute_table(
+        heads,
+        fs.layers,
+        classifier,
+        idx["label"].to_numpy(),
+        idx[f"attr_{attr}"].to_numpy(),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    _write_csv(table, out)
+    log.info("ground truth, top heads:\n%s", table.head(8).to_string(index=False))
+
+
+def summarize_seeds(
+    metrics: Mapping[int, str | os.PathLike],
+    out: str | os.PathLike,
+    metric_names: Sequence[str] = SEED_METRICS,
+) -> None:
+    """``summary_over_seeds.csv``: per method and metric the mean, sd (ddof 1), min and max
+    over seeds, the number of seeds, and on how many seeds the method beat zero-shot (higher
+    is better, except ``gap``)."""
+    import pandas as pd
+
+    from clipbias.methods.registry import REFERENCE_METHOD
+
+    frames = []
+    for seed, path in metrics.items():
+        df = pd.read_csv(path)
+        df = df[df["metric"].isin(metric_names)][["method", "metric", "value"]].copy()
+        df["seed"] = int(seed)
+        frames.append(df)
+    allv = pd.concat(frames, ignore_index=True)
+    ref = allv[allv["method"] == REFERENCE_METHOD].set_index(["seed", "metric"])["value"]
+    rows = []
+    for (method, metric), g in allv.groupby(["method", "metric"], sort=False):
+        v = g["value"].to_numpy(dtype=np.float64)
+        base = np.array([ref.get((s, metric), np.nan) for s in g["seed"]])
+        better = v < base if metric in LOWER_IS_BETTER else v > base
+        rows.append(
+            {
+                "method": method,
+                "metric": metric,
+                "mean": float(v.mean()),
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "n_seeds": len(v),
+                "n_better_than_zero_shot": int(np.sum(better & ~np.isnan(base))),
+            }
+        )
+    _write_csv(pd.DataFrame(rows), out)
+
+
+def grid_table(
+    summaries: Sequence[Mapping[str, str]],
+    out_stem: str | os.PathLike,
+    metric_names: Sequence[str] = ("worst_group_acc", "avg_acc"),
+) -> None:
+    """The experiment's table: one row per method, one column per (dataset, model, metric)
+    with the mean over seeds (± sd when there are several), written as CSV/Markdown/LaTeX.
+
+    ``summaries``: ``{"dataset", "model", "path"}`` of each cell's ``summary_over_seeds.csv``.
+    """
+    from clipbias.report import grid_main_table, write_table
+
+    table = grid_main_table(summaries, metric_names)
+    write_table(table, out_stem, caption="Mean over seeds (%; ± sd)", label="tab:grid")

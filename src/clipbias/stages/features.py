@@ -1,0 +1,125 @@
+"""Rules of ``workflow/rules/features.smk``: class and method text embeddings, the per-shard
+exact head decomposition (torch), and the verified manifest of the shards (no torch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clipbias.stages.common import maybe_fail_once, set_torch_threads
+
+log = logging.getLogger(__name__)
+
+
+def _load(model_name: str, pretrained: str | None, device: str | None):
+    from clipbias.models import load_model
+
+    return load_model(model_name, pretrained if pretrained not in ("", "none") else None, device)
+
+
+def class_prompts(dataset_dir: str | os.PathLike) -> list[str]:
+    """Class names as they appear in prompts (dataset.json ``class_prompt_names`` or ``classes``)."""
+    from clipbias.io import read_json
+
+    meta = read_json(Path(dataset_dir) / "dataset.json")
+    return list(meta.get("class_prompt_names", meta["classes"]))
+
+
+def encode_classes(
+    model_name: str,
+    pretrained: str | None,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    templates: Sequence[str],
+    convention: str = "ltc",
+    device: str | None = None,
+) -> None:
+    """Zero-shot classifier (METHODS §2.1) of the dataset's classes -> classifier.parquet."""
+    from clipbias.features import write_classifier
+    from clipbias.text import class_text_embeddings
+
+    loaded = _load(model_name, pretrained, device)
+    names = class_prompts(dataset_dir)
+    emb = class_text_embeddings(loaded.model, loaded.tokenizer, names, list(templates), convention)
+    meta = {
+        **loaded.provenance(),
+        "templates": list(templates),
+        "convention": convention,
+        "logit_scale": float(loaded.model.logit_scale.exp().item()),
+    }
+    write_classifier(out, names, emb.cpu().numpy(), meta)
+    log.info("classifier: %d classes, templates %s", len(names), list(templates))
+
+
+def extract_features(
+    model_name: str,
+    pretrained: str | None,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    shard: int,
+    n_shards: int,
+    layers: Any = "all",
+    dtype: str = "float32",
+    batch_size: int = 64,
+    device: str | None = None,
+    threads: int | None = None,
+    dataset: str | None = None,
+) -> int:
+    """Decompose one shard of the dataset index into ``out`` (Parquet, written atomically).
+
+    ``dataset`` (the grid's dataset name) is recorded in the shard metadata."""
+    from clipbias.extract import default_workers, extract_shard
+
+    set_torch_threads(threads)
+    maybe_fail_once("extract_features")
+    loaded = _load(model_name, pretrained, device)
+    return extract_shard(
+        loaded,
+        dataset_dir,
+        out,
+        shard,
+        n_shards,
+        layers=layers,
+        dtype=dtype,
+        batch_size=batch_size,
+        extra_meta={"dataset": dataset} if dataset else None,
+        num_workers=default_workers(threads, loaded.device),
+    )
+
+
+def encode_method_texts(
+    model_name: str,
+    pretrained: str | None,
+    texts_yaml: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """Encode every method text of the dataset once with the text tower -> texts.parquet
+    (raw, unnormalised embeddings; :mod:`clipbias.methods.texts`)."""
+    from clipbias.methods.texts import (
+        TEXT_ROLES,
+        flatten_roles,
+        method_texts,
+        read_spec,
+        write_method_texts,
+    )
+    from clipbias.text import encode_texts
+
+    set_torch_threads(threads)
+    loaded = _load(model_name, pretrained, device)
+    by_role = method_texts(read_spec(texts_yaml))
+    texts = flatten_roles(by_role)
+    emb = encode_texts(loaded.model, loaded.tokenizer, texts).float().cpu().numpy()
+    write_method_texts(out, by_role, emb)
+    log.info("encoded %d texts (%s)", len(texts), {r: len(by_role[r]) for r in TEXT_ROLES})
+
+
+def feature_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
+    """Verify every shard against its write-time sha256 and write ``manifest.json``."""
+    from clipbias.features import write_manifest
+
+    write_manifest(list(shards), out)
