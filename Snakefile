@@ -1,5 +1,6 @@
 # clipbias: locate and correct bias carried by attention heads of CLIP vision transformers.
-# Thin entry point: configuration, validation and the rule files of every stage.
+# Thin entry point: configuration, validation and the rule files of every stage. An
+# experiment is a grid (models x datasets x seeds); every configured method runs on each cell.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -18,14 +19,17 @@ wildcard_constraints:
     experiment=EXPERIMENT,
     dataset="[a-z0-9_]+",
     model="[A-Za-z0-9_.-]+",
+    seed=r"\d+",
+    fseed=r"seed-\d+|any-seed",
     shard=r"\d{5}",
+    method="[a-z0-9_]+",
 
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/locate.smk"
-include: "workflow/rules/correct.smk"
+include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
@@ -34,3 +38,9 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Every result table of the grid without the report notebooks: `snakemake tables`.
+rule tables:
+    input:
+        table_targets(),

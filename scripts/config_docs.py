@@ -30,14 +30,23 @@ def _row(path: str, sub: dict) -> str:
 
 
 def _is_section(sub: dict) -> bool:
-    return sub.get("type") == "object" and "properties" in sub
+    return (sub.get("type") == "object" and "properties" in sub) or (
+        sub.get("type") == "array" and "properties" in sub.get("items", {})
+    )
+
+
+def _is_list_of_objects(sub: dict) -> bool:
+    return sub.get("type") == "array" and sub.get("items", {}).get("type") == "object"
 
 
 def _section(node: dict, path: str) -> str:
-    """Rows of every leaf under ``node``; nested objects get their own heading."""
+    """Rows of every leaf under ``node``; nested objects get their own heading. The entries of
+    a list of objects (``node`` of type array) are documented as ``path[].key``."""
     rows, nested = [], []
-    for key, sub in node.get("properties", {}).items():
-        p = f"{path}.{key}"
+    props = node.get("items", node).get("properties", {})
+    sep = "[]." if _is_list_of_objects(node) else "."
+    for key, sub in props.items():
+        p = f"{path}{sep}{key}"
         (nested if _is_section(sub) else rows).append((p, sub))
     out = HEADER + "".join(_row(p, sub) for p, sub in rows)
     for p, sub in nested:

@@ -1,55 +1,248 @@
-# Helpers shared by all stages (config validation, path helpers, resources).
+# Helpers shared by all stages: config validation, the experiment grid, paths, resources.
 import sys
 from pathlib import Path
 
 from snakemake.io import report as report_file
 from snakemake.utils import validate
 
+# The package's pure-Python parts (version, method registry) are read by the workflow itself.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from clipbias import __version__ as CODE_VERSION  # noqa: E402
+from clipbias.methods import registry  # noqa: E402
+
+# Methods first: an unknown name gets a message listing the registry, not a schema dump.
+if isinstance(config.get("methods"), list):
+    try:
+        registry.configured(config["methods"])
+    except registry.MethodConfigError as err:
+        raise ValueError(f"config methods: {err}") from None
+# Generator settings on a downloaded dataset are a mistake (checked before defaults fill them).
+_SYNTH_ON_REAL = [
+    d.get("name")
+    for d in config.get("datasets", [])
+    if isinstance(d, dict) and d.get("synth") and d.get("kind", "registry") != "planted"
+]
+if _SYNTH_ON_REAL:
+    raise ValueError(
+        f"config datasets: {_SYNTH_ON_REAL} have synth settings but are not kind planted"
+    )
 validate(config, schema="../schemas/config.schema.yaml")
 
 EXPERIMENT = config["experiment"]
-DATASET = config["dataset"]["name"]
-MODEL = config["model"]["name"]
-PLANTED = DATASET == "planted"
-TRAINED = config["model"]["pretrained"] == "train"
-N_SHARDS = config["features"]["n_shards"]
-CODE_VERSION = "0.1.0"
+SEEDS = [int(s) for s in config["seeds"]]
+RESULTS = f"results/{EXPERIMENT}"
 
 
-def dataset_root(experiment, dataset):
-    """Folder holding index.parquet and dataset.json of a dataset."""
-    if dataset == "planted":
-        return f"results/{experiment}/data/planted"
+def _model_id(entry):
+    return entry.get("id") or entry["name"]
+
+
+def _unique(entries, key, what):
+    names = [key(e) for e in entries]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ValueError(f"config {what}: {dups} listed more than once; give each a unique name")
+    return {key(e): e for e in entries}
+
+
+MODELS = _unique(config["models"], _model_id, "models (id or name)")
+DATASETS = _unique(config["datasets"], lambda d: d["name"], "datasets")
+METHODS = registry.configured(config["methods"])
+
+
+def is_planted(dataset):
+    return DATASETS[dataset]["kind"] == "planted"
+
+
+def is_trained(model):
+    return MODELS[model]["pretrained"] == "train"
+
+
+def _check_grid():
+    bad = [(m, d) for m in MODELS for d in DATASETS if is_trained(m) and not is_planted(d)]
+    if bad:
+        raise ValueError(
+            f"config: models with pretrained 'train' are trained on planted datasets only; "
+            f"these grid cells pair one with a downloaded dataset: {bad}. Use an open_clip "
+            f"tag or checkpoint for real datasets, or split the grid into two experiments."
+        )
+
+
+_check_grid()
+
+
+def fseed(dataset, model, seed):
+    """Feature instance of a cell: per seed when data or model depend on it, else shared."""
+    return f"seed-{seed}" if is_planted(dataset) or is_trained(model) else "any-seed"
+
+
+def _seed_of(fs):
+    return None if fs == "any-seed" else int(fs[len("seed-") :])
+
+
+def data_root(dataset, seed):
+    """Folder with index.parquet and dataset.json (``seed``: int or None for real data)."""
+    if is_planted(dataset):
+        return f"{RESULTS}/data/{dataset}/seed-{seed}"
     return f"resources/datasets/{dataset}"
 
 
-def dataset_dir(wildcards):
-    return dataset_root(wildcards.experiment, wildcards.dataset)
+def feature_dir(dataset, model, seed):
+    return f"{RESULTS}/features/{dataset}/{model}/{fseed(dataset, model, seed)}"
 
 
-def checkpoint_path(wildcards):
-    return f"results/{wildcards.experiment}/models/{wildcards.model}/checkpoint.safetensors"
+def checkpoint(dataset, model, seed):
+    return f"{RESULTS}/models/{dataset}/{model}/seed-{seed}/checkpoint.safetensors"
+
+
+def planted_synth(wildcards):
+    return DATASETS[wildcards.dataset]["synth"]
+
+
+def n_shards(dataset):
+    return DATASETS[dataset].get("n_shards") or config["features"]["n_shards"]
+
+
+def templates(dataset):
+    return DATASETS[dataset].get("templates") or config["classifier"]["templates"]
+
+
+def texts_file(dataset):
+    return DATASETS[dataset]["texts"]
+
+
+def cells():
+    """Every (dataset, model, seed) of the grid."""
+    return [(d, m, s) for d in DATASETS for m in MODELS for s in SEEDS]
+
+
+# ----------------------------------------------------------------------- input functions
+# Feature rules have wildcards dataset, model, fseed; analysis rules dataset, model, seed.
+
+
+def dataset_files(wildcards):
+    """Index and metadata of a feature instance's dataset (+ images of a planted one)."""
+    root = data_root(wildcards.dataset, _seed_of(wildcards.fseed))
+    files = {"index": f"{root}/index.parquet", "meta": f"{root}/dataset.json"}
+    if is_planted(wildcards.dataset):
+        files["images"] = f"{root}/images"
+    return files
 
 
 def model_inputs(wildcards):
     """The trained checkpoint when the pipeline trains the model; nothing for a tag."""
-    return {"checkpoint": checkpoint_path(wildcards)} if TRAINED else {}
+    if not is_trained(wildcards.model):
+        return {}
+    seed = _seed_of(wildcards.fseed)
+    return {"checkpoint": checkpoint(wildcards.dataset, wildcards.model, seed)}
+
+
+def extract_inputs(wildcards):
+    return {**dataset_files(wildcards), **model_inputs(wildcards)}
+
+
+def text_inputs(wildcards):
+    return {**model_inputs(wildcards), "texts": texts_file(wildcards.dataset)}
 
 
 def pretrained_arg(wildcards, input):
-    return input.checkpoint if TRAINED else config["model"]["pretrained"]
+    return (
+        input.checkpoint if is_trained(wildcards.model) else MODELS[wildcards.model]["pretrained"]
+    )
 
 
-def feature_dir(wildcards):
-    return f"results/{wildcards.experiment}/features/{wildcards.model}/{wildcards.dataset}"
+def model_name(wildcards):
+    return MODELS[wildcards.model]["name"]
+
+
+def shard_count(wildcards):
+    return n_shards(wildcards.dataset)
+
+
+def dataset_templates(wildcards):
+    return templates(wildcards.dataset)
 
 
 def feature_shards(wildcards):
-    return expand(
-        "{folder}/shard-{shard:05d}.parquet",
-        folder=feature_dir(wildcards),
-        shard=range(N_SHARDS),
-    )
+    folder = f"{RESULTS}/features/{wildcards.dataset}/{wildcards.model}/{wildcards.fseed}"
+    return [f"{folder}/shard-{i:05d}.parquet" for i in range(n_shards(wildcards.dataset))]
+
+
+def feature_checksums(wildcards):
+    return [f"{s}.sha256" for s in feature_shards(wildcards)]
+
+
+def cell_features(wildcards):
+    """Features, classifier, method texts and dataset metadata of a grid cell."""
+    folder = feature_dir(wildcards.dataset, wildcards.model, wildcards.seed)
+    return {
+        "manifest": f"{folder}/manifest.json",
+        "classifier": f"{folder}/classifier.parquet",
+        "texts": f"{folder}/texts.parquet",
+        "meta": f"{data_root(wildcards.dataset, wildcards.seed)}/dataset.json",
+    }
+
+
+def cell_meta(wildcards):
+    return f"{data_root(wildcards.dataset, wildcards.seed)}/dataset.json"
+
+
+def cell_texts_yaml(wildcards):
+    return texts_file(wildcards.dataset)
+
+
+def locate_split(wildcards):
+    return DATASETS[wildcards.dataset]["locate_split"]
+
+
+def test_split(wildcards):
+    return DATASETS[wildcards.dataset]["test_split"]
+
+
+HEADS = f"{RESULTS}/heads/{{dataset}}/{{model}}/seed-{{seed}}"
+PREDICTIONS = f"{RESULTS}/predictions/{{dataset}}/{{model}}/seed-{{seed}}"
+METRICS = f"{RESULTS}/metrics/{{dataset}}/{{model}}/seed-{{seed}}"
+
+
+def located_files(wildcards):
+    """Located-heads files the method of a predict job reads, by locator name."""
+    folder = HEADS.format(**wildcards)
+    spec = registry.get(wildcards.method)
+    return {loc: f"{folder}/{registry.LOCATORS[loc].file}" for loc in spec.locators}
+
+
+def predict_inputs(wildcards):
+    spec = registry.get(wildcards.method)
+    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or spec.texts}
+    return {**files, "texts_yaml": cell_texts_yaml(wildcards), **located_files(wildcards)}
+
+
+def method_params(wildcards):
+    return METHODS[wildcards.method]
+
+
+def method_pattern(env):
+    """Regex of the configured methods whose predict rule runs in ``env``."""
+    names = [m for m in METHODS if registry.get(m).env == env]
+    return "|".join(names) if names else "(?!)"
+
+
+def cell_predictions(wildcards):
+    folder = PREDICTIONS.format(**wildcards)
+    return {m: f"{folder}/{m}.parquet" for m in METHODS}
+
+
+def seed_metrics(wildcards):
+    folder = f"{RESULTS}/metrics/{wildcards.dataset}/{wildcards.model}"
+    return {str(s): f"{folder}/seed-{s}/metrics.csv" for s in SEEDS}
+
+
+def grid_summaries(wildcards):
+    return [f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS]
+
+
+def grid_cells():
+    return [{"dataset": d, "model": m} for d in DATASETS for m in MODELS]
 
 
 # Memory (MB) by model size; the profile can override with set-resources.
@@ -57,64 +250,12 @@ _MODEL_MEM_MB = {"ViT-H-14": 48000, "ViT-L-14": 24000, "ViT-B-16": 12000, "ViT-B
 
 
 def model_mem_mb(wildcards, attempt):
-    base = next((v for k, v in _MODEL_MEM_MB.items() if wildcards.model.startswith(k)), 4000)
+    name = MODELS[wildcards.model]["name"]
+    base = next((v for k, v in _MODEL_MEM_MB.items() if name.startswith(k)), 4000)
     return base * attempt
 
 
-def feature_checksums(wildcards):
-    return [f"{s}.sha256" for s in feature_shards(wildcards)]
-
-
-def all_targets():
-    exp, ds, mdl = EXPERIMENT, DATASET, MODEL
-    targets = [
-        f"results/{exp}/features/{mdl}/{ds}/manifest.json",
-        f"results/{exp}/metrics/zero_shot.csv",
-        f"results/{exp}/metrics/{ds}/{mdl}.csv",
-    ]
-    if PLANTED:
-        targets.append(f"results/{exp}/ground_truth/head_attribute.csv")
-    return targets + report_targets()
-
-
-def dataset_files(wildcards):
-    """Index and metadata of a dataset (plus the image folder of the planted benchmark)."""
-    root = dataset_dir(wildcards)
-    files = {"index": f"{root}/index.parquet", "meta": f"{root}/dataset.json"}
-    if wildcards.dataset == "planted":
-        files["images"] = f"{root}/images"
-    return files
-
-
-def extract_inputs(wildcards):
-    return {**dataset_files(wildcards), **model_inputs(wildcards)}
-
-
-def experiment_features(wildcards):
-    """Features and classifier of the experiment's configured dataset and model."""
-    folder = f"results/{wildcards.experiment}/features/{MODEL}/{DATASET}"
-    return {
-        "manifest": f"{folder}/manifest.json",
-        "classifier": f"{folder}/classifier.parquet",
-        "meta": f"{dataset_root(wildcards.experiment, DATASET)}/dataset.json",
-    }
-
-
-def method_inputs(wildcards):
-    """Features, classifier, method texts and dataset metadata for the method rules."""
-    folder = feature_dir(wildcards)
-    return {
-        "manifest": f"{folder}/manifest.json",
-        "classifier": f"{folder}/classifier.parquet",
-        "texts": f"{folder}/texts.parquet",
-        "meta": f"{dataset_dir(wildcards)}/dataset.json",
-    }
-
-
-def dataset_meta(wildcards):
-    return f"{dataset_dir(wildcards)}/dataset.json"
-
-
+# ------------------------------------------------------------------------------- report
 # Report notebooks: figure and table stems each notebook writes, and the caption of each.
 PLANTED_FIGURES = [
     "sample_grid",
@@ -133,6 +274,7 @@ PLANTED_TABLES = [
     "located_precision",
     "group_accuracy",
     "main_table",
+    "paired_table",
     "random_summary",
 ]
 METHOD_FIGURES = [
@@ -143,14 +285,17 @@ METHOD_FIGURES = [
     "group_accuracy",
     "random_distribution",
 ]
-METHOD_TABLES = ["heads_table", "group_accuracy", "main_table", "random_summary"]
+METHOD_TABLES = ["heads_table", "group_accuracy", "main_table", "paired_table", "random_summary"]
+SEEDS_FIGURES = ["seeds_scatter"]
+SEEDS_TABLES = ["seeds_table"]
 _CAPTIONS = {
     "head_heatmap_ltc": "head_heatmap",
     "head_heatmap_ltc_full": "head_heatmap",
     "zero_shot_groups_table": "group_table",
     "group_accuracy_table": "group_table",
 }
-REPORT_DIR = "results/{experiment}/report/{dataset}/{model}"
+REPORT_DIR = f"{RESULTS}/report/{{dataset}}/{{model}}/seed-{{seed}}"
+SEEDS_REPORT_DIR = f"{RESULTS}/report/{{dataset}}/{{model}}/seeds"
 
 
 def caption(name, kind):
@@ -158,38 +303,93 @@ def caption(name, kind):
     return f"../report/{_CAPTIONS.get(key, name)}.rst"
 
 
-def report_figures(names):
+def _report_files(folder, names, kind):
+    sub, ext = ("Figures", "png") if kind == "figure" else ("Tables", "csv")
     return [
         report_file(
-            f"{REPORT_DIR}/figures/{n}.png",
-            caption=caption(n, "figure"),
+            f"{folder}/{kind}s/{n}.{ext}",
+            caption=caption(n, kind),
             category="{dataset} / {model}",
-            subcategory="Figures",
-            labels={"figure": n.replace("_", " ")},
+            subcategory=sub,
+            labels={
+                kind: n.replace("_", " "),
+                **({"seed": "{seed}"} if "{seed}" in folder else {}),
+            },
         )
         for n in names
     ]
 
 
-def report_tables(names):
-    return [
-        report_file(
-            f"{REPORT_DIR}/tables/{n}.csv",
-            caption=caption(n, "table"),
-            category="{dataset} / {model}",
-            subcategory="Tables",
-            labels={"table": n.replace("_", " ")},
-        )
-        for n in names
-    ]
+def report_figures(names, folder=REPORT_DIR):
+    return _report_files(folder, names, "figure")
+
+
+def report_tables(names, folder=REPORT_DIR):
+    return _report_files(folder, names, "table")
+
+
+def report_kind(dataset, model):
+    return "planted" if is_planted(dataset) and is_trained(model) else "method"
 
 
 def report_targets():
-    kind = "planted" if PLANTED else "method"
-    root = REPORT_DIR.format(experiment=EXPERIMENT, dataset=DATASET, model=MODEL)
-    return [f"{root}/report_{kind}.html"]
+    out = []
+    for d, m, s in cells():
+        folder = REPORT_DIR.format(dataset=d, model=m, seed=s)
+        out.append(f"{folder}/report_{report_kind(d, m)}.html")
+    if len(SEEDS) > 1:
+        out += [
+            f"{SEEDS_REPORT_DIR.format(dataset=d, model=m)}/report_seeds.html"
+            for d in DATASETS
+            for m in MODELS
+        ]
+    return out
 
 
-# Shell rules append the folder of the Python running Snakemake to PATH, so papermill and
-# jupyter are found without conda; a job's conda env (first on PATH) still wins.
-PYTHON_BIN = str(Path(sys.executable).parent)
+def table_targets():
+    """Every result table of the grid (everything but the report notebooks)."""
+    targets = []
+    for d, m, s in cells():
+        folder = METRICS.format(dataset=d, model=m, seed=s)
+        targets += [f"{folder}/metrics.csv", f"{folder}/paired.csv"]
+        if is_planted(d):
+            targets.append(f"{RESULTS}/ground_truth/{d}/{m}/seed-{s}/head_attribute.csv")
+    targets += [
+        f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
+    ]
+    targets.append(f"{RESULTS}/tables/grid_main.csv")
+    return targets
+
+
+def all_targets():
+    return table_targets() + report_targets()
+
+
+def report_common_inputs(wildcards):
+    """Result tables every report notebook reads (paths become notebook parameters)."""
+    heads = HEADS.format(**wildcards)
+    metrics = METRICS.format(**wildcards)
+    return {
+        "dataset_meta": cell_meta(wildcards),
+        "metrics": f"{metrics}/metrics.csv",
+        "paired": f"{metrics}/paired.csv",
+        "random_draws": f"{metrics}/random_draws.csv",
+        "random_summary": f"{metrics}/random_summary.csv",
+        "ltc_json": f"{heads}/ltc.json",
+        "ltc_full_json": f"{heads}/ltc_full.json",
+        "textspan": f"{heads}/textspan.csv",
+    }
+
+
+def report_planted_inputs(wildcards):
+    root = data_root(wildcards.dataset, wildcards.seed)
+    return {
+        **report_common_inputs(wildcards),
+        "images": f"{root}/images",
+        "train_log": f"{RESULTS}/models/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed}/train_log.json",
+        "ground_truth": f"{RESULTS}/ground_truth/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed}/head_attribute.csv",
+    }
+
+
+def report_dataset_dir(wildcards):
+    return data_root(wildcards.dataset, wildcards.seed)

@@ -1,25 +1,24 @@
-# Stage "data": the embedded planted-bias benchmark, and verified downloads of real datasets.
+# Stage "data": planted-bias benchmarks (one per seed), verified downloads of real datasets.
 
 
 rule make_planted_dataset:
     output:
-        index="results/{experiment}/data/planted/index.parquet",
-        meta="results/{experiment}/data/planted/dataset.json",
-        captions="results/{experiment}/data/planted/captions.parquet",
-        images=directory("results/{experiment}/data/planted/images"),
+        index=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/index.parquet",
+        meta=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/dataset.json",
+        captions=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/captions.parquet",
+        images=directory(f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/images"),
     log:
-        "logs/{experiment}/make_planted_dataset.log",
+        f"logs/{EXPERIMENT}/make_planted_dataset/{{dataset}}/seed-{{seed}}.log",
     benchmark:
-        "benchmarks/{experiment}/make_planted_dataset.tsv"
+        f"benchmarks/{EXPERIMENT}/make_planted_dataset/{{dataset}}/seed-{{seed}}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        "../../envs/download.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
     params:
-        seed=config["seed"],
-        synth=config["synth"],
+        synth=planted_synth,
         code_version=CODE_VERSION,
     script:
         "../scripts/make_planted_dataset.py"
@@ -27,7 +26,7 @@ rule make_planted_dataset:
 
 rule download_dataset:
     input:
-        registry=config["dataset"]["registry"],
+        registry=config["dataset_registry"],
     output:
         directory("resources/datasets/{dataset}/extracted"),
     log:
@@ -46,7 +45,7 @@ rule download_dataset:
 
 rule prepare_dataset:
     input:
-        registry=config["dataset"]["registry"],
+        registry=config["dataset_registry"],
         extracted="resources/datasets/{dataset}/extracted",
     output:
         index="resources/datasets/{dataset}/index.parquet",

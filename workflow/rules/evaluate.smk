@@ -1,61 +1,18 @@
-# Stage "evaluate": zero-shot bias check and the planted ground truth.
-
-
-rule zero_shot_eval:
-    input:
-        unpack(experiment_features),
-    output:
-        "results/{experiment}/metrics/zero_shot.csv",
-    log:
-        "logs/{experiment}/zero_shot_eval.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    params:
-        split=config["dataset"]["test_split"],
-        n_boot=config["evaluate"]["n_boot"],
-        seed=config["seed"],
-    script:
-        "../scripts/zero_shot_eval.py"
-
-
-rule planted_ground_truth:
-    input:
-        unpack(experiment_features),
-    output:
-        "results/{experiment}/ground_truth/head_attribute.csv",
-    log:
-        "logs/{experiment}/planted_ground_truth.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    params:
-        split=config["dataset"]["test_split"],
-        n_boot=config["ground_truth"]["n_boot"],
-        seed=config["seed"],
-    script:
-        "../scripts/planted_ground_truth.py"
+# Stage "evaluate": metrics of every method with bootstrap intervals, paired comparisons with
+# zero-shot, random controls, the planted ground truth, the summary over seeds, the grid table.
 
 
 rule evaluate:
     input:
-        predictions=[
-            "results/{experiment}/predictions/{dataset}/{model}/ltc.parquet",
-            "results/{experiment}/predictions/{dataset}/{model}/baselines.parquet",
-        ],
-        random="results/{experiment}/metrics/{dataset}/random/{model}/draws.csv",
-        meta=dataset_meta,
+        unpack(cell_predictions),
+        meta=cell_meta,
     output:
-        table="results/{experiment}/metrics/{dataset}/{model}.csv",
-        random_summary="results/{experiment}/metrics/{dataset}/random/{model}/summary.csv",
+        metrics=f"{METRICS}/metrics.csv",
+        paired=f"{METRICS}/paired.csv",
+        draws=f"{METRICS}/random_draws.csv",
+        random_summary=f"{METRICS}/random_summary.csv",
     log:
-        "logs/{experiment}/evaluate/{dataset}/{model}.log",
+        f"logs/{EXPERIMENT}/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.log",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -64,6 +21,68 @@ rule evaluate:
         runtime=20,
     params:
         n_boot=config["evaluate"]["n_boot"],
-        seed=config["seed"],
+        code_version=CODE_VERSION,
     script:
         "../scripts/evaluate.py"
+
+
+rule planted_ground_truth:
+    input:
+        unpack(cell_features),
+    output:
+        f"{RESULTS}/ground_truth/{{dataset}}/{{model}}/seed-{{seed}}/head_attribute.csv",
+    log:
+        f"logs/{EXPERIMENT}/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        split=test_split,
+        n_boot=config["ground_truth"]["n_boot"],
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/planted_ground_truth.py"
+
+
+rule summarize_seeds:
+    input:
+        unpack(seed_metrics),
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/{{model}}/summary_over_seeds.csv",
+    log:
+        f"logs/{EXPERIMENT}/summarize_seeds/{{dataset}}/{{model}}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/summarize_seeds.py"
+
+
+rule grid_table:
+    input:
+        grid_summaries,
+    output:
+        csv=f"{RESULTS}/tables/grid_main.csv",
+        md=f"{RESULTS}/tables/grid_main.md",
+        tex=f"{RESULTS}/tables/grid_main.tex",
+    log:
+        f"logs/{EXPERIMENT}/grid_table.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        cells=grid_cells(),
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/grid_table.py"

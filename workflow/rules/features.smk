@@ -1,13 +1,16 @@
-# Stage "features": class text embeddings and the per-shard exact head decomposition.
+# Stage "features": class and method text embeddings, the per-shard exact head decomposition.
+# Wildcard fseed is "seed-<n>" when the data or the model depend on the seed, else "any-seed".
+
+FEATURES = f"{RESULTS}/features/{{dataset}}/{{model}}/{{fseed}}"
 
 
 rule encode_classes:
     input:
         unpack(extract_inputs),
     output:
-        "results/{experiment}/features/{model}/{dataset}/classifier.parquet",
+        f"{FEATURES}/classifier.parquet",
     log:
-        "logs/{experiment}/encode_classes/{model}/{dataset}.log",
+        f"logs/{EXPERIMENT}/encode_classes/{{dataset}}/{{model}}/{{fseed}}.log",
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -15,24 +18,48 @@ rule encode_classes:
         mem_mb=model_mem_mb,
         runtime=30,
     params:
+        model_name=model_name,
         pretrained=pretrained_arg,
-        classifier=config["classifier"],
+        templates=dataset_templates,
+        convention=config["classifier"]["convention"],
         device=config["device"],
         code_version=CODE_VERSION,
     script:
         "../scripts/encode_classes.py"
 
 
+rule encode_method_texts:
+    input:
+        unpack(text_inputs),
+    output:
+        f"{FEATURES}/texts.parquet",
+    log:
+        f"logs/{EXPERIMENT}/encode_method_texts/{{dataset}}/{{model}}/{{fseed}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=30,
+    params:
+        model_name=model_name,
+        pretrained=pretrained_arg,
+        device=config["device"],
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/encode_method_texts.py"
+
+
 rule extract_features:
     input:
         unpack(extract_inputs),
     output:
-        shard="results/{experiment}/features/{model}/{dataset}/shard-{shard}.parquet",
-        checksum="results/{experiment}/features/{model}/{dataset}/shard-{shard}.parquet.sha256",
+        shard=f"{FEATURES}/shard-{{shard}}.parquet",
+        checksum=f"{FEATURES}/shard-{{shard}}.parquet.sha256",
     log:
-        "logs/{experiment}/extract_features/{model}/{dataset}/{shard}.log",
+        f"logs/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.log",
     benchmark:
-        "benchmarks/{experiment}/extract_features/{model}/{dataset}/{shard}.tsv"
+        f"benchmarks/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     # On a GPU, all but one thread decode and resize images for the next batches.
@@ -42,9 +69,12 @@ rule extract_features:
         mem_mb=model_mem_mb,
         runtime=120,
     params:
+        model_name=model_name,
         pretrained=pretrained_arg,
-        n_shards=N_SHARDS,
-        features=config["features"],
+        n_shards=shard_count,
+        layers=config["features"]["layers"],
+        dtype=config["features"]["dtype"],
+        batch_size=config["features"]["batch_size"],
         device=config["device"],
         code_version=CODE_VERSION,
     script:
@@ -56,9 +86,9 @@ rule feature_manifest:
         shards=feature_shards,
         checksums=feature_checksums,
     output:
-        "results/{experiment}/features/{model}/{dataset}/manifest.json",
+        f"{FEATURES}/manifest.json",
     log:
-        "logs/{experiment}/feature_manifest/{model}/{dataset}.log",
+        f"logs/{EXPERIMENT}/feature_manifest/{{dataset}}/{{model}}/{{fseed}}.log",
     conda:
         "../../envs/analysis.yaml"
     threads: 1

@@ -1,36 +1,15 @@
-# Stage "locate": method texts, TextSpan descriptions, LTC head location.
-
-
-rule encode_method_texts:
-    input:
-        unpack(model_inputs),
-        texts=config["texts"],
-    output:
-        "results/{experiment}/features/{model}/{dataset}/texts.parquet",
-    log:
-        "logs/{experiment}/encode_method_texts/{model}/{dataset}.log",
-    conda:
-        "../../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
-    params:
-        pretrained=pretrained_arg,
-        device=config["device"],
-    script:
-        "../scripts/encode_method_texts.py"
+# Stage "locate": TextSpan descriptions and LTC head location, per grid cell.
 
 
 rule textspan:
     input:
-        unpack(method_inputs),
+        unpack(cell_features),
     output:
-        "results/{experiment}/heads/{dataset}/{model}/textspan.csv",
+        f"{HEADS}/textspan.csv",
     log:
-        "logs/{experiment}/textspan/{dataset}/{model}.log",
+        f"logs/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        "benchmarks/{experiment}/textspan/{dataset}/{model}.tsv"
+        f"benchmarks/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -38,22 +17,24 @@ rule textspan:
         mem_mb=8000,
         runtime=60,
     params:
-        split=config["dataset"]["locate_split"],
-        textspan=config["textspan"],
+        split=locate_split,
+        m=config["locate"]["textspan"]["m"],
+        rank=config["locate"]["textspan"]["rank"],
+        last_layers=config["locate"]["textspan"]["last_layers"],
     script:
         "../scripts/textspan.py"
 
 
 rule locate_ltc:
     input:
-        unpack(method_inputs),
+        unpack(cell_features),
     output:
-        groups="results/{experiment}/heads/{dataset}/{model}/ltc.json",
-        full="results/{experiment}/heads/{dataset}/{model}/ltc_full.json",
+        groups=f"{HEADS}/ltc.json",
+        full=f"{HEADS}/ltc_full.json",
     log:
-        "logs/{experiment}/locate_ltc/{dataset}/{model}.log",
+        f"logs/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        "benchmarks/{experiment}/locate_ltc/{dataset}/{model}.tsv"
+        f"benchmarks/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -61,7 +42,7 @@ rule locate_ltc:
         mem_mb=8000,
         runtime=30,
     params:
-        split=config["dataset"]["locate_split"],
-        use_group_labels=config["ltc"]["use_group_labels"],
+        split=locate_split,
+        use_group_labels=config["locate"]["ltc"]["use_group_labels"],
     script:
         "../scripts/locate_ltc.py"

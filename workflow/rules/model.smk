@@ -1,18 +1,18 @@
-# Stage "model": train the small CLIP of the embedded default (pretrained: train).
+# Stage "model": train the small CLIP of a planted benchmark (models with pretrained: train).
 
 
 rule train_small_clip:
     input:
-        index="results/{experiment}/data/planted/index.parquet",
-        captions="results/{experiment}/data/planted/captions.parquet",
-        images="results/{experiment}/data/planted/images",
+        index=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/index.parquet",
+        captions=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/captions.parquet",
+        images=f"{RESULTS}/data/{{dataset}}/seed-{{seed}}/images",
     output:
-        checkpoint="results/{experiment}/models/{model}/checkpoint.safetensors",
-        log_json="results/{experiment}/models/{model}/train_log.json",
+        checkpoint=f"{RESULTS}/models/{{dataset}}/{{model}}/seed-{{seed}}/checkpoint.safetensors",
+        log_json=f"{RESULTS}/models/{{dataset}}/{{model}}/seed-{{seed}}/train_log.json",
     log:
-        "logs/{experiment}/train_small_clip/{model}.log",
+        f"logs/{EXPERIMENT}/train_small_clip/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        "benchmarks/{experiment}/train_small_clip/{model}.tsv"
+        f"benchmarks/{EXPERIMENT}/train_small_clip/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -21,7 +21,7 @@ rule train_small_clip:
         mem_mb=4000,
         runtime=60,
     params:
-        seed=config["seed"],
+        model_name=model_name,
         train=config["train"],
         device=config["device"],
         code_version=CODE_VERSION,

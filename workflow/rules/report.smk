@@ -1,20 +1,11 @@
 # Stage "report": papermill notebooks regenerate every figure and table from results/ only.
+# The notebooks run in the rule's own Python (its conda env's Jupyter kernel).
 
 
 rule report_planted:
     input:
-        index="results/{experiment}/data/planted/index.parquet",
-        images="results/{experiment}/data/planted/images",
-        train_log="results/{experiment}/models/{model}/train_log.json",
-        zero_shot="results/{experiment}/metrics/zero_shot.csv",
-        metrics="results/{experiment}/metrics/{dataset}/{model}.csv",
-        draws="results/{experiment}/metrics/{dataset}/random/{model}/draws.csv",
-        summary="results/{experiment}/metrics/{dataset}/random/{model}/summary.csv",
-        ltc="results/{experiment}/heads/{dataset}/{model}/ltc.json",
-        ltc_full="results/{experiment}/heads/{dataset}/{model}/ltc_full.json",
-        textspan="results/{experiment}/heads/{dataset}/{model}/textspan.csv",
-        ground_truth="results/{experiment}/ground_truth/head_attribute.csv",
-        notebook="notebooks/report_planted.ipynb",
+        unpack(report_planted_inputs),
+        notebook="notebooks/report_cell.ipynb",
     output:
         notebook=f"{REPORT_DIR}/report_planted.ipynb",
         html=report(
@@ -22,11 +13,12 @@ rule report_planted:
             caption="../report/report_notebook.rst",
             category="{dataset} / {model}",
             subcategory="Notebook",
+            labels={"notebook": "report", "seed": "{seed}"},
         ),
         figures=report_figures(PLANTED_FIGURES),
         tables=report_tables(PLANTED_TABLES),
     log:
-        "logs/{experiment}/report_planted/{dataset}/{model}.log",
+        f"logs/{EXPERIMENT}/report_planted/{{dataset}}/{{model}}/seed-{{seed}}.log",
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -34,36 +26,16 @@ rule report_planted:
         mem_mb=2000,
         runtime=20,
     params:
-        split=config["dataset"]["test_split"],
-        python_bin=PYTHON_BIN,
-    shell:
-        """
-        export PATH="$PATH:{params.python_bin}"
-        papermill {input.notebook} {output.notebook} -k python3 --log-level WARNING \
-            -p repo_root . -p dataset_dir "$(dirname {input.index})" \
-            -p train_log {input.train_log} -p zero_shot_metrics {input.zero_shot} \
-            -p metrics {input.metrics} -p random_draws {input.draws} \
-            -p random_summary {input.summary} -p ltc_json {input.ltc} \
-            -p ltc_full_json {input.ltc_full} -p textspan {input.textspan} \
-            -p ground_truth {input.ground_truth} \
-            -p fig_dir "$(dirname {output.figures[0]})" \
-            -p table_dir "$(dirname {output.tables[0]})" \
-            -p dataset {wildcards.dataset} -p model {wildcards.model} -p split {params.split} \
-            > {log} 2>&1
-        jupyter nbconvert --to html --log-level WARN {output.notebook} >> {log} 2>&1
-        """
+        dataset_dir=report_dataset_dir,
+        split=test_split,
+    script:
+        "../scripts/report_notebook.py"
 
 
 rule report_method:
     input:
-        meta=dataset_meta,
-        metrics="results/{experiment}/metrics/{dataset}/{model}.csv",
-        draws="results/{experiment}/metrics/{dataset}/random/{model}/draws.csv",
-        summary="results/{experiment}/metrics/{dataset}/random/{model}/summary.csv",
-        ltc="results/{experiment}/heads/{dataset}/{model}/ltc.json",
-        ltc_full="results/{experiment}/heads/{dataset}/{model}/ltc_full.json",
-        textspan="results/{experiment}/heads/{dataset}/{model}/textspan.csv",
-        notebook="notebooks/report_method.ipynb",
+        unpack(report_common_inputs),
+        notebook="notebooks/report_cell.ipynb",
     output:
         notebook=f"{REPORT_DIR}/report_method.ipynb",
         html=report(
@@ -71,11 +43,12 @@ rule report_method:
             caption="../report/report_notebook.rst",
             category="{dataset} / {model}",
             subcategory="Notebook",
+            labels={"notebook": "report", "seed": "{seed}"},
         ),
         figures=report_figures(METHOD_FIGURES),
         tables=report_tables(METHOD_TABLES),
     log:
-        "logs/{experiment}/report_method/{dataset}/{model}.log",
+        f"logs/{EXPERIMENT}/report_method/{{dataset}}/{{model}}/seed-{{seed}}.log",
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -83,22 +56,43 @@ rule report_method:
         mem_mb=2000,
         runtime=20,
     params:
-        split=config["dataset"]["test_split"],
-        python_bin=PYTHON_BIN,
-    shell:
-        """
-        export PATH="$PATH:{params.python_bin}"
-        papermill {input.notebook} {output.notebook} -k python3 --log-level WARNING \
-            -p repo_root . -p dataset_meta {input.meta} \
-            -p metrics {input.metrics} -p random_draws {input.draws} \
-            -p random_summary {input.summary} -p ltc_json {input.ltc} \
-            -p ltc_full_json {input.ltc_full} -p textspan {input.textspan} \
-            -p fig_dir "$(dirname {output.figures[0]})" \
-            -p table_dir "$(dirname {output.tables[0]})" \
-            -p dataset {wildcards.dataset} -p model {wildcards.model} -p split {params.split} \
-            > {log} 2>&1
-        jupyter nbconvert --to html --log-level WARN {output.notebook} >> {log} 2>&1
-        """
+        split=test_split,
+        # not a planted benchmark: no sample images, training curve or ground truth
+        dataset_dir="",
+        train_log="",
+        ground_truth="",
+    script:
+        "../scripts/report_notebook.py"
+
+
+rule report_seeds:
+    input:
+        unpack(seed_metrics),
+        summary=f"{RESULTS}/metrics/{{dataset}}/{{model}}/summary_over_seeds.csv",
+        notebook="notebooks/report_seeds.ipynb",
+    output:
+        notebook=f"{SEEDS_REPORT_DIR}/report_seeds.ipynb",
+        html=report(
+            f"{SEEDS_REPORT_DIR}/report_seeds.html",
+            caption="../report/report_seeds.rst",
+            category="{dataset} / {model}",
+            subcategory="Seeds",
+            labels={"notebook": "seeds"},
+        ),
+        figures=report_figures(SEEDS_FIGURES, SEEDS_REPORT_DIR),
+        tables=report_tables(SEEDS_TABLES, SEEDS_REPORT_DIR),
+    log:
+        f"logs/{EXPERIMENT}/report_seeds/{{dataset}}/{{model}}.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        seed_metrics=seed_metrics,
+    script:
+        "../scripts/report_notebook.py"
 
 
 rule report:

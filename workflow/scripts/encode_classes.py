@@ -1,4 +1,4 @@
-"""Adapter: rule encode_classes -> clipbias.stages.encode_classes."""
+"""Adapter: rule encode_classes -> clipbias.stages.features.encode_classes."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,14 +9,14 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import encode_classes  # noqa: E402
+from clipbias.stages.features import encode_classes  # noqa: E402
 
 encode_classes(
-    model_name=snakemake.wildcards.model,
+    model_name=snakemake.params.model_name,
     pretrained=snakemake.params.pretrained,
     dataset_dir=Path(snakemake.input.index).parent,
     out=snakemake.output[0],
-    templates=snakemake.params.classifier["templates"],
-    convention=snakemake.params.classifier["convention"],
+    templates=snakemake.params.templates,
+    convention=snakemake.params.convention,
     device=snakemake.params.device,
 )

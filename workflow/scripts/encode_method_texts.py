@@ -1,4 +1,4 @@
-"""Adapter: rule encode_method_texts -> clipbias.stages.encode_method_texts."""
+"""Adapter: rule encode_method_texts -> clipbias.stages.features.encode_method_texts."""
 
 from typing import TYPE_CHECKING
 
@@ -8,10 +8,10 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import encode_method_texts  # noqa: E402
+from clipbias.stages.features import encode_method_texts  # noqa: E402
 
 encode_method_texts(
-    model_name=snakemake.wildcards.model,
+    model_name=snakemake.params.model_name,
     pretrained=snakemake.params.pretrained,
     texts_yaml=snakemake.input.texts,
     out=snakemake.output[0],

@@ -1,4 +1,4 @@
-"""Adapter: rule evaluate -> clipbias.stages.evaluate_stage."""
+"""Adapter: rule evaluate -> clipbias.stages.evaluate.evaluate."""
 
 from typing import TYPE_CHECKING
 
@@ -8,14 +8,16 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import evaluate_stage  # noqa: E402
+from clipbias.stages.evaluate import evaluate  # noqa: E402
 
-evaluate_stage(
-    predictions=list(snakemake.input.predictions),
-    random_draws=snakemake.input.random,
+evaluate(
+    predictions={k: v for k, v in snakemake.input.items() if k != "meta"},
     dataset_meta=snakemake.input.meta,
-    out=snakemake.output.table,
+    out_metrics=snakemake.output.metrics,
+    out_paired=snakemake.output.paired,
+    out_draws=snakemake.output.draws,
     out_random_summary=snakemake.output.random_summary,
     n_boot=snakemake.params.n_boot,
-    seed=snakemake.params.seed,
+    seed=int(snakemake.wildcards.seed),
+    threads=snakemake.threads,
 )

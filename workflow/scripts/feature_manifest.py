@@ -1,4 +1,4 @@
-"""Adapter: rule feature_manifest -> clipbias.features.write_manifest."""
+"""Adapter: rule feature_manifest -> clipbias.stages.features.feature_manifest."""
 
 from typing import TYPE_CHECKING
 
@@ -8,6 +8,6 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.features import write_manifest  # noqa: E402
+from clipbias.stages.features import feature_manifest  # noqa: E402
 
-write_manifest(list(snakemake.input.shards), snakemake.output[0])
+feature_manifest(list(snakemake.input.shards), snakemake.output[0])

@@ -1,4 +1,4 @@
-"""Adapter: rule locate_ltc -> clipbias.stages.locate_ltc_stage."""
+"""Adapter: rule locate_ltc -> clipbias.stages.locate.locate_ltc."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,9 +9,9 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import locate_ltc_stage  # noqa: E402
+from clipbias.stages.locate import locate_ltc  # noqa: E402
 
-locate_ltc_stage(
+locate_ltc(
     feature_dir=Path(snakemake.input.manifest).parent,
     dataset_meta=snakemake.input.meta,
     texts=snakemake.input.texts,

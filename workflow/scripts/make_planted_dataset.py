@@ -1,4 +1,4 @@
-"""Adapter: rule make_planted_dataset -> clipbias.synth.generate."""
+"""Adapter: rule make_planted_dataset -> clipbias.stages.data.make_planted_dataset."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,6 +9,11 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.synth import generate  # noqa: E402
+from clipbias.stages.data import make_planted_dataset  # noqa: E402
 
-generate(Path(snakemake.output.index).parent, seed=snakemake.params.seed, **snakemake.params.synth)
+make_planted_dataset(
+    Path(snakemake.output.index).parent,
+    seed=int(snakemake.wildcards.seed),
+    synth=snakemake.params.synth,
+    name=snakemake.wildcards.dataset,
+)

@@ -1,4 +1,4 @@
-"""Adapter: rule planted_ground_truth -> clipbias.stages.planted_ground_truth."""
+"""Adapter: rule planted_ground_truth -> clipbias.stages.evaluate.planted_ground_truth."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import planted_ground_truth  # noqa: E402
+from clipbias.stages.evaluate import planted_ground_truth  # noqa: E402
 
 planted_ground_truth(
     feature_dir=Path(snakemake.input.manifest).parent,
@@ -17,5 +17,5 @@ planted_ground_truth(
     out=snakemake.output[0],
     split=snakemake.params.split,
     n_boot=snakemake.params.n_boot,
-    seed=snakemake.params.seed,
+    seed=int(snakemake.wildcards.seed),
 )

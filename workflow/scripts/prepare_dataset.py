@@ -1,4 +1,4 @@
-"""Adapter: rule prepare_dataset -> clipbias.stages.prepare_stage."""
+"""Adapter: rule prepare_dataset -> clipbias.stages.data.prepare_dataset."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,9 +9,9 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import prepare_stage  # noqa: E402
+from clipbias.stages.data import prepare_dataset  # noqa: E402
 
-prepare_stage(
+prepare_dataset(
     registry=snakemake.input.registry,
     dataset=snakemake.wildcards.dataset,
     extracted=snakemake.input.extracted,

@@ -1,4 +1,4 @@
-"""Adapter: rule textspan -> clipbias.stages.textspan_stage."""
+"""Adapter: rule textspan -> clipbias.stages.locate.textspan."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,16 +9,15 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.stages import textspan_stage  # noqa: E402
+from clipbias.stages.locate import textspan  # noqa: E402
 
-ts = snakemake.params.textspan
-textspan_stage(
+textspan(
     feature_dir=Path(snakemake.input.manifest).parent,
     texts=snakemake.input.texts,
     out=snakemake.output[0],
     split=snakemake.params.split,
-    last_layers=ts["last_layers"],
-    m=ts["m"],
-    rank=ts["rank"],
+    last_layers=snakemake.params.last_layers,
+    m=snakemake.params.m,
+    rank=snakemake.params.rank,
     threads=snakemake.threads,
 )

@@ -1,4 +1,4 @@
-"""Adapter: rule train_small_clip -> clipbias.train.train_clip."""
+"""Adapter: rule train_small_clip -> clipbias.stages.model.train_small_clip."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,15 +9,15 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 _bootstrap.setup_logging(snakemake.log[0])
-from clipbias.train import train_clip  # noqa: E402
+from clipbias.stages.model import train_small_clip  # noqa: E402
 
-train_clip(
+train_small_clip(
     Path(snakemake.input.index).parent,
     snakemake.output.checkpoint,
     snakemake.output.log_json,
-    model_name=snakemake.wildcards.model,
-    seed=snakemake.params.seed,
+    model_name=snakemake.params.model_name,
+    seed=int(snakemake.wildcards.seed),
+    train=snakemake.params.train,
     device=snakemake.params.device,
-    num_threads=snakemake.threads,
-    **snakemake.params.train,
+    threads=snakemake.threads,
 )
