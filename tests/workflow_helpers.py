@@ -18,7 +18,11 @@ from conftest import REPO, tool
 
 CONFIG = "tests/config/tiny.yaml"
 EXP = "results/tiny"
-FEAT = f"{EXP}/features/planted-vit-tiny/planted"
+CELL = "planted/planted-vit-tiny/seed-7"  # the tiny config's only grid cell
+FEAT = f"{EXP}/features/{CELL}"
+METRICS = f"{EXP}/metrics/{CELL}"
+HEADS = f"{EXP}/heads/{CELL}"
+REPORT = f"{EXP}/report/{CELL}"
 COPY = [
     "Snakefile",
     "workflow",
@@ -48,8 +52,13 @@ def make_workdir(dest: Path) -> Path:
     return dest
 
 
-# Figure and table stems each report notebook writes (workflow/rules/common.smk lists them
-# as the rules' outputs).
+# Figure and table stems each report rule writes (workflow/rules/common.smk lists them as
+# the rules' outputs), and the notebook each rule runs.
+NOTEBOOKS = {
+    "report_planted": "report_cell",
+    "report_method": "report_cell",
+    "report_seeds": "report_seeds",
+}
 FIGURES = {
     "report_planted": [
         "sample_grid",
@@ -70,6 +79,7 @@ FIGURES = {
         "group_accuracy",
         "random_distribution",
     ],
+    "report_seeds": ["seeds_scatter"],
 }
 TABLES = {
     "report_planted": [
@@ -78,9 +88,17 @@ TABLES = {
         "located_precision",
         "group_accuracy",
         "main_table",
+        "paired_table",
         "random_summary",
     ],
-    "report_method": ["heads_table", "group_accuracy", "main_table", "random_summary"],
+    "report_method": [
+        "heads_table",
+        "group_accuracy",
+        "main_table",
+        "paired_table",
+        "random_summary",
+    ],
+    "report_seeds": ["seeds_table"],
 }
 
 
@@ -113,6 +131,7 @@ def digest(path: Path) -> str:
 def result_tables(workdir: Path) -> dict[str, str]:
     files = [
         *(workdir / EXP / "metrics").rglob("*.csv"),
+        *(workdir / EXP / "tables").rglob("*.csv"),
         *(workdir / EXP / "ground_truth").rglob("*.csv"),
         *(workdir / EXP / "heads").rglob("*.csv"),
         *(workdir / EXP / "heads").rglob("*.json"),

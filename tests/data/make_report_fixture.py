@@ -1,8 +1,9 @@
 """Write tests/data/report_fixture/: a tiny, made-up experiment in the result-table formats of
 docs/DESIGN.md ("Result tables (what the report notebooks read)").
 
-The fixture mirrors ``results/{experiment}/`` for the planted benchmark (dataset ``planted``,
-model ``planted-vit-tiny``: 4 layers x 4 heads). The numbers are simulated, not computed by
+The fixture mirrors ``results/{experiment}/`` for one grid cell of the planted benchmark
+(dataset ``planted``, model ``planted-vit-tiny``: 4 layers x 4 heads) and three seeds (the
+first one complete, the others with metric tables only, for the over-seeds report). The numbers are simulated, not computed by
 a model: per-group accuracies are drawn per method and passed through
 ``clipbias.metrics.evaluate_predictions`` (so the tidy metric tables have exactly the
 evaluate stage's columns); the LTC frequency maps go through
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipbias.methods.baselines import random_control_summary, random_metric_rows
 from clipbias.methods.ltc import contrastive_selection
+from clipbias.methods.ltc_random import random_control_summary, random_metric_rows
 from clipbias.metrics import evaluate_predictions
+from clipbias.stages.evaluate import paired_rows, summarize_seeds
 from clipbias.synth import generate
 
 OUT = Path(__file__).resolve().parent / "report_fixture"
@@ -32,6 +34,7 @@ MODEL = "planted-vit-tiny"
 LAYERS = [0, 1, 2, 3]
 N_HEADS = 4
 SEED = 20240611
+SEEDS = [42, 1, 2]
 N_PER_GROUP = 400  # test split: balanced over class x background
 N_BOOT = 200
 
@@ -49,14 +52,6 @@ GROUP_ACC = {
     "ltc_no_ablate": [0.96, 0.63, 0.66, 0.95],
     "ltc_full": [0.92, 0.81, 0.83, 0.91],
 }
-LTC_FILE_METHODS = [
-    "ltc",
-    "ltc_transductive",
-    "ltc_scale_preserving",
-    "ablate",
-    "ltc_no_ablate",
-    "ltc_full",
-]
 
 
 def head_id(l: int, h: int) -> str:
@@ -81,10 +76,13 @@ def write_json(obj, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def metrics_tables(rng, group_names):
-    tables = {}
+def metrics_tables(rng, group_names, shift=0.0):
+    """Tidy tables and simulated (preds, labels, groups) per method."""
+    tables, sims = {}, {}
     for method, accs in GROUP_ACC.items():
+        accs = np.clip(np.asarray(accs) + shift + rng.normal(0, 0.01, len(accs)), 0.05, 0.99)
         preds, labels, groups = simulate_predictions(rng, accs, N_PER_GROUP)
+        sims[method] = (preds, labels, groups)
         tables[method] = evaluate_predictions(
             preds,
             labels,
@@ -95,7 +93,7 @@ def metrics_tables(rng, group_names):
             n_boot=N_BOOT,
             seed=SEED,
         )
-    return tables
+    return tables, sims
 
 
 def random_draws(rng, spurious, salient, zero_shot):
@@ -290,8 +288,8 @@ def train_log(rng):
 README = """# Report fixture (generated, do not edit)
 
 A tiny, simulated experiment in the result-table formats of docs/DESIGN.md ("Result
-tables"), laid out like `results/{experiment}/` for dataset `planted` and model
-`planted-vit-tiny` (4 layers x 4 heads). The report notebooks default to these files and
+tables"), laid out like `results/{experiment}/` for one grid cell (dataset `planted`, model
+`planted-vit-tiny`, 4 layers x 4 heads; seed 42 complete, seeds 1 and 2 metrics only). The report notebooks default to these files and
 tests/unit/test_plots.py and tests/integration/test_notebooks.py run on them. The numbers
 are made up (LTC locates L3H1 and L2H0, the planted heads); regenerate with
 
@@ -303,14 +301,15 @@ def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     rng = np.random.default_rng(SEED)
+    cell = f"{DATASET}/{MODEL}/seed-{SEEDS[0]}"
 
-    data_dir = OUT / "data" / DATASET
+    data_dir = OUT / "data" / DATASET / f"seed-{SEEDS[0]}"
     generate(data_dir, seed=7, n_train=8, n_val=8, n_test=24, image_size=32)
     meta = json.loads((data_dir / "dataset.json").read_text())
     group_names = meta["group_names"]
 
     planted_s, planted_y = ["L3H1", "L2H0"], ["L3H2"]
-    heads_dir = OUT / "heads" / DATASET / MODEL
+    heads_dir = OUT / "heads" / cell
     ltc = ltc_json(rng, "groups", planted_s, planted_y)
     write_json(ltc, heads_dir / "ltc.json")
     write_json(ltc_json(rng, "full", planted_s, planted_y), heads_dir / "ltc_full.json")
@@ -318,22 +317,41 @@ def main() -> None:
     salient = [x["head"] for x in ltc["salient"]]
     write_csv(textspan_table(rng, spurious, salient), heads_dir / "textspan.csv")
 
-    tables = metrics_tables(rng, group_names)
-    write_csv(tables["zero_shot"], OUT / "metrics" / "zero_shot.csv")
-    zs = dict(zip(tables["zero_shot"]["metric"], tables["zero_shot"]["value"], strict=True))
-    draws = random_draws(rng, spurious, salient, zs)
-    rnd_dir = OUT / "metrics" / DATASET / "random" / MODEL
-    write_csv(draws, rnd_dir / "draws.csv")
-    random_rows = random_metric_rows(draws, "test")
-    order = LTC_FILE_METHODS + [m for m in GROUP_ACC if m not in LTC_FILE_METHODS]
-    table = pd.concat([tables[m] for m in order] + [random_rows], ignore_index=True)
-    write_csv(table, OUT / "metrics" / DATASET / f"{MODEL}.csv")
-    ltc_obs = dict(zip(tables["ltc"]["metric"], tables["ltc"]["value"], strict=True))
-    summary = random_control_summary(draws, {k: ltc_obs[k] for k in random_rows["metric"]})
-    write_csv(summary, rnd_dir / "summary.csv")
+    metric_files = {}
+    for k, seed in enumerate(SEEDS):
+        metrics_dir = OUT / "metrics" / DATASET / MODEL / f"seed-{seed}"
+        tables, sims = metrics_tables(rng, group_names, shift=0.01 * k)
+        zs = dict(zip(tables["zero_shot"]["metric"], tables["zero_shot"]["value"], strict=True))
+        draws = random_draws(rng, spurious, salient, zs)
+        draws.insert(0, "method", "ltc_random")
+        random_rows = random_metric_rows(draws, "test")
+        table = pd.concat([*tables.values(), random_rows], ignore_index=True)
+        metric_files[seed] = metrics_dir / "metrics.csv"
+        write_csv(table, metric_files[seed])
+        if k:
+            continue
+        write_csv(draws, metrics_dir / "random_draws.csv")
+        ltc_obs = dict(zip(tables["ltc"]["metric"], tables["ltc"]["value"], strict=True))
+        summary = random_control_summary(draws, {m: ltc_obs[m] for m in random_rows["metric"]})
+        summary.insert(0, "method", "ltc_random")
+        summary.insert(1, "observed_method", "ltc")
+        write_csv(summary, metrics_dir / "random_summary.csv")
+        zp, labels, groups = sims["zero_shot"]
+        paired = pd.concat(
+            [
+                paired_rows(m, sims[m][0], "zero_shot", zp, labels, groups, N_BOOT, SEED)
+                for m in GROUP_ACC
+                if m != "zero_shot"
+            ],
+            ignore_index=True,
+        )
+        write_csv(paired, metrics_dir / "paired.csv")
+    summarize_seeds(metric_files, OUT / "metrics" / DATASET / MODEL / "summary_over_seeds.csv")
 
-    write_csv(ground_truth_table(rng, planted_s), OUT / "ground_truth" / "head_attribute.csv")
-    write_json(train_log(rng), OUT / "models" / MODEL / "train_log.json")
+    write_csv(
+        ground_truth_table(rng, planted_s), OUT / "ground_truth" / cell / "head_attribute.csv"
+    )
+    write_json(train_log(rng), OUT / "models" / cell / "train_log.json")
     (OUT / "README.md").write_text(README)
     print(f"wrote {OUT}")  # noqa: T201 - command-line script
 

@@ -1,7 +1,8 @@
 """The report notebooks run under papermill on the committed fixture and convert to HTML.
 
-Command lines are the ones the Snakemake report rule uses (cwd = repo root, kernel
-``python3``, every output folder passed with ``-p``).
+Each report rule's case: ``report_cell`` with every planted input (rule report_planted) and
+with the planted inputs set to "" (rule report_method), and ``report_seeds``. The commands
+use the papermill CLI with the notebook's own ``python3`` kernel, from the repository root.
 """
 
 from __future__ import annotations
@@ -11,30 +12,31 @@ import subprocess
 import nbformat
 import pytest
 from conftest import REPO, tool
-from workflow_helpers import FIGURES, TABLES
+from workflow_helpers import FIGURES, NOTEBOOKS, TABLES
 
+FX = "tests/data/report_fixture/"
+# parameters of each rule that name input files (their defaults must be in the fixture)
 INPUT_PARAMS = {
-    "report_planted": [
-        "dataset_dir",
-        "train_log",
-        "zero_shot_metrics",
-        "metrics",
-        "random_draws",
-        "random_summary",
-        "ltc_json",
-        "ltc_full_json",
-        "textspan",
-        "ground_truth",
-    ],
-    "report_method": [
+    "report_cell": [
         "dataset_meta",
         "metrics",
+        "paired",
         "random_draws",
         "random_summary",
         "ltc_json",
         "ltc_full_json",
         "textspan",
+        "dataset_dir",
+        "train_log",
+        "ground_truth",
     ],
+    "report_seeds": ["summary"],
+}
+# extra -p parameters of each rule's case
+RULE_PARAMS = {
+    "report_planted": [],
+    "report_method": ["-p", "dataset_dir", "", "-p", "train_log", "", "-p", "ground_truth", ""],
+    "report_seeds": [],
 }
 
 
@@ -47,7 +49,7 @@ def _parameters(name):
     return nb, {k: v for k, v in ns.items() if not k.startswith("__")}
 
 
-@pytest.mark.parametrize("name", sorted(FIGURES))
+@pytest.mark.parametrize("name", sorted(set(NOTEBOOKS.values())))
 def test_notebook_parameters_and_stripped(name):
     nb, params = _parameters(name)
     assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -55,7 +57,9 @@ def test_notebook_parameters_and_stripped(name):
     assert {"fig_dir", "table_dir"} <= set(params)
     for key in INPUT_PARAMS[name]:
         assert (REPO / params[key]).exists(), f"default of {key} is not in the fixture"
-        assert params[key].startswith("tests/data/report_fixture/")
+        assert params[key].startswith(FX)
+    for path in params.get("seed_metrics", {}).values():
+        assert (REPO / path).exists() and path.startswith(FX)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
@@ -74,7 +78,7 @@ def test_notebook_runs_under_papermill(name, tmp_path):
     out_nb = tmp_path / f"{name}.ipynb"
     cmd = [
         tool("papermill"),
-        f"notebooks/{name}.ipynb",
+        f"notebooks/{NOTEBOOKS[name]}.ipynb",
         str(out_nb),
         "-k",
         "python3",
@@ -86,6 +90,7 @@ def test_notebook_runs_under_papermill(name, tmp_path):
         "-p",
         "table_dir",
         str(table_dir),
+        *RULE_PARAMS[name],
     ]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -118,3 +123,5 @@ def test_notebook_runs_under_papermill(name, tmp_path):
     html = out_nb.with_suffix(".html").read_text()
     assert html.count("data:image/png;base64") >= len(FIGURES[name])
     assert "Worst-group" in html
+    if name != "report_seeds":
+        assert "McNemar" in html  # the paired comparison with zero-shot

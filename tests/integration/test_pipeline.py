@@ -23,6 +23,8 @@ from workflow_helpers import (
     CONFIG,
     EXP,
     FEAT,
+    HEADS,
+    METRICS,
     N_HEADS,
     N_LAYERS,
     copy_run,
@@ -51,7 +53,7 @@ def incomplete_outputs(work: Path) -> set[str]:
 def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
     """(shards finished as far as Snakemake knows, shards whose job is under way)."""
     marked = incomplete_outputs(work)
-    logs = work / "logs/tiny/extract_features/planted-vit-tiny/planted"
+    logs = work / "logs/tiny/extract_features/planted/planted-vit-tiny/seed-7"
     done, running = [], []
     for i in range(3):
         shard = work / FEAT / f"shard-{i:05d}.parquet"
@@ -74,33 +76,34 @@ def test_every_stage_produced_its_outputs(tiny_run):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert heads.shape[1:3] == (N_LAYERS, N_HEADS)
 
-    zs = pd.read_csv(tiny_run / EXP / "metrics/zero_shot.csv")
+    table = pd.read_csv(tiny_run / METRICS / "metrics.csv")
+    zs = table[table["method"] == "zero_shot"]
     assert {"avg_acc", "worst_group_acc", "gap", "acc_group_3"} <= set(zs["metric"])
-    table = pd.read_csv(tiny_run / EXP / "metrics/planted/planted-vit-tiny.csv")
     assert list(table.columns[:6]) == ["method", "split", "metric", "value", "ci_low", "ci_high"]
-    methods = set(table["method"])
-    assert {
-        "zero_shot",
-        "ortho_cali",
-        "roboshot",
-        "roboshot_accept",
-        "textspan_ablation",
-        "ablate",
-        "ltc",
-        "ltc_no_ablate",
-        "ltc_full",
-        "ltc_random",
-    } <= methods
+    from clipbias.methods import registry
+
+    assert set(table["method"]) == set(registry.names())  # tiny.yaml runs every method
     assert (table["ci_low"] <= table["value"] + 1e-12).all()
-    gt = pd.read_csv(tiny_run / EXP / "ground_truth/head_attribute.csv")
+    paired = pd.read_csv(tiny_run / METRICS / "paired.csv")
+    assert set(paired["method"]) == set(registry.names()) - {"zero_shot", "ltc_random"}
+    gt = pd.read_csv(
+        tiny_run / EXP / "ground_truth/planted/planted-vit-tiny/seed-7/head_attribute.csv"
+    )
     n = N_LAYERS * N_HEADS
     assert len(gt) == n and set(gt["rank"]) == set(range(1, n + 1))
-    ltc = json.loads((tiny_run / EXP / "heads/planted/planted-vit-tiny/ltc.json").read_text())
+    ltc = json.loads((tiny_run / HEADS / "ltc.json").read_text())
     assert len(ltc["frequencies"]) == n
-    draws = pd.read_csv(tiny_run / EXP / "metrics/planted/random/planted-vit-tiny/draws.csv")
+    draws = pd.read_csv(tiny_run / METRICS / "random_draws.csv")
     assert len(draws) == 20
-    log = json.loads((tiny_run / EXP / "models/planted-vit-tiny/train_log.json").read_text())
+    log = json.loads(
+        (tiny_run / EXP / "models/planted/planted-vit-tiny/seed-7/train_log.json").read_text()
+    )
     assert len(log["epochs"]) == 2
+    summary = pd.read_csv(
+        tiny_run / EXP / "metrics/planted/planted-vit-tiny/summary_over_seeds.csv"
+    )
+    assert set(summary["n_seeds"]) == {1}
+    assert (tiny_run / EXP / "tables/grid_main.md").is_file()
 
 
 def test_two_runs_give_identical_result_tables(tiny_run, tmp_path):

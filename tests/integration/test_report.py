@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_helpers import EXP, copy_run, run
 from workflow_helpers import FIGURES as ALL_FIGURES
+from workflow_helpers import REPORT, copy_run, run
 from workflow_helpers import TABLES as ALL_TABLES
 
 pytestmark = pytest.mark.slow
 
-REPORT = f"{EXP}/report/planted/planted-vit-tiny"
 FIGURES = ALL_FIGURES["report_planted"]
 TABLES = ALL_TABLES["report_planted"]
 CHROMIUM_FLAGS = [

@@ -1,4 +1,4 @@
-"""Baselines (METHODS §4.9-4.10) and the shipped Waterbirds text data."""
+"""Baseline algorithms (METHODS §4.9-4.10), LTC-random, and the shipped text data."""
 
 import numpy as np
 import pandas as pd
@@ -7,8 +7,11 @@ import yaml
 from conftest import REPO
 
 from clipbias import metrics
-from clipbias.methods import baselines as bl
 from clipbias.methods import ltc
+from clipbias.methods import ltc_random as lr
+from clipbias.methods import ortho_cali as oc_mod
+from clipbias.methods import roboshot as rs_mod
+from clipbias.methods import textspan_ablation as ta
 
 # --------------------------------------------------------------------------------------------
 # Ortho-Cali
@@ -21,7 +24,7 @@ def test_ortho_cali_without_pairs_is_orthogonal_projection():
     cls /= np.linalg.norm(cls, axis=0)
     a = np.array([[2.0, 0.0, 0.0]])  # one spurious direction e1 (normalised inside)
     for orientation in ("original", "ltc"):
-        out = bl.ortho_cali(cls, a, orientation=orientation)
+        out = oc_mod.ortho_cali(cls, a, orientation=orientation)
         np.testing.assert_allclose(out[0], 0.0, atol=1e-7)  # orthogonal to e1
         np.testing.assert_allclose(np.linalg.norm(out, axis=0), 1.0, atol=1e-6)
         expected = cls[1:] / np.linalg.norm(cls[1:], axis=0)
@@ -35,9 +38,9 @@ def test_ortho_cali_by_hand_with_pair():
     # t = (1, 1, 1)/sqrt3 -> Pi t ∝ (0, 1/4001, 1).
     t = np.ones((3, 1)) / np.sqrt(3)
     z = np.array([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
-    pi = bl.ortho_cali_projection(np.array([[1.0, 0, 0]]), z, [(0, 1)], lam=1000)
+    pi = oc_mod.ortho_cali_projection(np.array([[1.0, 0, 0]]), z, [(0, 1)], lam=1000)
     np.testing.assert_allclose(pi, np.diag([0, 1 / 4001, 1]), atol=1e-12)
-    out = bl.ortho_cali(t, np.array([[1.0, 0, 0]]), z, [(0, 1)])
+    out = oc_mod.ortho_cali(t, np.array([[1.0, 0, 0]]), z, [(0, 1)])
     v = np.array([0, 1 / 4001, 1.0])
     np.testing.assert_allclose(out[:, 0], v / np.linalg.norm(v), atol=1e-6)
 
@@ -48,9 +51,9 @@ def test_ortho_cali_orientations_differ_when_not_symmetric():
     z = rng.standard_normal((4, 5))
     pairs = [(0, 1), (2, 3)]
     cls = rng.standard_normal((5, 3))
-    pi = bl.ortho_cali_projection(a, z, pairs)
-    orig = bl.ortho_cali(cls, a, z, pairs, orientation="original", renormalize=False)
-    ltcv = bl.ortho_cali(cls, a, z, pairs, orientation="ltc", renormalize=False)
+    pi = oc_mod.ortho_cali_projection(a, z, pairs)
+    orig = oc_mod.ortho_cali(cls, a, z, pairs, orientation="original", renormalize=False)
+    ltcv = oc_mod.ortho_cali(cls, a, z, pairs, orientation="ltc", renormalize=False)
     np.testing.assert_allclose(orig, (cls.T @ pi.T).T, atol=1e-5)  # t Pi^T
     np.testing.assert_allclose(ltcv, (cls.T @ pi).T, atol=1e-5)  # t Pi
     assert not np.allclose(orig, ltcv, atol=1e-3)
@@ -69,16 +72,16 @@ def test_roboshot_modes():
     q_rej = np.array([[1.0], [0.0], [0.0]])
     q_acc = np.array([[0.0], [0.0], [1.0]])
     # reject only (no accept): normalised first -> exact projection away from e1
-    out = bl.roboshot(emb, q_rej, None, mode="both")
+    out = rs_mod.roboshot(emb, q_rej, None, mode="both")
     np.testing.assert_allclose(out[:, 0], 0.0, atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
-    both = bl.roboshot(emb, q_rej, q_acc, mode="both")
+    both = rs_mod.roboshot(emb, q_rej, q_acc, mode="both")
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     np.testing.assert_allclose(both, ltc.accept_update(ltc.reject_update(e, q_rej), q_acc), 1e-6)
-    acc = bl.roboshot(emb, q_rej, q_acc, mode="accept")
+    acc = rs_mod.roboshot(emb, q_rej, q_acc, mode="accept")
     np.testing.assert_allclose(acc, ltc.accept_update(e, q_acc), atol=1e-6)
     with pytest.raises(ValueError):
-        bl.roboshot(emb, q_rej, q_acc, mode="reject")
+        rs_mod.roboshot(emb, q_rej, q_acc, mode="reject")
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,30 +98,18 @@ def test_select_textspan_heads():
             "text": ["A dog", "Lakes at dawn", "A chair", "A lakeside cafe", "Beach", "A car"],
         }
     )
-    assert bl.select_textspan_heads(table, ["lake", "beach"], top_k=2) == [(10, 1), (11, 5)]
-    assert bl.select_textspan_heads(table, ["lake"], top_k=1) == []
+    assert ta.select_textspan_heads(table, ["lake", "beach"], top_k=2) == [(10, 1), (11, 5)]
+    assert ta.select_textspan_heads(table, ["lake"], top_k=1) == []
 
 
-def test_textspan_ablation_and_wrappers():
-    rng = np.random.default_rng(2)
-    heads = rng.standard_normal((5, 2, 3, 4)).astype(np.float32)
-    rest = rng.standard_normal((5, 4)).astype(np.float32)
+def test_textspan_ablation_is_mean_ablation():
+    rng = np.random.default_rng(3)
+    heads = rng.standard_normal((6, 2, 3, 4)).astype(np.float32)
+    rest = rng.standard_normal((6, 4)).astype(np.float32)
     means = ltc.head_means(rng.standard_normal((8, 2, 3, 4)).astype(np.float32))
     hl = [(0, 1), (1, 2)]
     expected = ltc.ablate_heads(heads, [0, 1], hl, means).sum((1, 2)) + rest
-    np.testing.assert_allclose(bl.textspan_ablation(heads, rest, [0, 1], hl, means), expected, 1e-5)
-    np.testing.assert_allclose(bl.ablate_only(heads, rest, [0, 1], hl, means), expected, 1e-5)
-    q = np.eye(4)[:, :1]
-    np.testing.assert_allclose(
-        bl.ltc_no_ablate(heads, rest, [0, 1], hl, q),
-        ltc.ltc_correct(heads, rest, [0, 1], [], hl, q),
-    )
-    np.testing.assert_allclose(bl.zero_shot_embeddings(heads, rest), heads.sum((1, 2)) + rest, 1e-5)
-    cls = np.eye(4)[:, :2]
-    np.testing.assert_array_equal(
-        bl.zero_shot_predictions(heads, rest, cls),
-        np.argmax((heads.sum((1, 2)) + rest) @ cls, axis=1),
-    )
+    np.testing.assert_allclose(ta.textspan_ablation(heads, rest, [0, 1], hl, means), expected, 1e-5)
 
 
 @pytest.fixture
@@ -139,29 +130,30 @@ def test_ltc_random_draws(random_case):
     heads, rest, layers, cls, labels, groups, means, q = random_case
     S, Y = [(11, 0), (10, 2)], [(11, 1)]
     args = (heads, rest, layers, cls, labels, groups, S, Y, q, means)
-    draws = bl.ltc_random(*args, n_draws=100, seed=42)
+    draws = lr.ltc_random(*args, n_draws=100, seed=42)
     assert len(draws) == 100
-    assert list(draws.columns) == bl.RANDOM_COLUMNS
+    assert list(draws.columns) == lr.RANDOM_COLUMNS
     allowed = {f"L{lyr}H{h}" for lyr in (8, 9, 10, 11) for h in range(3)}  # last 4 layers
     for s, y in zip(draws["S"], draws["Y"], strict=True):
         s_heads, y_heads = s.split(";"), y.split(";")
         assert len(s_heads) == 2 and len(set(s_heads)) == 2 and len(y_heads) == 1
         assert set(s_heads) <= allowed - {"L11H0", "L10H2"}
         assert set(y_heads) <= allowed - {"L11H1"}
-    # each draw's metrics equal a direct LTC correction with the drawn heads
-    row = draws.iloc[3]
-    emb = ltc.ltc_correct(heads, rest, layers, row["S"].split(";"), row["Y"].split(";"), q, means)
-    pm = metrics.point_metrics(metrics.predict(emb, cls), labels, groups)
-    assert row["worst_group_acc"] == pytest.approx(pm["worst_group_acc"])
-    assert row["avg_acc"] == pytest.approx(pm["avg_acc"])
+    # every draw equals a direct LTC correction with the drawn heads (the one-draw-at-a-time
+    # implementation the vectorised one replaced): same heads, same predictions
+    for row in draws.itertuples():
+        emb = ltc.ltc_correct(heads, rest, layers, row.S.split(";"), row.Y.split(";"), q, means)
+        pm = metrics.point_metrics(metrics.predict(emb, cls), labels, groups)
+        assert row.worst_group_acc == pm["worst_group_acc"]
+        assert row.avg_acc == pm["avg_acc"]
     # seeded
-    pd.testing.assert_frame_equal(draws, bl.ltc_random(*args, n_draws=100, seed=42))
-    assert not draws["S"].equals(bl.ltc_random(*args, n_draws=100, seed=1)["S"])
+    pd.testing.assert_frame_equal(draws, lr.ltc_random(*args, n_draws=100, seed=42))
+    assert not draws["S"].equals(lr.ltc_random(*args, n_draws=100, seed=1)["S"])
 
 
 def test_random_control_summary_by_hand():
     draws = pd.DataFrame({"worst_group_acc": [0.1, 0.2, 0.3, 0.4], "gap": [0.1, 0.2, 0.3, 0.4]})
-    out = bl.random_control_summary(draws, {"worst_group_acc": 0.35, "gap": 0.15}).set_index(
+    out = lr.random_control_summary(draws, {"worst_group_acc": 0.35, "gap": 0.15}).set_index(
         "metric"
     )
     # 3 of 4 draws below 0.35 -> 75th percentile; 1 draw >= 0.35 -> p = (1 + 1) / 5

@@ -10,26 +10,40 @@ from matplotlib.figure import Figure
 from clipbias import plots, report
 
 FIX = "tests/data/report_fixture"
-DS, MODEL = "planted", "planted-vit-tiny"
+CELL = "planted/planted-vit-tiny/seed-42"
+CELL_DIR = "planted/planted-vit-tiny"
 
 
 @pytest.fixture(scope="module")
 def fx(request):
     root = request.config.rootpath / FIX
-    heads = root / "heads" / DS / MODEL
-    rnd = root / "metrics" / DS / "random" / MODEL
+    heads = root / "heads" / CELL
+    met = root / "metrics" / CELL
+    metrics = report.read_metrics(met / "metrics.csv")
     return {
         "root": root,
-        "dataset_dir": root / "data" / DS,
-        "metrics": report.read_metrics(root / "metrics" / DS / f"{MODEL}.csv"),
-        "zero_shot": report.read_metrics(root / "metrics" / "zero_shot.csv"),
+        "dataset_dir": root / "data" / "planted" / "seed-42",
+        "metrics": metrics,
+        "zero_shot": metrics[metrics["method"] == "zero_shot"],
+        "paired": pd.read_csv(met / "paired.csv"),
         "ltc": report.read_json(heads / "ltc.json"),
         "textspan": pd.read_csv(heads / "textspan.csv"),
-        "draws": pd.read_csv(rnd / "draws.csv"),
-        "summary": pd.read_csv(rnd / "summary.csv"),
-        "gt": pd.read_csv(root / "ground_truth" / "head_attribute.csv"),
-        "train_log": root / "models" / MODEL / "train_log.json",
-        "group_names": report.group_names_from(root / "data" / DS / "dataset.json"),
+        "draws": pd.read_csv(met / "random_draws.csv"),
+        "summary": pd.read_csv(met / "random_summary.csv"),
+        "seeds": pd.read_csv(root / "metrics" / CELL_DIR / "summary_over_seeds.csv"),
+        "per_seed": pd.concat(
+            [
+                pd.read_csv(root / "metrics" / CELL_DIR / f"seed-{s}" / "metrics.csv").assign(
+                    seed=s
+                )
+                for s in (42, 1, 2)
+            ]
+        ),
+        "gt": pd.read_csv(root / "ground_truth" / CELL / "head_attribute.csv"),
+        "train_log": root / "models" / CELL / "train_log.json",
+        "group_names": report.group_names_from(
+            root / "data" / "planted" / "seed-42" / "dataset.json"
+        ),
     }
 
 
@@ -78,7 +92,10 @@ def test_group_accuracy_all_methods(fx, tmp_path):
     assert_written(fig, out)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels[0] == "Zero-shot" and labels[-1] == "LTC"
+    # registry order: zero-shot first, then the baselines, LTC and its variants
+    grouped = fx["metrics"][fx["metrics"]["metric"] == "acc_group_0"]["method"]
+    assert labels == [report.method_label(m) for m in report.ordered_methods(grouped)]
+    assert labels[0] == "Zero-shot" and labels.index("LTC") > labels.index("RoboShot")
     assert "LTC-random (mean of draws)" not in labels  # no per-group rows
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == [*fx["group_names"], "worst group"]
@@ -256,7 +273,7 @@ def test_write_table(fx, tmp_path):
     assert pd.read_csv(paths["csv"]).equals(t)
     md = paths["md"].read_text().splitlines()
     assert len(md) == 2 + len(t)
-    assert "| LTC |" in md[-1]
+    assert "| LTC-random (mean of draws) |" in md[-1]
     assert "\\caption{Main}" in paths["tex"].read_text()
 
 
@@ -266,8 +283,38 @@ def test_random_summary_table(fx):
     assert t.loc[2, "Draws"] == "100"
 
 
-def test_read_metrics_dedupes(fx):
-    root = fx["root"] / "metrics"
-    both = report.read_metrics(root / "zero_shot.csv", root / DS / f"{MODEL}.csv")
+def test_read_metrics_dedupes(fx, tmp_path):
+    met = fx["root"] / "metrics" / CELL / "metrics.csv"
+    fx["zero_shot"].to_csv(tmp_path / "zs.csv", index=False)
+    both = report.read_metrics(tmp_path / "zs.csv", met)
     assert not both.duplicated(["method", "split", "metric"]).any()
     assert set(both["method"]) == set(fx["metrics"]["method"])
+
+
+def test_paired_table(fx):
+    t = report.paired_table(fx["paired"]).set_index("Method")
+    assert "Zero-shot" not in t.index and "LTC" in t.index
+    row = fx["paired"].query("method == 'ltc' and metric == 'worst_group_acc'").iloc[0]
+    assert t.loc["LTC", "Δ Worst-group"].startswith(f"{100 * row['diff']:+.1f} [")
+    assert "McNemar" in " ".join(t.columns)
+
+
+def test_seeds_table_and_scatter(fx, tmp_path):
+    t = report.seeds_table(fx["seeds"]).set_index("Method")
+    assert t.loc["LTC", "Worst-group > zero-shot"].endswith("/3")
+    assert "±" in t.loc["LTC", "Worst-group"]
+    fig = plots.seeds_scatter(fx["per_seed"], tmp_path / "seeds")
+    assert_written(fig, tmp_path / "seeds")
+    n_methods = fx["per_seed"]["method"].nunique()
+    assert len(fig.axes[0].get_yticklabels()) == n_methods
+
+
+def test_grid_main_table(fx):
+    path = fx["root"] / "metrics" / CELL_DIR / "summary_over_seeds.csv"
+    t = report.grid_main_table([{"dataset": "planted", "model": "tiny", "path": path}])
+    assert list(t.columns) == ["Method", "planted / tiny: Worst-group", "planted / tiny: Average"]
+    assert t["Method"].iloc[0] == "Zero-shot" and "±" in t.iloc[0, 1]
+
+
+def test_note_figure(tmp_path):
+    assert_written(plots.note_figure("nothing configured", tmp_path / "n"), tmp_path / "n")

@@ -1,0 +1,288 @@
+"""The method registry and every registered method run through the predict stage on a tiny
+feature store, checked against the algorithms called directly (METHODS §4.6-4.10)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from clipbias import metrics
+from clipbias.features import build_table, write_classifier, write_manifest, write_shard
+from clipbias.methods import ltc, registry
+from clipbias.methods import ltc_random as lr
+from clipbias.methods import ortho_cali as oc
+from clipbias.methods import roboshot as rs
+from clipbias.methods import textspan_ablation as ta
+from clipbias.methods.texts import write_method_texts
+from clipbias.stages import evaluate as ev
+from clipbias.stages import locate, predict
+
+LAYERS = [0, 1, 2, 3]
+N_HEADS, DIM = 3, 8
+
+
+def _split(rng, n, split, shift):
+    labels = rng.integers(0, 2, n)
+    bg = (
+        np.where(rng.random(n) < 0.8, labels, 1 - labels)
+        if split != "test"
+        else rng.integers(0, 2, n)
+    )
+    heads = 0.3 * rng.standard_normal((n, len(LAYERS), N_HEADS, DIM))
+    heads[:, 3, 0, 0] += 0.8 * (2 * bg - 1)  # a background head pushing class 1 on water
+    heads[:, 2, 1, 1] += 0.8 * (2 * labels - 1)  # a class head
+    rest = 0.2 * rng.standard_normal((n, DIM)) + shift
+    index = pd.DataFrame(
+        {
+            "image_id": [f"{split}_{i:04d}" for i in range(n)],
+            "path": [f"{split}/{i}.png" for i in range(n)],
+            "split": split,
+            "label": labels,
+            "group": 2 * labels + bg,
+            "attr_background": bg,
+        }
+    )
+    return index, heads.astype(np.float32), rest.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A feature folder with val (locate) and test splits, classifier, texts, located heads."""
+    root = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(0)
+    parts = [_split(rng, 300, "val", 0.0), _split(rng, 200, "test", 0.05)]
+    index = pd.concat([p[0] for p in parts], ignore_index=True)
+    heads = np.concatenate([p[1] for p in parts])
+    rest = np.concatenate([p[2] for p in parts])
+    emb = heads.sum((1, 2)) + rest
+    meta = {"layers": LAYERS, "n_layers": 4, "n_heads": N_HEADS, "dim": DIM, "head_dim": 2}
+    ones = np.ones(len(index), np.float32)
+    table = build_table(index, heads, rest, emb, ones, ones, ones, LAYERS, "float32", meta)
+    write_shard(table, root / "shard-00000.parquet")
+    write_manifest([root / "shard-00000.parquet"], root / "manifest.json")
+    cls = np.zeros((2, DIM), np.float32)
+    cls[0, 0], cls[0, 1] = 0.6, -0.8
+    cls[1, 0], cls[1, 1] = 0.6, 0.8
+    write_classifier(root / "classifier.parquet", ["a", "b"], cls, {})
+    texts = {
+        "pool": [f"text {i}" for i in range(12)],
+        "accept_pos": ["a+", "a2+"],
+        "accept_neg": ["a-", "a2-"],
+        "reject_pos": ["r+"],
+        "reject_neg": ["r-"],
+        "ortho_spurious": ["s1", "s2"],
+        "ortho_candidate": ["c1", "c2", "c3"],
+        "attribute": ["land", "water"],
+    }
+    n_texts = sum(len(v) for v in texts.values())
+    write_method_texts(root / "texts.parquet", texts, rng.standard_normal((n_texts, DIM)))
+    spec = {
+        "ortho_cali": {"lambda": 100, "pairs": [[0, 1], [1, 2]]},
+        "spurious_words": ["text 3", "text 7"],
+    }
+    (root / "texts.yaml").write_text(yaml.safe_dump(spec))
+    dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
+             "minority_groups": [1, 2], "spurious_attribute": "background"}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(dmeta))
+    locate.locate_ltc(root, root / "dataset.json", root / "texts.parquet", root / "ltc.json",
+                      root / "ltc_full.json", split="val")  # fmt: skip
+    locate.textspan(root, root / "texts.parquet", root / "textspan.csv", "val", m=3)
+    val = index["split"] == "val"
+    arrays = {
+        "heads": heads[~val.to_numpy()],
+        "rest": rest[~val.to_numpy()],
+        "labels": index.loc[~val, "label"].to_numpy(),
+        "groups": index.loc[~val, "group"].to_numpy(),
+        "means_val": ltc.head_means(heads[val.to_numpy()]),
+        "means_test": ltc.head_means(heads[~val.to_numpy()]),
+        "cls": cls.T,
+    }
+    return root, arrays
+
+
+def _run(store, method, **overrides):
+    root, _ = store
+    spec = registry.get(method)
+    files = {"ltc": root / "ltc.json", "ltc_full": root / "ltc_full.json",
+             "textspan": root / "textspan.csv"}  # fmt: skip
+    out = root / "pred" / f"{method}.parquet"
+    predict.predict(
+        method, spec.resolve_params(overrides), root, root / "dataset.json", out, "val", "test",
+        seed=3, texts=root / "texts.parquet", texts_yaml=root / "texts.yaml",
+        located={k: v for k, v in files.items() if k in spec.locators},
+    )  # fmt: skip
+    return out
+
+
+def _q(store, pos, neg):
+    from clipbias.methods.texts import read_method_texts
+
+    t = read_method_texts(store[0] / "texts.parquet")
+    return ltc.insight_basis(t[pos][1], t[neg][1])
+
+
+def _pred(path):
+    df, draws, meta = predict.read_predictions(path)
+    return df, draws, meta
+
+
+def test_every_registered_method_matches_its_algorithm(store):
+    root, a = store
+    h, r, cls = a["heads"], a["rest"], a["cls"]
+    s, y = ltc.heads_of(json.loads((root / "ltc.json").read_text()))
+    sf, yf = ltc.heads_of(json.loads((root / "ltc_full.json").read_text()))
+    assert s or y, "the planted heads should give LTC something to locate"
+    q = _q(store, "accept_pos", "accept_neg")
+    emb = (h.sum((1, 2), dtype=np.float64) + r).astype(np.float32)
+    from clipbias.methods.texts import read_method_texts, unit_rows
+
+    t = read_method_texts(root / "texts.parquet")
+    clf_oc = oc.ortho_cali(cls, unit_rows(t["ortho_spurious"][1]),
+                           unit_rows(t["ortho_candidate"][1]), [(0, 1), (1, 2)], lam=100)  # fmt: skip
+    ts_heads = ta.select_textspan_heads(pd.read_csv(root / "textspan.csv"), ["text 3", "text 7"], 5)
+    mv, mt = a["means_val"], a["means_test"]
+    expected_emb = {
+        "zero_shot": emb,
+        "ortho_cali": None,
+        "roboshot": rs.roboshot(emb, _q(store, "reject_pos", "reject_neg"), q, "both"),
+        "roboshot_accept": rs.roboshot(emb, None, q, "accept"),
+        "textspan_ablation": ta.textspan_ablation(h, r, LAYERS, ts_heads, mv),
+        "ltc": ltc.ltc_correct(h, r, LAYERS, s, y, q, mv),
+        "ltc_transductive": ltc.ltc_correct(h, r, LAYERS, s, y, q, mt),
+        "ltc_scale_preserving": ltc.ltc_correct(h, r, LAYERS, s, y, q, mv, scale_preserving=True),
+        "ablate": ltc.ltc_correct(h, r, LAYERS, s, [], None, mv),
+        "ltc_no_ablate": ltc.ltc_correct(h, r, LAYERS, [], y, q, None),
+        "ltc_full": ltc.ltc_correct(h, r, LAYERS, sf, yf, q, mv),
+    }
+    for method in registry.names():
+        df, draws, meta = _pred(_run(store, method))
+        assert meta["method"] == method and meta["split"] == "test"
+        assert list(df["image_id"]) == sorted(df["image_id"])  # test rows, store order
+        if method == "ltc_random":
+            assert draws.shape == (100, len(df)) and "pred" not in df
+            continue
+        if method == "ortho_cali":
+            expected = metrics.predict(emb, clf_oc)
+        else:
+            expected = metrics.predict(expected_emb.pop(method), cls)
+        np.testing.assert_array_equal(df["pred"].to_numpy(), expected, err_msg=method)
+    assert not expected_emb or set(expected_emb) == {"ortho_cali"}
+
+
+def test_ltc_random_method_equals_direct_draws(store):
+    root, a = store
+    s, y = ltc.heads_of(json.loads((root / "ltc.json").read_text()))
+    _, draws, meta = _pred(_run(store, "ltc_random", n_draws=30))
+    direct = lr.ltc_random(a["heads"], a["rest"], LAYERS, a["cls"], a["labels"], a["groups"], s, y,
+                           _q(store, "accept_pos", "accept_neg"), a["means_val"], n_draws=30,
+                           seed=3, pool_layers=LAYERS)  # fmt: skip
+    table = lr.draws_table(draws, [(d["spurious"], d["salient"]) for d in meta["draw_meta"]],
+                           a["labels"], a["groups"])  # fmt: skip
+    pd.testing.assert_frame_equal(table, direct)
+
+
+def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):
+    root, _ = store
+    preds = {m: _run(store, m) for m in ("zero_shot", "ltc", "ltc_random", "ablate")}
+    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary")}
+    ev.evaluate(preds, root / "dataset.json", out["metrics"], out["paired"], out["draws"],
+                out["summary"], n_boot=200, seed=1)  # fmt: skip
+    m = pd.read_csv(out["metrics"])
+    assert set(m["method"]) == {"zero_shot", "ltc", "ltc_random", "ablate"}
+    p = pd.read_csv(out["paired"])
+    assert set(p["method"]) == {"ltc", "ablate"} and set(p["baseline"]) == {"zero_shot"}
+    assert set(p["metric"]) == {"worst_group_acc", "avg_acc"}
+    assert list(p.columns[:3]) == ["method", "baseline", "metric"]
+    assert {"diff", "ci_low", "ci_high", "p_value"} <= set(p.columns)
+    row = p[(p["method"] == "ltc") & (p["metric"] == "avg_acc")].iloc[0]
+    zs = m[(m["method"] == "zero_shot") & (m["metric"] == "avg_acc")]["value"].iloc[0]
+    lt = m[(m["method"] == "ltc") & (m["metric"] == "avg_acc")]["value"].iloc[0]
+    assert row["diff"] == pytest.approx(lt - zs) and row["ci_low"] <= row["diff"] <= row["ci_high"]
+    assert row["test"] == "mcnemar_exact" and 0 < row["p_value"] <= 1
+    d = pd.read_csv(out["draws"])
+    assert len(d) == 100 and set(d["method"]) == {"ltc_random"}
+    s = pd.read_csv(out["summary"])
+    assert set(s["observed_method"]) == {"ltc"} and "percentile" in s
+
+
+def test_summarize_seeds_counts_wins_over_zero_shot(tmp_path):
+    rows = []
+    for seed, (zs, lt) in {1: (0.5, 0.6), 2: (0.5, 0.4), 3: (0.7, 0.8)}.items():
+        path = tmp_path / f"{seed}.csv"
+        pd.DataFrame(
+            {
+                "method": ["zero_shot", "ltc", "zero_shot", "ltc"],
+                "metric": ["worst_group_acc", "worst_group_acc", "gap", "gap"],
+                "value": [zs, lt, 0.3, 0.2 if seed != 2 else 0.4],
+            }
+        ).to_csv(path, index=False)
+        rows.append((seed, path))
+    ev.summarize_seeds(dict(rows), tmp_path / "s.csv")
+    s = pd.read_csv(tmp_path / "s.csv").set_index(["method", "metric"])
+    wg = s.loc[("ltc", "worst_group_acc")]
+    assert wg["mean"] == pytest.approx(0.6) and wg["sd"] == pytest.approx(0.2)
+    assert wg["min"] == pytest.approx(0.4) and wg["max"] == pytest.approx(0.8)
+    assert wg["n_seeds"] == 3 and wg["n_better_than_zero_shot"] == 2
+    assert s.loc[("ltc", "gap"), "n_better_than_zero_shot"] == 2  # lower gap is better
+    assert s.loc[("zero_shot", "worst_group_acc"), "n_better_than_zero_shot"] == 0
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_configured_methods_resolve_params_and_add_zero_shot():
+    out = registry.configured(["ltc", {"name": "ltc_random", "n_draws": 7}])
+    assert list(out) == ["zero_shot", "ltc", "ltc_random"]
+    assert out["ltc_random"]["n_draws"] == 7 and out["ltc_random"]["last_layers"] == 4
+    assert registry.configured(["ltc_transductive"])["ltc_transductive"]["ablation_stats"] == "test"
+
+
+@pytest.mark.parametrize(
+    "entries,message",
+    [
+        (["ltc", "magic"], "unknown method 'magic'; known methods: zero_shot, ortho_cali"),
+        ([{"name": "ltc", "n_draws": 3}], "unknown parameter(s) ['n_draws']"),
+        ([{"name": "ltc_transductive", "ablation_stats": "locate"}], "define(s) this variant"),
+        ([{"name": "ltc_random", "n_draws": "many"}], "n_draws='many'"),
+        (["ltc_random"], "needs ['ltc']"),
+        (["ltc", "ltc"], "listed twice"),
+    ],
+)
+def test_configured_methods_reject_bad_entries(entries, message):
+    with pytest.raises(registry.MethodConfigError, match=None) as err:
+        registry.configured(entries)
+    assert message in str(err.value)
+
+
+def test_schema_lists_exactly_the_registered_methods():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    one_of = schema["properties"]["methods"]["items"]["oneOf"]
+    assert one_of[0]["enum"] == registry.names()
+    assert one_of[1]["properties"]["name"]["enum"] == registry.names()
+
+
+def test_every_registered_method_loads_and_names_known_locators():
+    for name, spec in registry.METHODS.items():
+        assert callable(spec.load()), name
+        assert set(spec.locators) <= set(registry.LOCATORS), name
+        assert spec.env in {"analysis", "torch"}, name
+        assert not set(spec.fixed) & set(spec.params), name
+        if spec.control_of:
+            assert spec.control_of in spec.requires, name
+
+
+def test_registry_imports_without_numpy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['numpy'] = None; "
+        "from clipbias.methods import registry; print(len(registry.names()))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
