@@ -905,8 +905,8 @@ def stratified_split(
     Within each stratum (equal values of ``strata``) the rows are shuffled with
     ``numpy.random.default_rng(seed)`` and the first ``round(fraction * n)`` go to
     ``names[0]``; with ``fraction`` 0.5 an odd stratum's extra row goes to either half by a
-    seeded coin, so both halves keep the same expected size. Deterministic for a seed and
-    independent of row order only through the stratum keys.
+    seeded coin, so both halves keep the same expected size. Deterministic for a given seed
+    and row order (strata are visited in sorted key order).
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
