@@ -47,6 +47,7 @@ class LoadedModel:
     pretrained: str | None
     checkpoint_sha256: str | None
     device: torch.device
+    quick_gelu_forced: bool = False
 
     def provenance(self) -> dict[str, Any]:
         pp = getattr(self.model.visual, "preprocess_cfg", None)
@@ -54,6 +55,7 @@ class LoadedModel:
             "model": self.name,
             "pretrained": self.pretrained,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "quick_gelu_forced": self.quick_gelu_forced,
             "preprocess": repr(self.preprocess) if pp is None else pp,
             "open_clip_version": open_clip.__version__,
             "torch_version": torch.__version__,
@@ -66,15 +68,27 @@ def load_model(
     device: str | None = None,
     image_mean: tuple[float, float, float] | None = None,
     image_std: tuple[float, float, float] | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    force_quick_gelu: bool | None = None,
 ) -> LoadedModel:
     """Create an open_clip model in eval mode with its eval transform and tokenizer.
 
     ``pretrained`` is an open_clip tag (e.g. ``laion2b_s34b_b88k``), a path to a local
     checkpoint (``.safetensors`` or a ``weights_only`` state dict), or ``None`` for random
-    weights. Local checkpoints are identified by their sha256 in provenance records.
+    weights; ``name`` may also be ``hf-hub:org/repo`` (config and weights from that repo).
+    Local checkpoints are identified by their sha256 in provenance records.
+
+    ``cache_dir``: the Hugging Face hub cache to read (``<HF_HOME>/hub``,
+    :func:`clipbias.weights.hub_cache_dir`); with ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+    ``force_quick_gelu``: None detects the ``openai``/QuickGELU mismatch and fixes it
+    (:func:`clipbias.weights.quickgelu_setting`, METHODS §0.1/§1.6).
     """
+    from clipbias.weights import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, quickgelu_setting
+
     register_model_configs()
-    if name not in open_clip.list_models():
+    has_schema = name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
+    if not has_schema and name not in open_clip.list_models():
         raise ValueError(
             f"unknown model {name!r}: not an open_clip model and not in {MODEL_CONFIG_DIR}. "
             f"Known: {', '.join(open_clip.list_models()[:10])}, ..."
@@ -95,9 +109,17 @@ def load_model(
         kwargs["image_mean"] = tuple(image_mean)
     if image_std is not None:
         kwargs["image_std"] = tuple(image_std)
+    if cache_dir is not None:
+        kwargs["cache_dir"] = str(cache_dir)
+    if force_quick_gelu is None:
+        force_quick_gelu = quickgelu_setting(name, pretrained if sha is None else None)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=dev, **kwargs
+        name, pretrained=pretrained, device=dev, force_quick_gelu=force_quick_gelu, **kwargs
     )
     model.eval()
-    tokenizer = open_clip.get_tokenizer(name)
-    return LoadedModel(model, preprocess, tokenizer, name, pretrained, sha, dev)
+    tokenizer = open_clip.get_tokenizer(
+        name, **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})
+    )
+    return LoadedModel(
+        model, preprocess, tokenizer, name, pretrained, sha, dev, bool(force_quick_gelu)
+    )

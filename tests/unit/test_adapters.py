@@ -228,8 +228,8 @@ def test_image_folder_adapters(folder_source, adapter):
 
 def test_registry_adapters_resolve():
     assert get_adapter("imagenet_r") is imagenet_r
-    with pytest.raises(NotImplementedError, match="no adapter 'facet' yet"):
-        get_adapter("facet")
+    with pytest.raises(AdapterError, match="no adapter named 'imagenet_x'"):
+        get_adapter("imagenet_x")
 
 
 # --------------------------------------------------------------------------- validation

@@ -31,17 +31,21 @@ STRING_COLUMNS = ("image_id", "path", "split")
 INT_COLUMNS = ("label", "group")
 REQUIRED_COLUMNS = STRING_COLUMNS + INT_COLUMNS
 REQUIRED_META = ("name", "classes", "attributes")
+# Optional person-crop box (clipbias.data.crops): all four or none, int64, PIL convention.
+CROP_COLUMNS = ("crop_x0", "crop_y0", "crop_x1", "crop_y1")
 
 
 class IndexValidationError(ValueError):
     """The index or its metadata breaks the contract; the message names the column/key."""
 
 
-def index_schema(attributes: Iterable[str] = ()) -> pa.Schema:
-    """Arrow schema of ``index.parquet``: required columns, then ``attr_<name>`` int64."""
+def index_schema(attributes: Iterable[str] = (), crops: bool = False) -> pa.Schema:
+    """Arrow schema of ``index.parquet``: required columns, ``attr_<name>``, crop box (int64)."""
     fields = [pa.field(c, pa.string(), nullable=False) for c in STRING_COLUMNS]
     fields += [pa.field(c, pa.int64(), nullable=False) for c in INT_COLUMNS]
     fields += [pa.field(f"attr_{a}", pa.int64(), nullable=False) for a in attributes]
+    if crops:
+        fields += [pa.field(c, pa.int64(), nullable=False) for c in CROP_COLUMNS]
     return pa.schema(fields)
 
 
@@ -141,7 +145,14 @@ def validate_index(
             raise _err(c, f"must hold strings, got dtype {col.dtype}")
         if (col.str.len() == 0).any():
             raise _err(c, "has empty strings")
+    present_crops = [c for c in CROP_COLUMNS if c in df.columns]
+    if present_crops and len(present_crops) != len(CROP_COLUMNS):
+        missing_crops = [c for c in CROP_COLUMNS if c not in df.columns]
+        raise _err(
+            missing_crops[0], f"missing; a crop box needs all of {list(CROP_COLUMNS)} or none"
+        )
     int_cols = list(INT_COLUMNS) + [c for c in df.columns if c.startswith("attr_")]
+    int_cols += present_crops
     for c in int_cols:
         col = df[c]
         if col.isna().any():
@@ -196,6 +207,16 @@ def validate_index(
                 f"{int(bad.sum())} rows out of range, e.g. {_examples(df, bad, [c])}",
             )
 
+    if present_crops:
+        x0, y0, x1, y1 = (df[c].to_numpy(np.int64) for c in CROP_COLUMNS)
+        bad = (x0 < 0) | (y0 < 0) | (x1 <= x0) | (y1 <= y0)
+        if bad.any():
+            raise _err(
+                "crop_x0",
+                "crop boxes must satisfy 0 <= crop_x0 < crop_x1 and 0 <= crop_y0 < crop_y1; "
+                f"{int(bad.sum())} rows do not, e.g. {_examples(df, bad, CROP_COLUMNS)}",
+            )
+
     group = df["group"].to_numpy(np.int64)
     expected = expected_groups(df, meta)
     if expected is not None:
@@ -243,7 +264,7 @@ def validate_index(
 
 def to_table(df: pd.DataFrame, meta: Mapping[str, Any]) -> pa.Table:
     """Arrow table with the explicit index schema (extra columns follow, types inferred)."""
-    schema = index_schema(meta["attributes"])
+    schema = index_schema(meta["attributes"], crops=all(c in df.columns for c in CROP_COLUMNS))
     extra = [c for c in df.columns if c not in schema.names]
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     for c in extra:
