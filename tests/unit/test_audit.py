@@ -367,6 +367,14 @@ def test_logit_deltas_equal_ltc_mean_ablation(case):
         np.testing.assert_array_equal(eng.predict(s), np.argmax(ref, axis=1))
     with pytest.raises(ValueError, match="not in the ablation pool"):
         eng.predict(["L9H0"])
+    # a subset of rows (mask or indices) equals the engine on the copied rows
+    mask = np.arange(len(h)) % 3 == 0
+    np.testing.assert_allclose(audit.mean_heads(h, mask), ltc.head_means(h[mask]), atol=1e-7)
+    np.testing.assert_allclose(audit.mean_heads(h, np.flatnonzero(mask)), ltc.head_means(h[mask]))
+    sub = audit.LogitDeltas(h, r, T, layers, pool, means, rows=mask)
+    ref = audit.LogitDeltas(h[mask], r[mask], T, layers, pool, means)
+    np.testing.assert_allclose(sub.logits(pool[:2]), ref.logits(pool[:2]), atol=1e-6)
+    assert sub.n == mask.sum()
 
 
 def test_ablating_the_carrier_lowers_v(case):

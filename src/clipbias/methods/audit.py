@@ -522,7 +522,7 @@ def stereotype_logit_scores(
     p = np.asarray(preds, dtype=np.int64)
     n, n_layers, n_heads, _ = heads.shape
     stereo = stereotyped_class_map(y, a, T.shape[1], min_lift)
-    sel = (p != y) & (a >= 0)
+    sel = (p != y) & (a >= 0) & (p >= 0)
     sel[sel] = stereo[p[sel], a[sel]]
     idx = np.flatnonzero(sel)
     if idx.size:
@@ -733,13 +733,48 @@ def select_top_k(ranking: pd.DataFrame, k: int = DEFAULTS["k"]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+_BLOCK = 1024  # images per block when reducing over a subset of rows
+
+
+def _row_index(rows: np.ndarray | None, n: int) -> np.ndarray:
+    """Row indices from ``None`` (all), a bool mask [n] or integer indices."""
+    if rows is None:
+        return np.arange(n)
+    r = np.asarray(rows)
+    if r.dtype == bool:
+        if r.shape != (n,):
+            raise ValueError(f"row mask of shape {r.shape} for {n} images")
+        return np.flatnonzero(r)
+    r = r.astype(np.int64)
+    if r.size and (r.min() < 0 or r.max() >= n):
+        raise ValueError(f"row indices outside 0..{n - 1}")
+    return r
+
+
+def mean_heads(heads: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Mean of every head over the images ``rows`` (mask or indices; default all): the
+    ablation means [L, H, D] float32 (float64 accumulation, blockwise, no full copy);
+    equals :func:`clipbias.methods.ltc.head_means` of ``heads[rows]``."""
+    heads = np.asarray(heads)
+    sel = _row_index(rows, heads.shape[0])
+    if not len(sel):
+        raise ValueError("no images to average the heads over")
+    if rows is None:
+        return head_means(heads)
+    acc = np.zeros(heads.shape[1:], dtype=np.float64)
+    for start in range(0, len(sel), _BLOCK):
+        acc += heads[sel[start : start + _BLOCK]].sum(axis=0, dtype=np.float64)
+    return (acc / len(sel)).astype(np.float32)
+
+
 class LogitDeltas:
     """Mean ablation of any subset of a head pool by adding precomputed logit changes.
 
     Mean-ablating head h replaces ĉ_h(x) by the reference mean m_h, which changes the logits
     by Δ_h(x) = (m_h − ĉ_h(x))·T (METHODS §1.3, §6.7: direct path, frozen LN statistics).
     The changes of a set add up, so ``logits(S) = base + Σ_{h∈S} Δ_h``. ``base`` [N, C]
-    float64, ``deltas`` [K, N, C] (``dtype``, default float32).
+    float64, ``deltas`` [K, N, C] (``dtype``, default float32). ``rows`` (bool mask or
+    indices) restricts the images without copying the whole ``heads`` array.
     """
 
     def __init__(
@@ -751,8 +786,10 @@ class LogitDeltas:
         pool: Iterable[str | HeadId],
         means: np.ndarray,
         dtype: Any = np.float32,
+        rows: np.ndarray | None = None,
     ) -> None:
         heads = np.asarray(heads)
+        rest = np.asarray(rest)
         T = np.asarray(classifier, dtype=np.float64)
         means = np.asarray(means)
         if heads.ndim != 4 or means.shape != heads.shape[1:]:
@@ -760,8 +797,15 @@ class LogitDeltas:
                 f"heads {heads.shape} must be [N, L, H, D] and means {means.shape} [L, H, D] "
                 "(see clipbias.methods.ltc.head_means)"
             )
-        emb = heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, dtype=np.float64)
-        self.base = emb @ T
+        if rest.shape != (heads.shape[0], heads.shape[-1]):
+            raise ValueError(f"rest {rest.shape} must be [N, D] for heads {heads.shape}")
+        sel = slice(None) if rows is None else _row_index(rows, heads.shape[0])
+        n = heads.shape[0] if rows is None else len(sel)
+        self.base = np.empty((n, T.shape[1]))
+        for start in range(0, n, _BLOCK):
+            idx = slice(start, start + _BLOCK) if rows is None else sel[start : start + _BLOCK]
+            emb = heads[idx].sum(axis=(1, 2), dtype=np.float64) + rest[idx]
+            self.base[start : start + _BLOCK] = emb @ T
         self.layers = [int(x) for x in layers]
         self.pool: list[HeadId] = []
         for h in pool:
@@ -772,7 +816,7 @@ class LogitDeltas:
         self.deltas = np.empty((len(self.pool), *self.base.shape), dtype=dtype)
         for i, hid in enumerate(self.pool):
             li, hh = head_position(hid, self.layers)
-            diff = means[li, hh].astype(np.float64)[None, :] - heads[:, li, hh, :]
+            diff = means[li, hh].astype(np.float64)[None, :] - heads[sel, li, hh, :]
             self.deltas[i] = diff @ T
 
     @property
@@ -1438,10 +1482,6 @@ def prediction_transitions(
 # ---------------------------------------------------------------------------------------------
 
 
-def _rows(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return x if mask.all() else x[mask]
-
-
 def _with_attribute(df: pd.DataFrame, attribute: str) -> pd.DataFrame:
     df = df.copy()
     if "attribute" in df.columns:
@@ -1554,8 +1594,7 @@ def audit_attribute(
             )
         return [codes[v] for v in names]
 
-    heads_loc, rest_loc, y_loc, a_loc = (_rows(x, loc) for x in (heads, rest, y, a))
-    heads_ev, rest_ev, y_ev, a_ev = (_rows(x, ev) for x in (heads, rest, y, a))
+    y_loc, a_loc, y_ev, a_ev = y[loc], a[loc], y[ev], a[ev]
 
     # §6.4 CAV scores on the locate half
     frames = []
@@ -1565,9 +1604,9 @@ def audit_attribute(
                 raise ValueError(
                     f"proj has no projections for CAV {cav.name!r} (or no proj_layers)"
                 )
-            p_cav, p_layers = _rows(np.asarray(proj[cav.name]), loc), proj_layers
+            p_cav, p_layers = np.asarray(proj[cav.name])[loc], proj_layers
         else:
-            p_cav, p_layers = head_projections(heads_loc, cav.vector), layers
+            p_cav, p_layers = head_projections(heads, cav.vector)[loc], layers
         frames.append(
             cav_head_scores(
                 p_cav,
@@ -1595,9 +1634,9 @@ def audit_attribute(
         flagged_first,
     )
     candidates = ranking.loc[ranking["candidate"], "head_id"].tolist()
-    means_loc = head_means(heads_loc)
+    means_loc = mean_heads(heads, loc)
     top = select_top_k(ranking, k)
-    eng_loc = LogitDeltas(heads_loc, rest_loc, classifier, layers, candidates, means_loc)
+    eng_loc = LogitDeltas(heads, rest, classifier, layers, candidates, means_loc, rows=loc)
     greedy_heads: list[str] = []
     trace = pd.DataFrame(columns=GREEDY_COLUMNS)
     if greedy:
@@ -1619,13 +1658,14 @@ def audit_attribute(
     eng_ev = (
         eng_loc
         if single_pool
-        else LogitDeltas(heads_ev, rest_ev, classifier, layers, candidates, means_loc)
+        else LogitDeltas(heads, rest, classifier, layers, candidates, means_loc, rows=ev)
     )
     preds = {"baseline": eng_ev.predict()}
     preds.update({name: eng_ev.predict(s) for name, s in sets.items()})
     if transductive and not single_pool:
         union = list(dict.fromkeys(h for s in sets.values() for h in s))
-        eng_tr = LogitDeltas(heads_ev, rest_ev, classifier, layers, union, head_means(heads_ev))
+        means_ev = mean_heads(heads, ev)
+        eng_tr = LogitDeltas(heads, rest, classifier, layers, union, means_ev, rows=ev)
         preds.update({f"{name}_transductive": eng_tr.predict(s) for name, s in sets.items()})
     attrs = {attribute: a_ev}
     outcome = outcome_summary(preds, y_ev, attrs, n_classes)
@@ -1691,8 +1731,12 @@ def audit_attribute(
 
     stereo_logit = None
     if stereotype_score:
+        # full-length arrays with the evaluate half masked out (attr -1): no copy of heads
+        a_only_loc = np.where(loc, a, -1)
+        p_loc_full = np.full(n, -1, dtype=np.int64)
+        p_loc_full[loc] = eng_loc.predict()
         stereo_logit = stereotype_logit_scores(
-            heads_loc, layers, classifier, y_loc, a_loc, eng_loc.predict(), stereotype_min_lift
+            heads, layers, classifier, y, a_only_loc, p_loc_full, stereotype_min_lift
         )
 
     flagged = (
