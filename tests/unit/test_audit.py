@@ -632,3 +632,40 @@ def test_audit_attribute_end_to_end(case, cavs):
             case["heads"], case["rest"], case["classifier"], case["layers"],
             case["labels"], case["attr"], cavs, ["x", "y"],
         )  # fmt: skip
+
+
+def test_audit_three_values_and_combine(case, cavs):
+    # an age-like attribute: three values, the carrier encodes value 2 vs 0 (1 in between)
+    rng = np.random.default_rng(40)  # not make_case's seed: a3 must not copy the labels
+    c = make_case(seed=4)
+    a3 = rng.integers(0, 3, len(c["labels"]))
+    li = c["layers"].index(11)
+    sign = (a3 - 1).astype(np.float32)
+    c["heads"][:, li, 1, 3] = sign + rng.normal(0, 0.08, len(a3))
+    c["heads"][:, li, 1, 0] = 0.7 * sign
+    text = {}
+    for v, s in zip(["young", "middle", "older"], (-1.0, 0.0, 1.0), strict=True):
+        e = rng.normal(0, 0.3, (5, 8))
+        e[:, 3] += 3.0 * s
+        e[:, 4] += 2.0
+        text[v] = e
+    cav3 = audit.zero_shot_cavs(text, axis=["older", "young"])
+    assert [x.name for x in cav3] == [
+        "older_vs_young", "young_vs_rest", "middle_vs_rest", "older_vs_rest"
+    ]  # fmt: skip
+    res3 = audit.audit_attribute(
+        c["heads"], c["rest"], c["classifier"], c["layers"], c["labels"], a3, cav3,
+        ["young", "middle", "older"], attribute="age", n_boot=20, n_draws=50,
+    )  # fmt: skip
+    assert res3["selection"]["top_k"][0] == "L11H1"
+    assert set(res3["head_scores"]["cav"]) == {x.name for x in cav3}
+    out = res3["outcome"].set_index("condition")
+    assert out.loc["top_k", "v"] < out.loc["baseline", "v"]
+    res2 = audit.audit_attribute(
+        case["heads"], case["rest"], case["classifier"], case["layers"],
+        case["labels"], case["attr"], cavs, VALUES, attribute="g", n_boot=0, greedy=False,
+    )  # fmt: skip
+    both = audit.combine_audits([res2, res3])
+    assert set(both["selection"]) == {"g", "age"} and set(both["random_control"]) == {"g", "age"}
+    assert set(both["outcome"]["attribute"]) == {"g", "age"}
+    assert len(both["ranking"]) == len(res2["ranking"]) + len(res3["ranking"])

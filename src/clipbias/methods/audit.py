@@ -410,6 +410,8 @@ def cav_head_scores(
     proj = np.asarray(proj, dtype=np.float64)
     if proj.ndim != 3:
         raise ValueError(f"proj must be [N, L, H] head projections, got {proj.shape}")
+    if min_per_group < 2:
+        raise ValueError(f"min_per_group must be >= 2 (a pooled sd needs it), got {min_per_group}")
     n, n_layers, n_heads = proj.shape
     layers = [int(x) for x in layers]
     if len(layers) != n_layers:
@@ -1806,3 +1808,21 @@ def audit_attribute(
         "stereotyped_classes": _with_attribute(stereo, attribute),
         "transitions": _with_attribute(transitions, attribute),
     }
+
+
+def combine_audits(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge :func:`audit_attribute` results of several protected attributes: DataFrames are
+    concatenated (they all lead with ``attribute``), the JSON parts are keyed by attribute:
+    ``{"selection": {attr: ...}, "cavs": {attr: [...]}, "random_control": {attr: {...}}}``."""
+    if not results:
+        raise ValueError("no audit results to combine")
+    out: dict[str, Any] = {}
+    json_keys = ("selection", "cavs", "random_control")
+    for key in json_keys:
+        out[key] = {r["selection"]["attribute"]: r[key] for r in results}
+    for key in results[0]:
+        if key in json_keys:
+            continue
+        frames = [r[key] for r in results if r.get(key) is not None]
+        out[key] = pd.concat(frames, ignore_index=True) if frames else None
+    return out
