@@ -464,7 +464,7 @@ def test_random_control_small_model_ranks_the_carrier_first(case):
     assert summ["rank"] == 1 and summ["frac_beaten"] == 1.0
     assert summ["p_value"] == pytest.approx(1 / 4)
     assert case["carrier"] not in ";".join(draws["heads"])
-    json.dumps(summ)
+    json.dumps(summ, allow_nan=False)
 
 
 @pytest.fixture(scope="module")
@@ -619,7 +619,7 @@ def test_audit_attribute_end_to_end(case, cavs):
     t = res["transitions"]
     assert set(t["class_index"]) >= {-1, -2}
     assert t["stereotyped"].sum() >= 2
-    json.dumps({k: res[k] for k in ("selection", "cavs", "random_control")})
+    json.dumps({k: res[k] for k in ("selection", "cavs", "random_control")}, allow_nan=False)
     # single pool: locate = evaluate = all images, no transductive rows
     res1 = audit.audit_attribute(
         case["heads"], case["rest"], case["classifier"], case["layers"],

@@ -72,9 +72,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _f(x: Any) -> float:
-    """Plain float (JSON-serialisable; NaN stays NaN)."""
-    return float(x)
+def _f(x: Any) -> float | None:
+    """Plain float for the JSON parts; NaN (undefined) becomes ``None`` (JSON ``null``)."""
+    x = float(x)
+    return None if math.isnan(x) else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1226,9 +1227,9 @@ def random_control(
     ``engine`` holds the evaluated images and means, with every head of the layers of S in
     its pool. For each set S′ of :func:`layer_matched_sets`: ΔV′ = V(S′) − V(∅) and Δacc′.
     Returns (draws, summary). Draws columns :data:`CONTROL_COLUMNS` (``heads`` ";"-joined).
-    Summary (JSON-serialisable): ``selected, per_layer, mode, n_possible, n_sets, v_before,
-    v_selected, delta_v, acc_before, delta_acc, rank`` (1 + #{ΔV′ < ΔV_S}: 1 = the largest
-    reduction), ``p_value`` = (1 + #{ΔV′ <= ΔV_S}) / (R + 1) (one-sided), ``frac_beaten`` =
+    Summary (strict JSON; undefined values are ``None``): ``selected, per_layer, mode,
+    n_possible, n_sets, v_before, v_selected, delta_v, acc_before, delta_acc, rank``
+    (1 + #{ΔV′ < ΔV_S}: 1 = the largest reduction), ``p_value`` = (1 + #{ΔV′ <= ΔV_S}) / (R + 1) (one-sided), ``frac_beaten`` =
     #{ΔV′ > ΔV_S} / R, the random ΔV′ ``mean, sd, p05, p50, p95``, ``delta_acc_mean``,
     ``delta_acc_sd``, ``seed``, ``bias_correction``.
     """
@@ -1262,14 +1263,14 @@ def random_control(
         "delta_acc": _f(acc_s - acc0),
         "rank": int(1 + np.sum(dv < dv_s - tol)),
         "p_value": _f((1 + np.sum(dv <= dv_s + tol)) / (r + 1)),
-        "frac_beaten": _f(np.mean(dv > dv_s + tol)) if r else math.nan,
-        "mean": _f(dv.mean()) if r else math.nan,
-        "sd": _f(dv.std(ddof=1)) if r > 1 else math.nan,
-        "p05": _f(np.quantile(dv, 0.05)) if r else math.nan,
-        "p50": _f(np.quantile(dv, 0.5)) if r else math.nan,
-        "p95": _f(np.quantile(dv, 0.95)) if r else math.nan,
-        "delta_acc_mean": _f(draws["delta_acc"].mean()) if r else math.nan,
-        "delta_acc_sd": _f(draws["delta_acc"].std(ddof=1)) if r > 1 else math.nan,
+        "frac_beaten": _f(np.mean(dv > dv_s + tol)) if r else None,
+        "mean": _f(dv.mean()) if r else None,
+        "sd": _f(dv.std(ddof=1)) if r > 1 else None,
+        "p05": _f(np.quantile(dv, 0.05)) if r else None,
+        "p50": _f(np.quantile(dv, 0.5)) if r else None,
+        "p95": _f(np.quantile(dv, 0.95)) if r else None,
+        "delta_acc_mean": _f(draws["delta_acc"].mean()) if r else None,
+        "delta_acc_sd": _f(draws["delta_acc"].std(ddof=1)) if r > 1 else None,
         "seed": int(seed),
         "bias_correction": bool(bias_correction),
     }
@@ -1559,7 +1560,7 @@ def audit_attribute(
     ``"ranking"`` (:data:`RANK_COLUMNS`), ``"greedy_trace"`` (:data:`GREEDY_COLUMNS`),
     ``"outcome"`` (:data:`OUTCOME_COLUMNS`), ``"per_class"`` (:data:`PER_CLASS_COLUMNS`),
     ``"delta_v"`` (:data:`DELTA_COLUMNS`), ``"random_draws"`` (``set`` +
-    :data:`CONTROL_COLUMNS`), ``"attribution"`` (:data:`ATTRIBUTION_COLUMNS`),
+    :data:`CONTROL_COLUMNS`), ``"attribution"`` (``set`` + :data:`ATTRIBUTION_COLUMNS`),
     ``"stereotyped_classes"`` (:data:`STEREOTYPED_COLUMNS`), ``"transitions"``
     (``condition`` + :data:`TRANSITION_COLUMNS` + ``stereotyped``; total rows ``class_index``
     −1 "all" and −2 "stereotyped").
@@ -1782,7 +1783,7 @@ def audit_attribute(
         },
     }
     log.info(
-        "audit %s: top-%d %s, greedy %s; ΔV(top_k) = %.4f (p = %.3g)",
+        "audit %s: top-%d %s, greedy %s; ΔV(top_k) = %s (p = %s)",
         attribute,
         k,
         top,
