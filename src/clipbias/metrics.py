@@ -385,3 +385,228 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     n = b + c
     p = 1.0 if n == 0 else float(stats.binomtest(b, n, 0.5, alternative="two-sided").pvalue)
     return {"b": b, "c": c, "n_discordant": n, "pvalue": p}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cramér's V between predictions and a protected attribute (METHODS §6.8, §7.2, §9 #19)
+# ---------------------------------------------------------------------------------------------
+
+
+def _int_vector(x: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"{name} must hold integer codes (class or attribute indices)")
+    return arr.astype(np.int64)
+
+
+def _valid_pred_attr(
+    pred: np.ndarray, attr: np.ndarray, n_classes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked int64 copies of ``pred`` and ``attr`` restricted to samples with ``attr >= 0``."""
+    p = _int_vector(pred, "pred")
+    a = _int_vector(attr, "attr")
+    if p.shape != a.shape:
+        raise ValueError(f"pred ({p.size}) and attr ({a.size}) must have the same length")
+    if p.size and p.min() < 0:
+        raise ValueError("pred holds negative class indices; pass predicted class ids >= 0")
+    if n_classes is not None and p.size and p.max() >= n_classes:
+        raise ValueError(
+            f"pred holds class index {int(p.max())} but n_classes = {n_classes}; "
+            "pass the number of classifier columns"
+        )
+    keep = a >= 0
+    if not keep.any():
+        raise ValueError("no sample has a valid attribute value (attr >= 0); nothing to tabulate")
+    return p[keep], a[keep]
+
+
+def cramers_v_counts(table: np.ndarray, bias_correction: bool = False) -> float:
+    """Cramér's V of a contingency table of counts (METHODS §6.8).
+
+    Empty rows and columns are dropped first, so ``r`` is the number of non-empty predicted
+    classes and ``c`` the number of attribute values present. χ² is Pearson's statistic from
+    ``scipy.stats.chi2_contingency(correction=False)`` and
+
+        V = sqrt(χ² / (n · (min(r, c) − 1))).
+
+    With ``bias_correction`` Bergsma's (2013) estimator is returned instead:
+    φ² = χ²/n, φ̃² = max(0, φ² − (c−1)(r−1)/(n−1)), r̃ = r − (r−1)²/(n−1),
+    c̃ = c − (c−1)²/(n−1), Ṽ = sqrt(φ̃² / min(r̃ − 1, c̃ − 1)).
+
+    V is undefined (NaN) when fewer than two rows or two columns are non-empty, and the
+    corrected V also when ``min(r̃ − 1, c̃ − 1) <= 0`` (tiny n).
+    """
+    t = np.asarray(table, dtype=np.float64)
+    if t.ndim != 2:
+        raise ValueError(f"a contingency table is 2-D, got shape {t.shape}")
+    if t.size and t.min() < 0:
+        raise ValueError("contingency counts must be non-negative")
+    t = t[t.sum(axis=1) > 0][:, t.sum(axis=0) > 0]
+    r, c = t.shape
+    if min(r, c) < 2:
+        return float("nan")
+    n = float(t.sum())
+    chi2 = float(stats.chi2_contingency(t, correction=False).statistic)
+    if not bias_correction:
+        return float(np.sqrt(chi2 / (n * (min(r, c) - 1))))
+    phi2 = max(0.0, chi2 / n - (c - 1) * (r - 1) / (n - 1))
+    r_t = r - (r - 1) ** 2 / (n - 1)
+    c_t = c - (c - 1) ** 2 / (n - 1)
+    denom = min(r_t - 1.0, c_t - 1.0)
+    if denom <= 0:
+        return float("nan")
+    return float(np.sqrt(phi2 / denom))
+
+
+def contingency_table(
+    pred: np.ndarray, attr: np.ndarray, n_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of (predicted class, attribute value) over samples with ``attr >= 0``.
+
+    Built with ``scipy.stats.contingency.crosstab``: returns ``(classes [r], values [c],
+    counts [r, c])`` with only the predicted classes and attribute values that occur.
+    ``n_classes`` (optional) checks that every prediction is a valid class index.
+    """
+    p, a = _valid_pred_attr(pred, attr, n_classes)
+    res = stats.contingency.crosstab(p, a)
+    (rows, cols), counts = res.elements, res.count
+    return np.asarray(rows), np.asarray(cols), np.asarray(counts)
+
+
+def cramers_v(
+    pred: np.ndarray,
+    attr: np.ndarray,
+    bias_correction: bool = False,
+    n_classes: int | None = None,
+) -> float:
+    """Cramér's V between predicted class and protected attribute (METHODS §6.8).
+
+    Rows = non-empty predicted classes, columns = attribute values present; samples with
+    ``attr < 0`` (unknown / excluded values) are left out. ``bias_correction`` gives
+    Bergsma's corrected V (see :func:`cramers_v_counts`). NaN when fewer than two classes
+    are predicted or fewer than two attribute values occur. Pass true labels as ``pred`` for
+    the reference value V(true class, attribute).
+    """
+    _, _, counts = contingency_table(pred, attr, n_classes)
+    return cramers_v_counts(counts, bias_correction)
+
+
+def cramers_v_table(
+    pred: np.ndarray,
+    labels: np.ndarray,
+    attr: np.ndarray,
+    n_classes: int | None = None,
+) -> dict[str, float | int]:
+    """V(pred, attr), its bias-corrected version, and the reference V(true class, attr)
+    (METHODS §6.8, §9 #19; a perfect classifier gives ``v == v_true``).
+
+    Returns a JSON-serialisable dict ``{"n", "n_excluded", "n_rows", "n_values", "v", "v_bc",
+    "v_true", "v_true_bc"}``: ``n`` samples with ``attr >= 0``, ``n_excluded`` samples with
+    ``attr < 0``, ``n_rows`` non-empty predicted classes, ``n_values`` attribute values present.
+    """
+    a = _int_vector(attr, "attr")
+    lab = _int_vector(labels, "labels")
+    if lab.shape != a.shape:
+        raise ValueError(f"labels ({lab.size}) and attr ({a.size}) must have the same length")
+    rows, cols, counts = contingency_table(pred, a, n_classes)
+    _, _, counts_true = contingency_table(lab, a, n_classes)
+    return {
+        "n": int(counts.sum()),
+        "n_excluded": int(np.sum(a < 0)),
+        "n_rows": int(len(rows)),
+        "n_values": int(len(cols)),
+        "v": cramers_v_counts(counts),
+        "v_bc": cramers_v_counts(counts, bias_correction=True),
+        "v_true": cramers_v_counts(counts_true),
+        "v_true_bc": cramers_v_counts(counts_true, bias_correction=True),
+    }
+
+
+def _coded_tables(pred: np.ndarray, attr_code: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
+    """Contingency counts [..., n_rows, n_cols] of integer codes; ``pred`` may be [B, n]."""
+    flat = pred * n_cols + attr_code
+    if flat.ndim == 1:
+        return np.bincount(flat, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
+    b = flat.shape[0]
+    offs = (np.arange(b, dtype=np.int64)[:, None] * (n_rows * n_cols) + flat).ravel()
+    return np.bincount(offs, minlength=b * n_rows * n_cols).reshape(b, n_rows, n_cols)
+
+
+_DV_CHUNK = 200
+
+
+def delta_v_bootstrap(
+    pred_before: np.ndarray,
+    pred_after: np.ndarray,
+    labels: np.ndarray,
+    attr: np.ndarray,
+    n_boot: int = 2000,
+    seed: int = 42,
+    level: float = 0.95,
+    bias_correction: bool = False,
+) -> dict[str, float | int | bool]:
+    """ΔV = V(pred_after, attr) − V(pred_before, attr) with a paired bootstrap interval
+    (METHODS §6.8, §7.2).
+
+    Samples with ``attr < 0`` are dropped; the rest are resampled with replacement within
+    each (true class × attribute value) cell, and both V's are computed on the *same*
+    resampled indices. The interval is the percentile interval of the resampled ΔV at
+    ``level``; ``p_boot`` = min(1, 2·min(P(ΔV* <= 0), P(ΔV* >= 0))) (two-sided). Resamples
+    are drawn in blocks of ``_DV_CHUNK`` from one seeded generator (bounded memory).
+
+    Returns ``{"v_before", "v_after", "delta_v", "ci_low", "ci_high", "p_boot", "n",
+    "n_boot", "level", "bias_correction"}``.
+    """
+    pb = _int_vector(pred_before, "pred_before")
+    pa = _int_vector(pred_after, "pred_after")
+    lab = _int_vector(labels, "labels")
+    a = _int_vector(attr, "attr")
+    if not (pb.shape == pa.shape == lab.shape == a.shape):
+        raise ValueError("pred_before, pred_after, labels and attr must have the same length")
+    keep = a >= 0
+    if not keep.any():
+        raise ValueError("no sample has a valid attribute value (attr >= 0)")
+    pb, pa, lab, a = pb[keep], pa[keep], lab[keep], a[keep]
+    if min(pb.min(), pa.min(), lab.min()) < 0:
+        raise ValueError("predictions and labels must be class indices >= 0")
+    vals, a_code = np.unique(a, return_inverse=True)
+    n_cols = len(vals)
+    n_rows = int(max(pb.max(), pa.max())) + 1
+    v_before = cramers_v_counts(_coded_tables(pb, a_code, n_rows, n_cols), bias_correction)
+    v_after = cramers_v_counts(_coded_tables(pa, a_code, n_rows, n_cols), bias_correction)
+    out: dict[str, float | int | bool] = {
+        "v_before": v_before,
+        "v_after": v_after,
+        "delta_v": v_after - v_before,
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "p_boot": float("nan"),
+        "n": int(len(a)),
+        "n_boot": int(n_boot),
+        "level": float(level),
+        "bias_correction": bool(bias_correction),
+    }
+    if n_boot <= 0:
+        return out
+    cells = lab * n_cols + a_code
+    rng = np.random.default_rng(seed)
+    deltas = np.empty(int(n_boot))
+    done = 0
+    while done < n_boot:
+        b = min(_DV_CHUNK, int(n_boot) - done)
+        idx = bootstrap_indices(len(a), b, rng, groups=cells)
+        tb = _coded_tables(pb[idx], a_code[idx], n_rows, n_cols)
+        ta = _coded_tables(pa[idx], a_code[idx], n_rows, n_cols)
+        for i in range(b):
+            deltas[done + i] = cramers_v_counts(ta[i], bias_correction) - cramers_v_counts(
+                tb[i], bias_correction
+            )
+        done += b
+    lo, hi = _percentile_ci(deltas, level)
+    d = deltas[~np.isnan(deltas)]
+    p = min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))) if d.size else float("nan")
+    out.update(ci_low=lo, ci_high=hi, p_boot=float(p))
+    return out
