@@ -214,8 +214,14 @@ def test_no_errors_means_nothing_to_edit():
     h = np.zeros((2, 1, 1, 2))
     h[0, 0, 0] = (1, 0)
     h[1, 0, 0] = (0, 1)
-    with pytest.raises(ValueError, match="no misclassified"):
-        rc.identify_then_ablate(h, np.zeros((2, 2)), np.eye(2), np.array([0, 1]), [0])
+    labels = np.array([0, 1])
+    res = rc.identify_then_ablate(h, np.zeros((2, 2)), np.eye(2), labels, [0])
+    assert res["directions"] == [] and res["scores"] == [] and res["n_wrong"] == 0
+    assert res["selected"]["heads"] == [] and res["selected"]["t"] == 0
+    assert res["selected"]["utility"] == pytest.approx(1.0)  # cos 1 to own class, 0 to other
+    out = rc.select_on_validation(res, h, np.zeros((2, 2)), np.eye(2), labels, labels, [0])
+    assert out["selected"]["heads"] == [] and out["selected"]["validation_worst_group_acc"] == 1
+    json.dumps(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -464,11 +464,6 @@ def identify_then_ablate(
     contrib = heads[:, pos].astype(np.float64).reshape(len(heads), -1, heads.shape[-1])
     preds = metrics.predict(emb, classifier)
     directions = error_directions(labels, preds)
-    if not directions:
-        raise ValueError(
-            "no misclassified shots: the zero-shot model is right on every sample, so there is "
-            "no error to edit (draw more shots or another seed)"
-        )
     names = list(class_names) if class_names is not None else None
 
     def cname(c: int) -> str | None:
@@ -525,9 +520,24 @@ def identify_then_ablate(
             for s in SCORES:
                 row[f"DE_{s}"] = None if sc[s] is None else float(sc[s][k])
             rows.append(row)
-    li, t = select_max_utility(curves, atol=tie_atol)
-    di, ci = where[li]
-    chosen = out_dirs[di]["lists"][ci]
+    u0 = utility(emb, classifier, labels, similarity)
+    if curves:
+        li, t = select_max_utility(curves, atol=tie_atol)
+        di, ci = where[li]
+        chosen = out_dirs[di]["lists"][ci]
+        selected = {
+            "heads": chosen["heads"][:t],
+            "t": int(t),
+            "direction": out_dirs[di]["key"],
+            "score": chosen["score"],
+            "utility": chosen["utility"][t - 1],
+        }
+    else:
+        log.warning(
+            "RefineCLIP phase 1: no misclassified shot among %d; nothing to edit (S* is empty)",
+            len(labels),
+        )
+        selected = {"heads": [], "t": 0, "direction": None, "score": None, "utility": u0}
     result = {
         "method": "refineclip_phase1",
         "selection": "utility",
@@ -539,14 +549,8 @@ def identify_then_ablate(
         "class_names": names,
         "n_shots": int(len(labels)),
         "n_wrong": int(np.sum(preds != labels)),
-        "utility_no_ablation": utility(emb, classifier, labels, similarity),
-        "selected": {
-            "heads": chosen["heads"][:t],
-            "t": int(t),
-            "direction": out_dirs[di]["key"],
-            "score": chosen["score"],
-            "utility": chosen["utility"][t - 1],
-        },
+        "utility_no_ablation": u0,
+        "selected": selected,
         "directions": out_dirs,
         "table4": table4,
         "scores": rows,
@@ -560,7 +564,7 @@ def identify_then_ablate(
         ",".join(result["selected"]["heads"]),
         result["selected"]["direction"],
         result["selected"]["score"],
-        t,
+        result["selected"]["t"],
         result["selected"]["utility"],
         result["utility_no_ablation"],
     )
@@ -649,8 +653,6 @@ def select_on_validation(
                 dict(item, validation_worst_group_acc=wgs, **{f"validation_{tie_break}": tbs})
             )
         out["directions"].append(dict(d, lists=new_lists))
-    assert best is not None
-    (wg, tb, _), key, item, t = best
     out["selection"] = "validation"
     out["validation"] = {
         "n": int(len(labels)),
@@ -659,6 +661,12 @@ def select_on_validation(
         "no_ablation_worst_group_acc": wg0,
         f"no_ablation_{tie_break}": tb0,
     }
+    if best is None:  # no candidate lists: phase 1 found no error to edit
+        out["selected"] = dict(
+            result["selected"], validation_worst_group_acc=wg0, **{f"validation_{tie_break}": tb0}
+        )
+        return out
+    (wg, tb, _), key, item, t = best
     out["selected"] = {
         "heads": item["heads"][:t],
         "t": int(t),
