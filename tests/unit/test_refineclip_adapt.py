@@ -204,3 +204,10 @@ def test_bad_inputs_get_clear_errors(spurious_case):
         ra.train_adapter(emb, labels, cls.T, teacher, success, locality)
     with pytest.raises(ValueError, match="variant"):
         ra.apply_adapter(emb, {"variant": "conv"})
+
+
+def test_thread_count_is_restored(spurious_case):
+    emb, labels, cls, teacher, success, locality = spurious_case
+    before = torch.get_num_threads()
+    res = ra.train_adapter(emb, labels, cls, teacher, success, locality, steps=2, num_threads=1)
+    assert torch.get_num_threads() == before and res.config["num_threads"] == 1

@@ -171,13 +171,17 @@ def train_tip_adapter_f(
     eps: float = 1e-4,
     seed: int = 42,
     device: str | None = None,
+    num_threads: int | None = 1,
 ) -> TipAdapterF:
     """Tip-Adapter-F: learn the cache keys by cross-entropy on the shots (module docstring).
 
     Batches are drawn from a seeded permutation each epoch; the learning rate follows a cosine
-    schedule over ``epochs × n_batches`` steps. ``device`` None/"auto" = CUDA when available.
+    schedule over ``epochs × n_batches`` steps. ``device`` None/"auto" = CUDA when available;
+    ``num_threads`` torch CPU threads while training (None = unchanged; see
+    :func:`clipbias.methods.refineclip_adapt.torch_threads`).
     """
     from ..models import resolve_device
+    from .refineclip_adapt import torch_threads
 
     classifier = np.asarray(classifier, dtype=np.float32)
     keys0, values0 = build_cache(shot_emb, shot_labels, classifier.shape[1])
@@ -194,24 +198,25 @@ def train_tip_adapter_f(
     opt = torch.optim.AdamW([keys], lr=lr, eps=eps, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * n_batches))
     gen = torch.Generator().manual_seed(int(seed))
-    rows = []
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(dev)
-        losses, correct = [], 0
-        lr_now = opt.param_groups[0]["lr"]
-        for b in range(n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb = x[idx]
-            cache = torch.exp(-beta * (1.0 - xb @ keys.T)) @ values
-            logits = tau * xb @ text + alpha * cache
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()) * len(idx))
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        rows.append((epoch + 1, sum(losses) / n, correct / n, lr_now))
+    rows: list[tuple[int, float, float, float]] = []
+    with torch_threads(num_threads):
+        for epoch in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(dev)
+            losses, correct = [], 0
+            lr_now = opt.param_groups[0]["lr"]
+            for b in range(n_batches):
+                idx = perm[b * batch_size : (b + 1) * batch_size]
+                xb = x[idx]
+                cache = torch.exp(-beta * (1.0 - xb @ keys.T)) @ values
+                logits = tau * xb @ text + alpha * cache
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()) * len(idx))
+                correct += int((logits.argmax(1) == y[idx]).sum())
+            rows.append((epoch + 1, sum(losses) / n, correct / n, lr_now))
     history = pd.DataFrame(rows, columns=["epoch", "loss", "acc", "lr"])
     config = {
         "alpha": float(alpha),
@@ -224,6 +229,7 @@ def train_tip_adapter_f(
         "seed": int(seed),
         "n_shots": int(n),
         "device": str(dev),
+        "num_threads": num_threads,
     }
     if len(history):
         log.info(
