@@ -1,0 +1,410 @@
+"""RefineCLIP phase 1 (METHODS §5.1-5.5, §7.1) on hand-computable decompositions."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from clipbias.methods import refineclip as rc
+
+# --------------------------------------------------------------------------------------------
+# A hand-built decomposition: D = 3, classes t_0 = e1, t_1 = e2, one stored layer (layer 5),
+# three heads, rest = 0.
+#   h0 "causal":   carries the class direction (e1 for class 0, e2 for class 1)
+#   h1 "spurious": a large e2 component on the misclassified class-0 samples
+#   h2 "constant": (0, 0, .3) on every sample
+#
+#  s | y | h0          h1           h2          | emb            | pred | set
+#  0 | 0 | (.5, 0, 0)  (0, .9, 0)   (0, 0, .3)  | (.5, .9, .3)   | 1    | W (0->1)
+#  1 | 0 | (.6, 0, 0)  (0, .1, 0)   (0, 0, .3)  | (.6, .1, .3)   | 0    | C_0
+#  2 | 1 | (0, .6, 0)  (0, .1, 0)   (0, 0, .3)  | (0, .7, .3)    | 1    | A_1
+#
+# DE_D(h1) on sample 0 with h̄_A(h1) = (0, .1, 0):  e' = (.5, .1, .3)
+#   Δ(x, 1) = .1/√.35 − .9/√1.15,  Δ(x, 0) = .5/√.35 − .5/√1.15,  DE_D = Δ(x,1) − Δ(x,0)
+# h0 replaced by (0, .6, 0) pushes toward class 1 (DE_D > 0); h2 is replaced by itself (0).
+# So the ascending DE_D list starts with h1, and DE_C (descending) too: on sample 2, putting
+# h̄_W(h1) = (0, .9, 0) raises cos to t_1 only, while h̄_W(h0) = (.5, 0, 0) lowers it.
+# --------------------------------------------------------------------------------------------
+
+LAYERS = [5]
+
+
+@pytest.fixture
+def known_case():
+    h = np.zeros((3, 1, 3, 3))
+    h[0, 0] = [(0.5, 0, 0), (0, 0.9, 0), (0, 0, 0.3)]
+    h[1, 0] = [(0.6, 0, 0), (0, 0.1, 0), (0, 0, 0.3)]
+    h[2, 0] = [(0, 0.6, 0), (0, 0.1, 0), (0, 0, 0.3)]
+    rest = np.zeros((3, 3))
+    cls = np.eye(3)[:, :2]
+    labels = np.array([0, 0, 1])
+    return h, rest, cls, labels
+
+
+def test_error_directions_by_hand(known_case):
+    h, rest, cls, labels = known_case
+    preds = rc.zero_shot_predictions(h, rest, cls)
+    np.testing.assert_array_equal(preds, [1, 0, 1])
+    dirs = rc.error_directions(labels, preds)
+    assert len(dirs) == 1
+    d = dirs[0]
+    assert (d.true, d.pred, d.key) == (0, 1, "0->1")
+    np.testing.assert_array_equal(d.wrong, [0])
+    np.testing.assert_array_equal(d.correct, [1])
+    np.testing.assert_array_equal(d.reference, [2])
+    success, locality = rc.phase2_masks(labels, preds)
+    np.testing.assert_array_equal(success, [True, False, False])
+    np.testing.assert_array_equal(locality, [False, True, True])
+
+
+def test_replacement_effect_matches_direct_formula():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(4, 6))
+    contrib = rng.normal(size=(4, 5, 6))
+    repl = rng.normal(size=(5, 6))
+    text = rng.normal(size=(6, 3))
+    text /= np.linalg.norm(text, axis=0)
+    got = rc.replacement_effect(emb, contrib, repl, text, "cosine")
+    got_dot = rc.replacement_effect(emb, contrib, repl, text, "dot")
+    for n in range(4):
+        for k in range(5):
+            e2 = emb[n] - contrib[n, k] + repl[k]
+            for c in range(3):
+                t = text[:, c]
+                cos = e2 @ t / np.linalg.norm(e2) - emb[n] @ t / np.linalg.norm(emb[n])
+                assert got[n, k, c] == pytest.approx(cos, abs=1e-12)
+                assert got_dot[n, k, c] == pytest.approx(e2 @ t - emb[n] @ t, abs=1e-12)
+
+
+def test_known_spurious_head_ranked_first_by_de_c_and_de_d(known_case):
+    h, rest, cls, labels = known_case
+    res = rc.identify_then_ablate(h, rest, cls, labels, LAYERS, T=3)
+    d = res["directions"][0]
+    lists = {item["score"]: item for item in d["lists"]}
+    assert lists["C"]["heads"][0] == "L5H1"
+    assert lists["D"]["heads"][0] == "L5H1"
+    # DE_D(h1) by hand (module comment above)
+    dd = (0.1 / math.sqrt(0.35) - 0.9 / math.sqrt(1.15)) - (
+        0.5 / math.sqrt(0.35) - 0.5 / math.sqrt(1.15)
+    )
+    row = next(r for r in res["scores"] if r["head"] == "L5H1")
+    assert row["DE_D"] == pytest.approx(dd, abs=1e-9)
+    assert lists["D"]["values"][0] == pytest.approx(dd, abs=1e-9)
+    assert row["DE_C"] > 0
+    h0 = next(r for r in res["scores"] if r["head"] == "L5H0")
+    h2 = next(r for r in res["scores"] if r["head"] == "L5H2")
+    assert h0["DE_D"] > 0 and h0["DE_C"] < 0
+    assert h2["DE_D"] == pytest.approx(0.0, abs=1e-12)
+    # the selected set ablates the spurious head first
+    assert res["selected"]["heads"][0] == "L5H1"
+    json.dumps(res)  # JSON-serialisable
+
+
+def test_zero_ablation_eq5(known_case):
+    h, rest, cls, labels = known_case
+    out = rc.zero_ablate(h, rest, LAYERS, ["L5H1"])
+    np.testing.assert_allclose(out, [[0.5, 0, 0.3], [0.6, 0, 0.3], [0, 0.6, 0.3]])
+    out2 = rc.zero_ablate(h, rest, LAYERS, [(5, 1), (5, 2)])
+    np.testing.assert_allclose(out2, [[0.5, 0, 0], [0.6, 0, 0], [0, 0.6, 0]])
+    np.testing.assert_allclose(rc.zero_ablate(h, rest, LAYERS, []), h.sum((1, 2)) + rest)
+    with pytest.raises(ValueError, match="not in the stored layers"):
+        rc.zero_ablate(h, rest, LAYERS, ["L4H0"])
+
+
+# --------------------------------------------------------------------------------------------
+# Proposition 1: with the dot product DE_A = −DE_B and DE_C = −DE_D exactly.
+# --------------------------------------------------------------------------------------------
+
+
+def _random_case(seed: int, n_per_cell: int = 3, d: int = 16, n_layers: int = 5, n_heads: int = 4):
+    """Random heads; ``rest`` forces each sample's prediction to a chosen class, so W, C and A
+    are non-empty for the direction 0->1 (and 1->0)."""
+    rng = np.random.default_rng(seed)
+    cells = [(0, 0), (0, 1), (1, 1), (1, 0), (2, 2), (2, 1)]  # (true, pred)
+    labels, preds = [], []
+    for y, p in cells:
+        labels += [y] * n_per_cell
+        preds += [p] * n_per_cell
+    n = len(labels)
+    cls = rng.normal(size=(d, 3))
+    cls /= np.linalg.norm(cls, axis=0)
+    heads = 0.05 * rng.normal(size=(n, n_layers, n_heads, d))
+    rest = 5.0 * cls[:, preds].T
+    return heads, rest, cls, np.array(labels), np.array(preds)
+
+
+def test_proposition1_dot_product_identities():
+    heads, rest, cls, labels, preds = _random_case(1)
+    layers = list(range(8, 13))
+    assert np.array_equal(rc.zero_shot_predictions(heads, rest, cls), preds)
+    res = rc.identify_then_ablate(heads, rest, cls, labels, layers, similarity="dot")
+    assert res["score_layers"] == [9, 10, 11, 12]  # last 4 of the stored layers
+    keys = {d["key"] for d in res["directions"]}
+    assert keys == {"0->1", "1->0", "2->1"}
+    n_checked = 0
+    for r in res["scores"]:
+        if r["DE_B"] is not None:
+            assert r["DE_A"] == pytest.approx(-r["DE_B"], abs=1e-6)
+            n_checked += 1
+        if r["DE_C"] is not None:
+            assert r["DE_C"] == pytest.approx(-r["DE_D"], abs=1e-6)
+    assert n_checked == 3 * 16
+    # the four candidate lists of one direction: (A) = (B) and (C) = (D) element by element
+    d = next(d for d in res["directions"] if d["key"] == "0->1")
+    lists = {item["score"]: item["heads"] for item in d["lists"]}
+    assert lists["A"] == lists["B"]
+    assert lists["C"] == lists["D"]
+
+
+def test_proposition1_direct_scores_on_arbitrary_sets():
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(9, 8))
+    contrib = rng.normal(size=(9, 6, 8))
+    cls = rng.normal(size=(8, 2))
+    cls /= np.linalg.norm(cls, axis=0)
+    sc = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1, 2], [3, 4], [5, 6, 7, 8], "dot")
+    np.testing.assert_allclose(sc["A"], -sc["B"], atol=1e-6)
+    np.testing.assert_allclose(sc["C"], -sc["D"], atol=1e-6)
+    # with the cosine they are only approximately opposite (Appendix E)
+    cs = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1, 2], [3, 4], [5, 6, 7, 8])
+    assert not np.allclose(cs["A"], -cs["B"], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Empty sets (§5.1 / paper A.2): evaluation set empty -> score skipped; reference set empty ->
+# zero vector, i.e. the score measures zero-ablating the head.
+# --------------------------------------------------------------------------------------------
+
+
+def test_empty_reference_set_is_zero_vector_and_empty_evaluation_set_is_skipped():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(4, 5))
+    contrib = rng.normal(size=(4, 3, 5))
+    cls = np.eye(5)[:, :2]
+    sc = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1], [], [2, 3])
+    assert sc["B"] is None  # C empty: DE_B has no samples to average over
+    # DE_A with h̄_C = 0: Δ is the effect of zero-ablating the head
+    zero = np.zeros((3, 5))
+    delta = rc.replacement_effect(emb[[0, 1]], contrib[[0, 1]], zero, cls)
+    np.testing.assert_allclose(sc["A"], (delta[..., 0] - delta[..., 1]).mean(0), atol=1e-12)
+    sc2 = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1], [2, 3], [])
+    assert sc2["C"] is None
+    delta = rc.replacement_effect(emb[[0, 1]], contrib[[0, 1]], zero, cls)
+    np.testing.assert_allclose(sc2["D"], (delta[..., 1] - delta[..., 0]).mean(0), atol=1e-12)
+    with pytest.raises(ValueError, match="misclassified"):
+        rc.direct_effect_scores(emb, contrib, cls, 0, 1, [], [2], [3])
+
+
+def test_phase1_records_skipped_scores():
+    # class 0: one wrong (->1), no correct; class 1: one correct
+    h = np.zeros((2, 1, 2, 2))
+    h[0, 0] = [(0.2, 0), (0, 0.8)]
+    h[1, 0] = [(0, 0.5), (0, 0.5)]
+    res = rc.identify_then_ablate(h, np.zeros((2, 2)), np.eye(2), np.array([0, 1]), [0], T=2)
+    d = res["directions"][0]
+    assert [item["score"] for item in d["lists"]] == ["A", "C", "D"]
+    assert "B" in d["skipped"] and "correct" in d["skipped"]["B"]
+    assert d["n_correct"] == 0 and d["n_wrong"] == 1 and d["n_reference"] == 1
+    row = next(r for r in res["scores"] if r["head"] == "L0H1")
+    assert row["DE_B"] is None
+
+
+def test_no_errors_means_nothing_to_edit():
+    h = np.zeros((2, 1, 1, 2))
+    h[0, 0, 0] = (1, 0)
+    h[1, 0, 0] = (0, 1)
+    labels = np.array([0, 1])
+    res = rc.identify_then_ablate(h, np.zeros((2, 2)), np.eye(2), labels, [0])
+    assert res["directions"] == [] and res["scores"] == [] and res["n_wrong"] == 0
+    assert res["selected"]["heads"] == [] and res["selected"]["t"] == 0
+    assert res["selected"]["utility"] == pytest.approx(1.0)  # cos 1 to own class, 0 to other
+    out = rc.select_on_validation(res, h, np.zeros((2, 2)), np.eye(2), labels, labels, [0])
+    assert out["selected"]["heads"] == [] and out["selected"]["validation_worst_group_acc"] == 1
+    json.dumps(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Utility (eq. 10) and selection
+# --------------------------------------------------------------------------------------------
+
+
+def test_utility_by_hand():
+    # two samples, classes e1/e2, cosine: U = mean_i [cos(e_i, t_yi) − cos(e_i, t_other)]
+    emb = np.array([[3.0, 4.0], [1.0, 0.0]])
+    cls = np.eye(2)
+    labels = np.array([0, 0])
+    u = rc.utility(emb, cls, labels)
+    assert u == pytest.approx(((0.6 - 0.8) + (1 - 0)) / 2)
+    # three classes: the mean over the other two
+    cls3 = np.eye(3)
+    u3 = rc.utility(np.array([[1.0, 2.0, 2.0]]), cls3, np.array([1]))
+    assert u3 == pytest.approx(2 / 3 - (1 / 3 + 2 / 3) / 2)
+
+
+def test_utility_curve_is_cumulative_ablation(known_case):
+    h, rest, cls, labels = known_case
+    emb = h.sum((1, 2)) + rest
+    contrib = h[:, 0]
+    order = np.array([1, 0, 2])
+    curve = rc.utility_curve(emb, contrib, cls, labels, order)
+    for t in range(1, 4):
+        e_t = emb - contrib[:, order[:t]].sum(1)
+        assert curve[t - 1] == pytest.approx(rc.utility(e_t, cls, labels))
+
+
+def test_selection_prefers_max_then_smaller_t_then_list_order():
+    curves = [np.array([0.1, 0.3, 0.3]), np.array([0.2, 0.3, 0.25])]
+    assert rc.select_max_utility(curves) == (0, 2)  # ties at t=2 across lists -> first list
+    curves = [np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.1, 0.0])]
+    assert rc.select_max_utility(curves) == (1, 1)  # equal maximum: smaller t wins
+    curves = [np.array([0.1, 0.2, 0.5]), np.array([0.3, 0.1, 0.0])]
+    assert rc.select_max_utility(curves) == (0, 3)
+    with pytest.raises(ValueError):
+        rc.select_max_utility([])
+
+
+def test_phase1_tie_with_a_zero_head_picks_smaller_t():
+    # h2 contributes exactly nothing: ablating it after h1 leaves U unchanged -> t = 1
+    h = np.zeros((3, 1, 3, 3))
+    h[0, 0] = [(0.5, 0, 0), (0, 0.9, 0), (0, 0, 0)]
+    h[1, 0] = [(0.6, 0, 0), (0, 0.1, 0), (0, 0, 0)]
+    h[2, 0] = [(0, 0.6, 0), (0, 0.1, 0), (0, 0, 0)]
+    res = rc.identify_then_ablate(h, np.zeros((3, 3)), np.eye(3)[:, :2], np.array([0, 0, 1]), [5])
+    lists = {item["score"]: item for item in res["directions"][0]["lists"]}
+    c = lists["C"]
+    assert c["heads"][:2] == ["L5H1", "L5H2"]
+    assert c["utility"][0] == c["utility"][1]
+    sel = res["selected"]
+    assert sel["t"] == 1 and sel["heads"] == ["L5H1"]
+    assert sel["direction"] == "0->1" and sel["score"] == "A"  # first list reaching the max
+    assert sel["utility"] == max(max(item["utility"]) for item in lists.values())
+
+
+def test_phase1_result_structure_and_table4():
+    heads, rest, cls, labels, _ = _random_case(2)
+    res = rc.identify_then_ablate(
+        heads, rest, cls, labels, list(range(5)), T=15, class_names=["a", "b", "c"]
+    )
+    text = json.dumps(res)
+    assert json.loads(text) == res
+    assert res["T"] == 15 and res["similarity"] == "cosine" and res["selection"] == "utility"
+    assert res["n_shots"] == len(labels) and res["n_heads"] == 4
+    assert res["class_names"] == ["a", "b", "c"]
+    table4 = res["table4"]
+    for d in res["directions"]:
+        assert d["true_name"] == ["a", "b", "c"][d["true_label"]]
+        for item in d["lists"]:
+            assert len(item["heads"]) == 15 == len(item["utility"]) == len(item["values"])
+            assert len(set(item["heads"])) == 15
+            assert table4[d["key"]][item["score"]] == item["heads"]
+            vals = np.array(item["values"])
+            if item["order"] == "descending":
+                assert np.all(np.diff(vals) <= 0)
+            else:
+                assert np.all(np.diff(vals) >= 0)
+    assert len(res["scores"]) == 16 * len(res["directions"])
+    sel = res["selected"]
+    best = max(max(i["utility"]) for d in res["directions"] for i in d["lists"])
+    assert sel["utility"] == best
+    assert rc.selected_heads(res) == [rc.parse_head(x) for x in sel["heads"]]
+    df = rc.scores_frame(res)
+    assert list(df.columns[:4]) == ["direction", "head", "layer", "index"]
+    assert len(df) == len(res["scores"])
+
+
+def test_validation_selection_matches_brute_force():
+    heads, rest, cls, labels, _ = _random_case(4)
+    layers = list(range(5))
+    res = rc.identify_then_ablate(heads, rest, cls, labels, layers, T=5)
+    # a validation set from the same generator with other noise; groups = label
+    vh, vr, _, vl, _ = _random_case(7)
+    vr = vr + 0.3 * np.random.default_rng(9).normal(size=vr.shape)
+    vg = vl.copy()
+    out = rc.select_on_validation(res, vh, vr, cls, vl, vg, layers)
+    assert out["selection"] == "validation" and res["selection"] == "utility"
+    # brute force over every list and t
+    from clipbias import metrics
+
+    best = None
+    for d in res["directions"]:
+        for item in d["lists"]:
+            for t in range(1, len(item["heads"]) + 1):
+                emb = rc.zero_ablate(vh, vr, layers, item["heads"][:t])
+                p = metrics.predict(emb, cls)
+                key = (
+                    metrics.worst_group_accuracy(p, vl, vg),
+                    metrics.avg_group_accuracy(p, vl, vg),
+                    -t,
+                )
+                if best is None or key > best[0]:
+                    best = (key, item["heads"][:t])
+    sel = out["selected"]
+    assert (sel["validation_worst_group_acc"], sel["validation_avg_group_acc"]) == best[0][:2]
+    assert sel["t"] == -best[0][2]
+    assert sel["heads"] == best[1]
+    for d in out["directions"]:
+        for item in d["lists"]:
+            assert len(item["validation_worst_group_acc"]) == len(item["heads"])
+    json.dumps(out)
+    with pytest.raises(ValueError, match="group"):
+        rc.select_on_validation(res, vh, vr, cls, vl, np.full(len(vl), -1), layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot sampling
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_shots_deterministic_n_per_class_without_replacement():
+    labels = np.repeat([0, 1, 2], [30, 12, 50])
+    a = rc.sample_shots(labels, 10, seed=3)
+    b = rc.sample_shots(labels, 10, seed=3)
+    c = rc.sample_shots(labels, 10, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(np.unique(a)) == 30
+    np.testing.assert_array_equal(np.bincount(labels[a]), [10, 10, 10])
+    assert np.all(np.diff(a) > 0)  # sorted indices
+
+
+def test_sample_shots_pool_and_classes_and_errors():
+    labels = np.repeat([0, 1, 2], [5, 5, 5])
+    pool = np.zeros(15, dtype=bool)
+    pool[[0, 1, 2, 5, 6, 7, 10, 11, 12]] = True
+    s = rc.sample_shots(labels, 3, seed=0, pool_mask=pool)
+    np.testing.assert_array_equal(s, [0, 1, 2, 5, 6, 7, 10, 11, 12])
+    s = rc.sample_shots(labels, 2, seed=0, classes=[2])
+    assert set(labels[s]) == {2} and len(s) == 2
+    pool2 = pool.copy()
+    pool2[[3, 4, 13, 14]] = True  # classes 0 and 2 now have 5 in the pool, class 1 has 3
+    assert len(rc.sample_shots(labels, 3, seed=0, pool_mask=pool2)) == 9
+    with pytest.raises(ValueError, match="class 1 has only 3"):
+        rc.sample_shots(labels, 4, seed=0, pool_mask=pool2)
+    with pytest.raises(ValueError, match="class 7"):
+        rc.sample_shots(labels, 1, seed=0, classes=[7])
+    with pytest.raises(ValueError, match="pool_mask"):
+        rc.sample_shots(labels, 1, seed=0, pool_mask=pool[:3])
+
+
+# --------------------------------------------------------------------------------------------
+# Edit success / locality (§7.1)
+# --------------------------------------------------------------------------------------------
+
+
+def test_edit_metrics_by_hand():
+    labels = np.array([0, 0, 0, 1, 2, 2, 3, 3])
+    preds = np.array([0, 1, 1, 1, 2, 0, 3, 3])
+    m = rc.edit_metrics(preds, labels, target_classes=[0, 1])
+    # target: class 0 1/3, class 1 1/1 -> weighted 2/4, class-average (1/3 + 1)/2
+    assert m["edit_success"] == pytest.approx(2 / 4)
+    assert m["edit_success_class_avg"] == pytest.approx((1 / 3 + 1) / 2)
+    # other: class 2 1/2, class 3 2/2 -> weighted 3/4, class-average 3/4
+    assert m["locality"] == pytest.approx(3 / 4)
+    assert m["locality_class_avg"] == pytest.approx((0.5 + 1) / 2)
+    assert m["n_target"] == 4 and m["n_other"] == 4
+    rows = rc.edit_metric_rows("refineclip", "test", preds, labels, [0, 1])
+    assert {r["metric"] for r in rows} >= {"edit_success", "locality"}
+    assert all(r["method"] == "refineclip" and r["split"] == "test" for r in rows)
+    with pytest.raises(ValueError, match="target"):
+        rc.edit_metrics(preds, labels, target_classes=[])
