@@ -108,13 +108,19 @@ def copy_run(src: Path, dest: Path) -> Path:
     return dest
 
 
-def snakemake_cmd(*extra: str, cores: int = 2) -> list[str]:
-    return [tool("snakemake"), "--configfile", CONFIG, "--cores", str(cores), *extra]
+def snakemake_cmd(*extra: str, cores: int = 2, config: str = CONFIG) -> list[str]:
+    return [tool("snakemake"), "--configfile", config, "--cores", str(cores), *extra]
 
 
-def run(workdir: Path, *extra: str, env: dict | None = None, timeout: int = 600):
+def run(
+    workdir: Path,
+    *extra: str,
+    env: dict | None = None,
+    timeout: int = 600,
+    config: str = CONFIG,
+):
     res = subprocess.run(
-        snakemake_cmd(*extra),
+        snakemake_cmd(*extra, config=config),
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -26,7 +26,7 @@ DATASETS, MODELS, SEEDS = (
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     work = make_workdir(tmp_path_factory.mktemp("grid") / "wf")
-    rc, out = run(work, "--configfile", GRID, "tables", timeout=1800)
+    rc, out = run(work, "tables", config=GRID, timeout=1800)
     assert rc == 0, out[-5000:]
     return work
 

@@ -350,6 +350,8 @@ def table_targets():
     """Every result table of the grid (everything but the report notebooks)."""
     targets = []
     for d, m, s in cells():
+        # complete, verified features (a deleted or corrupt shard is rebuilt)
+        targets.append(f"{feature_dir(d, m, s)}/manifest.json")
         folder = METRICS.format(dataset=d, model=m, seed=s)
         targets += [f"{folder}/metrics.csv", f"{folder}/paired.csv"]
         if is_planted(d):
@@ -358,7 +360,7 @@ def table_targets():
         f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
     ]
     targets.append(f"{RESULTS}/tables/grid_main.csv")
-    return targets
+    return list(dict.fromkeys(targets))
 
 
 def all_targets():

@@ -18,6 +18,7 @@ skip = {"notebook", "images"}
 parameters = {k: v for k, v in snakemake.input.items() if k.isidentifier() and k not in skip}
 parameters.update(dict(snakemake.params.items()))
 parameters.update(dict(snakemake.wildcards.items()))
+parameters["repo_root"] = str(_bootstrap.SRC.parent)  # where src/clipbias is
 parameters["fig_dir"] = str(Path(snakemake.output.figures[0]).parent)
 parameters["table_dir"] = str(Path(snakemake.output.tables[0]).parent)
 run_notebook(
