@@ -91,6 +91,7 @@ def format_ci(value: float, low: float, high: float, digits: int = 1, scale: flo
 
 
 def method_label(method: str, labels: Mapping[str, str] | None = None) -> str:
+    """Display name of a method id (registry label; ids of aliased methods as they are)."""
     labels = METHOD_LABELS if labels is None else labels
     return labels.get(method, method)
 

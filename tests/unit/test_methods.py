@@ -238,8 +238,28 @@ def test_summarize_seeds_counts_wins_over_zero_shot(tmp_path):
 def test_configured_methods_resolve_params_and_add_zero_shot():
     out = registry.configured(["ltc", {"name": "ltc_random", "n_draws": 7}])
     assert list(out) == ["zero_shot", "ltc", "ltc_random"]
-    assert out["ltc_random"]["n_draws"] == 7 and out["ltc_random"]["last_layers"] == 4
-    assert registry.configured(["ltc_transductive"])["ltc_transductive"]["ablation_stats"] == "test"
+    assert out["ltc_random"].params["n_draws"] == 7 and out["ltc_random"].params["last_layers"] == 4
+    lt = registry.configured(["ltc_transductive"])["ltc_transductive"]
+    assert lt.params["ablation_stats"] == "test" and lt.name == "ltc_transductive"
+
+
+def test_a_method_can_run_twice_under_two_ids():
+    out = registry.configured(
+        [
+            "ltc",
+            {"name": "ltc_random", "n_draws": 7},
+            {"name": "ltc_random", "id": "ltc_random_1k", "n_draws": 1000},
+        ]
+    )
+    assert (
+        out["ltc_random_1k"].name == "ltc_random" and out["ltc_random_1k"].params["n_draws"] == 1000
+    )
+    assert registry.label("ltc_random_1k", "ltc_random") == "ltc_random_1k"
+    assert registry.label("ltc") == "LTC"
+    with pytest.raises(registry.MethodConfigError, match="listed twice"):
+        registry.configured(["ltc", "ltc"])
+    with pytest.raises(registry.MethodConfigError, match="lower-case"):
+        registry.configured([{"name": "ltc", "id": "LTC-2"}])
 
 
 @pytest.mark.parametrize(
@@ -251,6 +271,7 @@ def test_configured_methods_resolve_params_and_add_zero_shot():
         ([{"name": "ltc_random", "n_draws": "many"}], "n_draws='many'"),
         (["ltc_random"], "needs ['ltc']"),
         (["ltc", "ltc"], "listed twice"),
+        ([{"name": "ltc_random", "id": "r2"}], "method 'r2' needs ['ltc']"),
     ],
 )
 def test_configured_methods_reject_bad_entries(entries, message):

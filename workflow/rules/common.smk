@@ -205,26 +205,39 @@ METRICS = f"{RESULTS}/metrics/{{dataset}}/{{model}}/seed-{{seed}}"
 
 
 def located_files(wildcards):
-    """Located-heads files the method of a predict job reads, by locator name."""
+    """Located-heads files the method (a configured id) of a predict job reads, by locator."""
     folder = HEADS.format(**wildcards)
-    spec = registry.get(wildcards.method)
-    return {loc: f"{folder}/{registry.LOCATORS[loc].file}" for loc in spec.locators}
+    spec = METHODS[wildcards.method].spec
+    return {
+        loc: f"{folder}/{registry.LOCATORS[loc].path(wildcards.method)}" for loc in spec.locators
+    }
 
 
 def predict_inputs(wildcards):
-    spec = registry.get(wildcards.method)
+    spec = METHODS[wildcards.method].spec
     files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or spec.texts}
     return {**files, "texts_yaml": cell_texts_yaml(wildcards), **located_files(wildcards)}
 
 
 def method_params(wildcards):
-    return METHODS[wildcards.method]
+    """The configured parameters of a method id (only they rerun its jobs when edited)."""
+    return dict(METHODS[wildcards.method].params)
+
+
+def method_name(wildcards):
+    return METHODS[wildcards.method].name
 
 
 def method_pattern(env):
-    """Regex of the configured methods whose predict rule runs in ``env``."""
-    names = [m for m in METHODS if registry.get(m).env == env]
-    return "|".join(names) if names else "(?!)"
+    """Regex of the configured method ids whose predict rule runs in ``env``."""
+    ids = [m for m, c in METHODS.items() if c.spec.env == env]
+    return "|".join(ids) if ids else "(?!)"
+
+
+def per_method_pattern(locator):
+    """Regex of the configured method ids that read the per-method ``locator``."""
+    ids = [m for m, c in METHODS.items() if locator in c.spec.locators]
+    return "|".join(ids) if ids else "(?!)"
 
 
 def cell_predictions(wildcards):

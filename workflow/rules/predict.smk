@@ -21,6 +21,7 @@ rule predict:
         mem_mb=8000,
         runtime=60,
     params:
+        method_name=method_name,
         method_params=method_params,
         locate_split=locate_split,
         test_split=test_split,
@@ -48,6 +49,7 @@ rule predict_torch:
         mem_mb=8000,
         runtime=120,
     params:
+        method_name=method_name,
         method_params=method_params,
         locate_split=locate_split,
         test_split=test_split,

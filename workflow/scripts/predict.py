@@ -13,7 +13,8 @@ from clipbias.methods.registry import LOCATORS  # noqa: E402
 from clipbias.stages.predict import predict  # noqa: E402
 
 predict(
-    method=snakemake.wildcards.method,
+    method=snakemake.params.method_name,
+    method_id=snakemake.wildcards.method,
     params=snakemake.params.method_params,
     feature_dir=Path(snakemake.input.manifest).parent,
     dataset_meta=snakemake.input.meta,

@@ -19,7 +19,7 @@ How to add a method (docs/DESIGN.md, "How to add a method"): write the module wi
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,12 +31,23 @@ class MethodConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Locator:
-    """A head-locating stage: its output file (in the heads folder) and the rule writing it."""
+    """A stage that locates heads (or fits what a method applies): its output file in the
+    heads folder and the rule writing it.
+
+    A ``per_method`` locator runs once per configured method id that reads it, with that
+    method's parameters (e.g. RefineCLIP's few-shot sampling); its ``file`` contains
+    ``{method}``. Other locators run once per grid cell and serve every method.
+    """
 
     name: str
     file: str
     rule: str
     description: str
+    per_method: bool = False
+
+    def path(self, method: str) -> str:
+        """File name in the heads folder for ``method`` (a configured method id)."""
+        return self.file.format(method=method) if self.per_method else self.file
 
 
 LOCATORS: Mapping[str, Locator] = MappingProxyType(
@@ -271,48 +282,69 @@ def labels() -> dict[str, str]:
     return {name: spec.label for name, spec in METHODS.items()}
 
 
-def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``config["methods"]`` -> ``{name: resolved params}`` in config order.
+@dataclass(frozen=True)
+class Configured:
+    """A configured method: its id (output paths, tables), registry name and parameters."""
 
-    Entries are method names or mappings ``{name: ..., <param>: value, ...}``. The reference
-    method (zero-shot) is added first when missing. Raises :class:`MethodConfigError` for
-    unknown methods or parameters, duplicates, and unmet requirements (e.g. ``ltc_random``
-    without ``ltc``).
+    id: str
+    name: str
+    params: Mapping[str, Any]
+
+    @property
+    def spec(self) -> MethodSpec:
+        return get(self.name)
+
+
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configured]:
+    """``config["methods"]`` -> ``{id: Configured}`` in config order.
+
+    Entries are method names or mappings ``{name: ..., <param>: value, ...}``; a mapping may
+    set ``id`` to run one method several times with different parameters (e.g.
+    ``{name: refineclip, id: refineclip_n20, n_per_class: 20}``; default id = name). The
+    reference method (zero-shot) is added first when missing. Raises
+    :class:`MethodConfigError` for unknown methods or parameters, duplicate ids, and unmet
+    requirements (e.g. ``ltc_random`` without ``ltc``).
     """
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Configured] = {}
     for entry in entries:
         if isinstance(entry, str):
-            name, overrides = entry, {}
+            name, mid, overrides = entry, entry, {}
         elif isinstance(entry, Mapping) and "name" in entry:
             name = entry["name"]
-            overrides = {k: v for k, v in entry.items() if k != "name"}
+            mid = entry.get("id") or name
+            overrides = {k: v for k, v in entry.items() if k not in ("name", "id")}
         else:
             raise MethodConfigError(
                 f"a methods entry must be a name or a mapping with 'name', got {entry!r}"
             )
         spec = get(name)
-        if name in out:
-            raise MethodConfigError(f"method {name!r} is listed twice in methods")
-        out[name] = spec.resolve_params(overrides)
+        if not mid or set(mid) - _ID_CHARS:
+            raise MethodConfigError(f"method id {mid!r}: use lower-case letters, digits and _")
+        if mid in out:
+            raise MethodConfigError(f"method {mid!r} is listed twice in methods (set an id)")
+        out[mid] = Configured(mid, name, spec.resolve_params(overrides))
     if REFERENCE_METHOD not in out:
-        out = {REFERENCE_METHOD: get(REFERENCE_METHOD).resolve_params(), **out}
-    for name in out:
-        missing = [r for r in get(name).requires if r not in out]
+        ref = Configured(REFERENCE_METHOD, REFERENCE_METHOD, get(REFERENCE_METHOD).resolve_params())
+        out = {REFERENCE_METHOD: ref, **out}
+    names = {c.name for c in out.values()}
+    for c in out.values():
+        missing = [r for r in c.spec.requires if r not in out and r not in names]
         if missing:
             raise MethodConfigError(
-                f"method {name!r} needs {missing} in methods as well (it is compared with them)"
+                f"method {c.id!r} needs {missing} in methods as well (it is compared with them)"
             )
     return out
 
 
-def locators_for(methods: Sequence[str]) -> list[str]:
-    """Locators the given methods read, in :data:`LOCATORS` order."""
-    needed = {loc for m in methods for loc in get(m).locators}
-    return [name for name in LOCATORS if name in needed]
-
-
-def locator_rules(methods: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(LOCATORS[loc].rule for loc in locators_for(methods)))
+def label(method_id: str, name: str | None = None) -> str:
+    """Display name of a configured method id (registry label; aliases keep their id)."""
+    spec = METHODS.get(name or method_id)
+    if spec is None or (name is not None and method_id != name):
+        return method_id
+    return spec.label
 
 
 def by_env(env: str) -> list[str]:

@@ -144,7 +144,8 @@ def evaluate(
             table.insert(0, "method", method)
             draws_all.append(table)
             tables.append(random_metric_rows(table, split, method))
-            controls.append((method, registry.get(method).control_of, table))
+            name = info.get("method_name", method)
+            controls.append((method, registry.get(name).control_of, table))
     for method, observed_method, table in controls:
         if observed_method not in point:
             continue

@@ -102,8 +102,12 @@ def predict(
     texts_yaml: str | os.PathLike | None = None,
     located: Mapping[str, str | os.PathLike] | None = None,
     threads: int | None = None,
+    method_id: str | None = None,
 ) -> None:
-    """Run the registered ``method`` with ``params`` and write its predictions file."""
+    """Run the registered ``method`` with ``params`` and write its predictions file.
+
+    ``method_id``: the configured id (default: the name; differs for a method configured
+    twice with different parameters)."""
     from clipbias.io import read_json
     from clipbias.methods import registry
     from clipbias.methods.api import open_context
@@ -126,7 +130,8 @@ def predict(
     )
     output = spec.load()(ctx, **dict(params))
     info = {
-        "method": method,
+        "method": method_id or method,
+        "method_name": method,
         "params": dict(params),
         "split": test_split,
         "locate_split": locate_split,
