@@ -15,6 +15,11 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
+# Runs on the submitting host (a cluster's login node has internet, compute nodes do not).
+localrules:
+    fetch_weights,
+
+
 wildcard_constraints:
     experiment=EXPERIMENT,
     dataset="[a-z0-9_]+",

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clipbias import __version__
+from clipbias.data.crops import crop_boxes
 from clipbias.features import build_table, shard_bounds, write_shard
 from clipbias.models import LoadedModel
 
@@ -37,12 +38,15 @@ def resolve_layers(spec: str | int | Sequence[int], n_layers: int) -> list[int]:
     return layers
 
 
-def load_image(root: Path, rel: str, preprocess) -> torch.Tensor:
-    """Open one image (RGB) and apply the model's preprocess transform."""
+def load_image(root: Path, rel: str, preprocess, box: Sequence[int] | None = None) -> torch.Tensor:
+    """Open one image (RGB), cut the index row's crop box if it has one (FACET persons,
+    ``clipbias.data.crops``), and apply the model's preprocess transform."""
+    from clipbias.data.crops import apply_crop
+
     p = root / rel
     try:
         with Image.open(p) as im:
-            return preprocess(im.convert("RGB"))
+            return preprocess(apply_crop(im.convert("RGB"), box))
     except OSError as e:
         raise FileNotFoundError(
             f"cannot read image {p} listed in {root / 'index.parquet'}: {e}. "
@@ -50,38 +54,50 @@ def load_image(root: Path, rel: str, preprocess) -> torch.Tensor:
         ) from e
 
 
-def load_images(root: Path, paths: Sequence[str], preprocess) -> torch.Tensor:
-    """Open and preprocess images (RGB) into one [N, 3, S, S] tensor."""
-    return torch.stack([load_image(root, rel, preprocess) for rel in paths])
+def load_images(
+    root: Path, paths: Sequence[str], preprocess, boxes: Sequence | None = None
+) -> torch.Tensor:
+    """Open (crop) and preprocess images (RGB) into one [N, 3, S, S] tensor."""
+    boxes = [None] * len(paths) if boxes is None else boxes
+    return torch.stack(
+        [load_image(root, rel, preprocess, box) for rel, box in zip(paths, boxes, strict=True)]
+    )
 
 
 class _Images(torch.utils.data.Dataset):
     """Index rows -> preprocessed image tensors (for a DataLoader with worker processes)."""
 
-    def __init__(self, root: Path, paths: Sequence[str], preprocess) -> None:
+    def __init__(self, root: Path, paths: Sequence[str], preprocess, boxes=None) -> None:
         self.root, self.paths, self.preprocess = root, list(paths), preprocess
+        self.boxes = [None] * len(self.paths) if boxes is None else list(boxes)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return load_image(self.root, self.paths[i], self.preprocess)
+        return load_image(self.root, self.paths[i], self.preprocess, self.boxes[i])
 
 
 def image_batches(
-    root: Path, paths: Sequence[str], preprocess, batch_size: int, num_workers: int = 0
+    root: Path,
+    paths: Sequence[str],
+    preprocess,
+    batch_size: int,
+    num_workers: int = 0,
+    boxes: Sequence | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Preprocessed [B, 3, S, S] batches in index order.
+    """Preprocessed [B, 3, S, S] batches in index order (``boxes``: crop box per row or None).
 
     With ``num_workers`` > 0, worker processes decode and resize the next batches while the
     model works on the current one (what keeps a GPU busy); 0 loads in this process.
     """
     if num_workers <= 0:
         for b in range(0, len(paths), batch_size):
-            yield load_images(root, paths[b : b + batch_size], preprocess)
+            sl = slice(b, b + batch_size)
+            yield load_images(root, paths[sl], preprocess, None if boxes is None else boxes[sl])
         return
     loader = torch.utils.data.DataLoader(
-        _Images(root, paths, preprocess),
+        _Images(root, paths, preprocess, boxes),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -149,8 +165,14 @@ def extract_shard(
     heads_out, rest_out, emb_out, norm_out, mu_out, sig_out = [], [], [], [], [], []
     t0 = time.perf_counter()
     with tqdm(total=len(part), unit="img", desc=f"shard {shard}", mininterval=2.0) as bar:
+        boxes = crop_boxes(part)
         batches = image_batches(
-            root, part["path"].tolist(), loaded.preprocess, batch_size, num_workers
+            root,
+            part["path"].tolist(),
+            loaded.preprocess,
+            batch_size,
+            num_workers,
+            None if boxes is None else [tuple(b) for b in boxes.tolist()],
         )
         for images in batches:
             dec = decompose(loaded.model, images.to(loaded.device, non_blocking=True))

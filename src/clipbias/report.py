@@ -264,6 +264,8 @@ def random_summary_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFr
 def paired_table(paired_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     """Display version of ``paired.csv``: each method minus zero-shot (points, 95 % paired
     bootstrap interval) for worst-group and average accuracy, with the p-values."""
+    if "split" in paired_df.columns:
+        paired_df = select_split(paired_df, None)
     rows = []
     for m in ordered_methods(paired_df["method"].tolist()):
         sub = paired_df[paired_df["method"] == m].set_index("metric")

@@ -88,3 +88,39 @@ def test_unreadable_image_is_named_and_nothing_is_written(dataset, loaded, tmp_p
         assert not out.exists() and not list(tmp_path.iterdir())
     finally:
         victim.write_bytes(saved)
+
+
+def test_crop_boxes_are_cut_before_preprocessing(dataset, loaded, tmp_path):
+    """FACET-style rows (crop_* columns, several rows per image) embed the cropped region."""
+    import pandas as pd
+    from PIL import Image
+
+    from clipbias.data.index import read_index
+
+    index, meta = read_index(dataset)
+    index = index[index["split"] == "test"].head(4).reset_index(drop=True)
+    rows = pd.concat([index, index], ignore_index=True)  # two persons in each image
+    rows["image_id"] = [f"{i}_p{k}" for k, i in enumerate(rows["image_id"])]
+    rows["crop_x0"], rows["crop_y0"] = [0] * 4 + [8] * 4, [0] * 4 + [4] * 4
+    rows["crop_x1"], rows["crop_y1"] = [16] * 4 + [32] * 4, [20] * 4 + [30] * 4
+    root = tmp_path / "cropped"
+    root.mkdir()
+    for rel in rows["path"].unique():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((dataset / rel).read_bytes())
+    rows.to_parquet(root / "index.parquet")
+    (root / "dataset.json").write_text((dataset / "dataset.json").read_text())
+    out = tmp_path / "shard-00000.parquet"
+    extract_shard(loaded, root, out, 0, 1, batch_size=3)
+    write_manifest([out], tmp_path / "manifest.json")
+    _, heads, rest = FeatureSet.open(tmp_path).load()
+    with torch.inference_mode():
+        crops = [
+            loaded.preprocess(Image.open(root / r.path).convert("RGB").crop(
+                (r.crop_x0, r.crop_y0, r.crop_x1, r.crop_y1)))
+            for r in rows.itertuples()
+        ]  # fmt: skip
+        ref = loaded.model.encode_image(torch.stack(crops))
+        ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    np.testing.assert_allclose(heads.sum((1, 2)) + rest, ref, atol=1e-4)
+    assert not np.allclose(ref[0], ref[4], atol=1e-3)  # two boxes of one image differ

@@ -197,7 +197,7 @@ def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):
     p = pd.read_csv(out["paired"])
     assert set(p["method"]) == {"ltc", "ablate"} and set(p["baseline"]) == {"zero_shot"}
     assert set(p["metric"]) == {"worst_group_acc", "avg_acc"}
-    assert list(p.columns[:3]) == ["method", "baseline", "metric"]
+    assert list(p.columns[:4]) == ["method", "baseline", "split", "metric"]
     assert {"diff", "ci_low", "ci_high", "p_value"} <= set(p.columns)
     row = p[(p["method"] == "ltc") & (p["metric"] == "avg_acc")].iloc[0]
     zs = m[(m["method"] == "zero_shot") & (m["metric"] == "avg_acc")]["value"].iloc[0]

@@ -58,6 +58,28 @@ def is_trained(model):
     return MODELS[model]["pretrained"] == "train"
 
 
+def is_local_checkpoint(model):
+    p = Path(MODELS[model]["pretrained"])
+    return len(p.parts) > 1 or p.suffix != ""
+
+
+def is_tag(model):
+    """Weights named by an open_clip pretrained tag (fetched into the Hugging Face cache)."""
+    return not is_trained(model) and not is_local_checkpoint(model)
+
+
+HF_HOME = config["weights"]["hf_home"]
+
+
+def weights_record(model):
+    return f"{HF_HOME}/fetched/{model}.json"
+
+
+def hf_home_of_record(wildcards, output):
+    """HF_HOME of a fetch record path (``<hf_home>/fetched/<model>.json``)."""
+    return str(Path(output[0]).parents[1])
+
+
 def _check_grid():
     bad = [(m, d) for m in MODELS for d in DATASETS if is_trained(m) and not is_planted(d)]
     if bad:
@@ -68,7 +90,39 @@ def _check_grid():
         )
 
 
+def cell_methods(dataset):
+    """Ids of the configured methods that run on ``dataset`` (its ``methods`` filter)."""
+    wanted = DATASETS[dataset].get("methods") or list(METHODS)
+    return [m for m in METHODS if m in wanted or m == registry.REFERENCE_METHOD]
+
+
+def _check_dataset_methods():
+    for name, d in DATASETS.items():
+        unknown = sorted(set(d.get("methods") or []) - set(METHODS))
+        if unknown:
+            raise ValueError(
+                f"config datasets: {name!r} lists methods {unknown} that are not among the "
+                f"experiment's methods {list(METHODS)}"
+            )
+        for m in cell_methods(name):
+            missing = [r for r in METHODS[m].spec.requires if r not in cell_methods(name)]
+            if missing:
+                raise ValueError(f"config datasets: {name!r} runs {m!r} but not {missing}")
+
+
+def _check_heads_from():
+    for name, d in DATASETS.items():
+        src = d.get("heads_from")
+        if src and src not in DATASETS:
+            raise ValueError(
+                f"config datasets: {name!r} takes its heads from {src!r}, which is not a dataset "
+                f"of this grid; add it to datasets (its heads are located there)"
+            )
+
+
 _check_grid()
+_check_heads_from()
+_check_dataset_methods()
 
 
 def fseed(dataset, model, seed):
@@ -130,11 +184,19 @@ def dataset_files(wildcards):
 
 
 def model_inputs(wildcards):
-    """The trained checkpoint when the pipeline trains the model; nothing for a tag."""
-    if not is_trained(wildcards.model):
-        return {}
-    seed = _seed_of(wildcards.fseed)
-    return {"checkpoint": checkpoint(wildcards.dataset, wildcards.model, seed)}
+    """The checkpoint the model loads: trained by the pipeline, a local file, or (for a tag)
+    the record of its weights in the Hugging Face cache (rule fetch_weights)."""
+    if is_trained(wildcards.model):
+        seed = _seed_of(wildcards.fseed)
+        return {"checkpoint": checkpoint(wildcards.dataset, wildcards.model, seed)}
+    if is_local_checkpoint(wildcards.model):
+        return {"checkpoint": MODELS[wildcards.model]["pretrained"]}
+    return {"weights": weights_record(wildcards.model)}
+
+
+def hf_home_arg(wildcards):
+    """HF_HOME to load a tag's weights from offline ("" for checkpoints)."""
+    return HF_HOME if is_tag(wildcards.model) else ""
 
 
 def extract_inputs(wildcards):
@@ -153,6 +215,10 @@ def pretrained_arg(wildcards, input):
 
 def model_name(wildcards):
     return MODELS[wildcards.model]["name"]
+
+
+def model_pretrained(wildcards):
+    return MODELS[wildcards.model]["pretrained"]
 
 
 def shard_count(wildcards):
@@ -199,14 +265,27 @@ def test_split(wildcards):
     return DATASETS[wildcards.dataset]["test_split"]
 
 
+def eval_splits(wildcards):
+    return DATASETS[wildcards.dataset]["eval_splits"]
+
+
+def protocol(wildcards):
+    return DATASETS[wildcards.dataset]["protocol"]
+
+
 HEADS = f"{RESULTS}/heads/{{dataset}}/{{model}}/seed-{{seed}}"
 PREDICTIONS = f"{RESULTS}/predictions/{{dataset}}/{{model}}/seed-{{seed}}"
 METRICS = f"{RESULTS}/metrics/{{dataset}}/{{model}}/seed-{{seed}}"
 
 
+def heads_source(dataset):
+    """The dataset whose located heads this dataset's methods use (``heads_from``)."""
+    return DATASETS[dataset].get("heads_from") or dataset
+
+
 def located_files(wildcards):
     """Located-heads files the method (a configured id) of a predict job reads, by locator."""
-    folder = HEADS.format(**wildcards)
+    folder = HEADS.format(**{**wildcards, "dataset": heads_source(wildcards.dataset)})
     spec = METHODS[wildcards.method].spec
     return {
         loc: f"{folder}/{registry.LOCATORS[loc].path(wildcards.method)}" for loc in spec.locators
@@ -242,7 +321,7 @@ def per_method_pattern(locator):
 
 def cell_predictions(wildcards):
     folder = PREDICTIONS.format(**wildcards)
-    return {m: f"{folder}/{m}.parquet" for m in METHODS}
+    return {m: f"{folder}/{m}.parquet" for m in cell_methods(wildcards.dataset)}
 
 
 def seed_metrics(wildcards):
@@ -382,7 +461,7 @@ def all_targets():
 
 def report_common_inputs(wildcards):
     """Result tables every report notebook reads (paths become notebook parameters)."""
-    heads = HEADS.format(**wildcards)
+    heads = HEADS.format(**{**wildcards, "dataset": heads_source(wildcards.dataset)})
     metrics = METRICS.format(**wildcards)
     return {
         "dataset_meta": cell_meta(wildcards),

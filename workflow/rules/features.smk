@@ -20,6 +20,7 @@ rule encode_classes:
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
+        hf_home=hf_home_arg,
         templates=dataset_templates,
         convention=config["classifier"]["convention"],
         device=config["device"],
@@ -44,6 +45,7 @@ rule encode_method_texts:
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
+        hf_home=hf_home_arg,
         device=config["device"],
         code_version=CODE_VERSION,
     script:
@@ -71,6 +73,7 @@ rule extract_features:
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
+        hf_home=hf_home_arg,
         n_shards=shard_count,
         layers=config["features"]["layers"],
         dtype=config["features"]["dtype"],

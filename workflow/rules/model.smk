@@ -27,3 +27,24 @@ rule train_small_clip:
         code_version=CODE_VERSION,
     script:
         "../scripts/train_small_clip.py"
+
+
+# A localrule (Snakefile): on a cluster it runs where Snakemake runs, the login node, which
+# has internet; every other rule reads the cache offline (HF_HUB_OFFLINE=1).
+rule fetch_weights:
+    output:
+        f"{HF_HOME}/fetched/{{model}}.json",
+    log:
+        "logs/fetch_weights/{model}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        model_name=model_name,
+        pretrained=model_pretrained,
+        hf_home=hf_home_of_record,
+    script:
+        "../scripts/fetch_weights.py"

@@ -25,6 +25,7 @@ rule predict:
         method_params=method_params,
         locate_split=locate_split,
         test_split=test_split,
+        eval_splits=eval_splits,
         code_version=CODE_VERSION,
     script:
         "../scripts/predict.py"
@@ -53,6 +54,7 @@ rule predict_torch:
         method_params=method_params,
         locate_split=locate_split,
         test_split=test_split,
+        eval_splits=eval_splits,
         device=config["device"],
         code_version=CODE_VERSION,
     script:

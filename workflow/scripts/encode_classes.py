@@ -19,4 +19,5 @@ encode_classes(
     templates=snakemake.params.templates,
     convention=snakemake.params.convention,
     device=snakemake.params.device,
+    hf_home=snakemake.params.hf_home or None,
 )

@@ -16,5 +16,6 @@ encode_method_texts(
     texts_yaml=snakemake.input.texts,
     out=snakemake.output[0],
     device=snakemake.params.device,
+    hf_home=snakemake.params.hf_home or None,
     threads=snakemake.threads,
 )

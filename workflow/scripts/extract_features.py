@@ -22,6 +22,7 @@ extract_features(
     dtype=snakemake.params.dtype,
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
+    hf_home=snakemake.params.hf_home or None,
     threads=snakemake.threads,
     dataset=snakemake.wildcards.dataset,
 )

@@ -21,6 +21,7 @@ predict(
     out=snakemake.output[0],
     locate_split=snakemake.params.locate_split,
     test_split=snakemake.params.test_split,
+    eval_splits=snakemake.params.eval_splits,
     seed=int(snakemake.wildcards.seed),
     texts=snakemake.input.get("texts"),
     texts_yaml=snakemake.input.texts_yaml,

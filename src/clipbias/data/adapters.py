@@ -762,6 +762,8 @@ def genderbias_vl(
         "group_names": [f"{c} {g}" for c in classes for g in GENDERBIAS_GENDERS],
         "minority_groups": [],
         "candidate_columns": ["label", "attr_counterpart"],
+        # LTC locates on the worse gender of the 10 most biased locate occupations (§4.4)
+        "ltc_locate": {"policy": "worst_gender", "attribute": "gender", "top_k": 10},
         "counterparts": {occ: counterpart[occ] for occ in sorted(kept)},
         "locate_occupations": sorted(locate & set(kept)),
         "splits": _split_counts(df["split"]),

@@ -58,8 +58,16 @@ class MethodContext:
     text_spec: Mapping[str, Any] = field(default_factory=dict)
     located: Mapping[str, Any] = field(default_factory=dict)
     batch_rows: int = 4096
+    eval_splits: Sequence[str] = ()
     _features: FeatureSet | None = field(default=None, repr=False)
     _means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: retrieval scores [N, K] of the last :meth:`predict` (when the texts have ``retrieval``)
+    last_scores: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def splits(self) -> list[str]:
+        """Evaluation splits in order: the test split, then any further ``eval_splits``."""
+        return list(dict.fromkeys([self.test_split, *self.eval_splits]))
 
     @property
     def features(self) -> FeatureSet:
@@ -83,13 +91,13 @@ class MethodContext:
     def batches(
         self, split: str | None = None, layers: Sequence[int] | None = None
     ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-        """Stream (index, heads, rest) of ``split`` (default: the test split)."""
-        yield from self.features.iter_batches(
-            layers, split or self.test_split, batch_rows=self.batch_rows
-        )
+        """Stream (index, heads, rest) of ``split`` (default: every evaluation split in turn)."""
+        for s in [split] if split else self.splits:
+            yield from self.features.iter_batches(layers, s, batch_rows=self.batch_rows)
 
     def test_index(self) -> pd.DataFrame:
-        return self.features.index(split=self.test_split)
+        """Index rows of the evaluation splits, in the order :meth:`predict` returns them."""
+        return pd.concat([self.features.index(split=s) for s in self.splits], ignore_index=True)
 
     def head_means(self, split: str | None = None) -> np.ndarray:
         """Mean of every stored head over ``split`` (default: locate split), [L, H, D]."""
@@ -141,12 +149,17 @@ class MethodContext:
 
         Without ``edit`` the embedding is the plain sum ``heads.sum((1, 2)) + rest``;
         ``classifier`` defaults to the zero-shot one; ``layers`` restricts the heads read
-        (``rest`` then holds everything else, so sums are unchanged).
+        (``rest`` then holds everything else, so sums are unchanged). When the dataset's texts
+        define ``retrieval`` prompts, their cosine scores with the (edited) embedding are kept
+        in :attr:`last_scores` (the predict stage stores them with the predictions).
         """
         from clipbias.metrics import predict
 
         clf = self.classifier if classifier is None else classifier
-        out = []
+        retrieval = None
+        if len(self.texts.get("retrieval", ([], []))[0]):
+            retrieval = self.unit_texts("retrieval").T.astype(np.float64)  # [D, K]
+        out, scores = [], []
         for idx, heads, rest in self.batches(layers=layers):
             emb = (
                 heads.sum(axis=(1, 2), dtype=np.float64) + rest
@@ -154,8 +167,12 @@ class MethodContext:
                 else edit(heads, rest, idx)
             )
             out.append(predict(emb, clf, self.candidates(idx)))
+            if retrieval is not None:
+                e = np.asarray(emb, dtype=np.float64)
+                scores.append((e / np.linalg.norm(e, axis=1, keepdims=True)) @ retrieval)
         if not out:
-            raise ValueError(f"no rows of split {self.test_split!r} in {self.feature_dir}")
+            raise ValueError(f"no rows of splits {self.splits} in {self.feature_dir}")
+        self.last_scores = np.concatenate(scores).astype(np.float32) if scores else None
         return np.concatenate(out)
 
 
@@ -169,6 +186,7 @@ def open_context(
     text_spec: Mapping[str, Any] | None = None,
     located: Mapping[str, Any] | None = None,
     batch_rows: int = 4096,
+    eval_splits: Sequence[str] = (),
 ) -> MethodContext:
     """A context on ``feature_dir`` (its ``classifier.parquet``; ``texts`` = texts.parquet)."""
     from clipbias.features import read_classifier
@@ -188,4 +206,5 @@ def open_context(
         text_spec=dict(text_spec or {}),
         located=dict(located or {}),
         batch_rows=batch_rows,
+        eval_splits=list(eval_splits),
     )

@@ -76,9 +76,10 @@ def load_resource_yaml(name: str) -> Any:
 
 
 def load_resource_lines(name: str) -> list[str]:
-    """Non-empty, stripped lines of a text file in ``clipbias/resources/``."""
+    """Non-empty, stripped lines of a text file in ``clipbias/resources/`` (lines starting
+    with ``#`` are comments)."""
     text = resource_path(name).read_text(encoding="utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
 ``reject_pos``/``reject_neg`` (insight pairs, METHODS §4.7), ``ortho_spurious`` and
 ``ortho_candidate`` (Ortho-Cali prompts, §4.10), ``attribute`` (zero-shot prompts of the
-spurious attribute's values, §4.8). The text file keys are described in
+spurious attribute's values, §4.8), ``retrieval`` (concept prompts whose per-image scores are
+stored with the predictions, e.g. FairFace's MaxSkew, §4.11). The text file keys are described in
 ``config/texts/planted.yaml``. Encoded texts are stored raw (unnormalised) in
 ``texts.parquet`` next to the features: ``role, idx, text, embedding``.
 """
@@ -29,6 +30,7 @@ TEXT_ROLES = (
     "ortho_spurious",
     "ortho_candidate",
     "attribute",
+    "retrieval",
 )
 
 
@@ -63,7 +65,14 @@ def method_texts(spec: Mapping[str, Any]) -> dict[str, list[str]]:
         "ortho_spurious": list(oc.get("spurious", [])),
         "ortho_candidate": list(oc.get("candidates", [])),
         "attribute": list((spec.get("attribute_prompts", {}) or {}).get("default", [])),
+        "retrieval": retrieval_prompts(spec),
     }
+
+
+def retrieval_prompts(spec: Mapping[str, Any]) -> list[str]:
+    """``retrieval.template`` filled with each of ``retrieval.concepts`` (in order)."""
+    r = spec.get("retrieval") or {}
+    return [r.get("template", "A photo of a {} person").format(c) for c in r.get("concepts", [])]
 
 
 def write_method_texts(

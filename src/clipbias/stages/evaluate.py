@@ -100,9 +100,11 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 42,
     threads: int | None = None,
+    protocol: str = "none",
 ) -> None:
-    """Tidy metrics of every method (95 % stratified bootstrap intervals), paired differences
-    with zero-shot, and the random-control draws and summary (docs/DESIGN.md)."""
+    """Tidy metrics of every method on every evaluation split (95 % stratified bootstrap
+    intervals), paired differences with zero-shot, the random-control draws and summary (on
+    the test split), and the dataset's protocol metrics (:func:`protocol_rows`)."""
     import pandas as pd
 
     from clipbias.io import read_json
@@ -117,33 +119,40 @@ def evaluate(
 
     limit_blas_threads(threads)
     meta = read_json(dataset_meta)
-    tables, preds, draws_all, summaries = [], {}, [], []
+    tables, preds, draws_all, summaries, controls = [], {}, [], [], []
     point: dict[str, dict[str, float]] = {}
+    scores: dict[str, np.ndarray] = {}
     index = None
-    controls = []
     for method, path in predictions.items():
         df, draws, info = read_predictions(path)
         if index is None:
             index = df
         elif not df["image_id"].equals(index["image_id"]):
             raise ValueError(f"{path}: test rows differ from the other methods' predictions")
-        labels, groups = df["label"].to_numpy(), df["group"].to_numpy()
-        split = info["split"]
+        test = info["split"]
         if "pred" in df:
             preds[method] = df["pred"].to_numpy()
-            res = evaluate_predictions(
-                preds[method], labels, groups, meta.get("group_names"), method, split,
-                n_boot=n_boot, seed=seed,
-            )  # fmt: skip
-            tables.append(res)
-            point[method] = dict(zip(res["metric"], res["value"], strict=True))
+            for split, part in df.groupby("split", sort=False):
+                res = evaluate_predictions(
+                    part["pred"].to_numpy(), part["label"].to_numpy(), part["group"].to_numpy(),
+                    meta.get("group_names"), method, split, n_boot=n_boot, seed=seed,
+                )  # fmt: skip
+                tables.append(res)
+                if split == test:
+                    point[method] = dict(zip(res["metric"], res["value"], strict=True))
+            if "scores" in info:
+                scores[method] = info["scores"]
         if draws is not None:
+            on_test = (df["split"] == test).to_numpy()
             sets = [(d["spurious"], d["salient"]) for d in info["draw_meta"]]
-            table = draws_table(draws, sets, labels, groups)
+            table = draws_table(
+                draws[:, on_test], sets, df.loc[on_test, "label"].to_numpy(),
+                df.loc[on_test, "group"].to_numpy(),
+            )  # fmt: skip
             table = table.rename(columns={"S": "spurious", "Y": "salient"})
             table.insert(0, "method", method)
             draws_all.append(table)
-            tables.append(random_metric_rows(table, split, method))
+            tables.append(random_metric_rows(table, test, method))
             name = info.get("method_name", method)
             controls.append((method, registry.get(name).control_of, table))
     for method, observed_method, table in controls:
@@ -154,38 +163,125 @@ def evaluate(
         s.insert(0, "method", method)
         s.insert(1, "observed_method", observed_method)
         summaries.append(s)
+    tables += protocol_rows(protocol, index, preds, scores, meta)
     metrics = pd.concat(tables, ignore_index=True)
     _write_csv(metrics, out_metrics)
 
     ref = registry.REFERENCE_METHOD
-    paired = [
-        paired_rows(
-            m,
-            p,
-            ref,
-            preds[ref],
-            index["label"].to_numpy(),
-            index["group"].to_numpy(),
-            n_boot,
-            seed,
-        )  # fmt: skip
-        for m, p in preds.items()
-        if m != ref and ref in preds
-    ]
+    paired = []
+    for split, part in index.groupby("split", sort=False):
+        rows = part.index.to_numpy()
+        for m, p in preds.items():
+            if m == ref or ref not in preds:
+                continue
+            pr = paired_rows(
+                m, p[rows], ref, preds[ref][rows], part["label"].to_numpy(),
+                part["group"].to_numpy(), n_boot, seed,
+            )  # fmt: skip
+            pr.insert(2, "split", split)
+            paired.append(pr)
     paired_df = (
-        pd.concat(paired, ignore_index=True) if paired else pd.DataFrame(columns=PAIRED_COLUMNS)
+        pd.concat(paired, ignore_index=True)
+        if paired
+        else pd.DataFrame(columns=[*PAIRED_COLUMNS[:2], "split", *PAIRED_COLUMNS[2:]])
     )
     _write_csv(paired_df, out_paired)
     draws_df = pd.concat(draws_all, ignore_index=True) if draws_all else pd.DataFrame()
     _write_csv(draws_df, out_draws)
     summary_df = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     _write_csv(summary_df, out_random_summary)
-    pivot = metrics[metrics["metric"].isin(["avg_acc", "worst_group_acc", "gap"])].pivot(
-        index="method", columns="metric", values="value"
-    )
+    shown = metrics[metrics["metric"].isin(["avg_acc", "worst_group_acc", "gap"])]
+    pivot = shown.pivot_table(index="method", columns=["split", "metric"], values="value")
     log.info("evaluation:\n%s", pivot.round(4).to_string())
     if len(paired_df):
         log.info("paired with %s:\n%s", ref, paired_df.round(4).to_string(index=False))
+
+
+PROTOCOLS = ("none", "genderbias", "counteranimal", "fairface")
+
+
+def protocol_rows(protocol, index, preds, scores, meta) -> list:
+    """The dataset's own metrics (METHODS §4.11) for every method, as tidy rows
+    (``method, split, metric, value, group_name, n``; no bootstrap interval):
+
+    * ``genderbias``: overall and top-10 bias (|acc_female − acc_male| per occupation; the
+      top-10 occupations fixed from zero-shot) on every evaluation split;
+    * ``counteranimal``: common and counter accuracy, their gap, worst-10-class accuracy (the
+      classes with the largest zero-shot drop); needs both splits among the evaluation splits;
+    * ``fairface``: MaxSkew@k of the retrieval prompts' scores, uniform and empirical prior,
+      k = min(1000, images).
+    """
+
+    from clipbias import protocols
+    from clipbias.methods.registry import REFERENCE_METHOD
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    if protocol == "none" or not preds:
+        return []
+    label = index["label"].to_numpy()
+    dlabel = index["dataset_label"].to_numpy() if "dataset_label" in index else label
+    split = index["split"].to_numpy()
+    out = []
+
+    def tidy(df, method, sp):
+        df = df.copy()
+        df.insert(0, "method", method)
+        df.insert(1, "split", sp)
+        return df
+
+    if protocol == "genderbias":
+        gender = index[f"attr_{meta.get('protected_attribute') or 'gender'}"].to_numpy()
+        for sp in dict.fromkeys(split):
+            m = split == sp
+            top = protocols.genderbias_top_occupations(
+                preds[REFERENCE_METHOD][m] == label[m], dlabel[m], gender[m]
+            )
+            for method, p in preds.items():
+                rows = protocols.genderbias_bias(
+                    p[m] == label[m], dlabel[m], gender[m], top, meta.get("classes")
+                )
+                out.append(tidy(rows, method, sp).assign(n=int(m.sum())))
+    elif protocol == "counteranimal":
+        common, counter = split == "common", split == "counter"
+        if not common.any() or not counter.any():
+            raise ValueError(
+                "protocol counteranimal needs the common and counter splits among the "
+                "evaluation splits (datasets[].test_split: counter, eval_splits: [common])"
+            )
+        z = preds[REFERENCE_METHOD] == label
+        worst = protocols.counteranimal_worst_classes(
+            z[common], dlabel[common], z[counter], dlabel[counter]
+        )
+        for method, p in preds.items():
+            c = p == label
+            rows = protocols.counteranimal_metrics(
+                c[common], dlabel[common], c[counter], dlabel[counter], worst
+            )
+            out.append(tidy(rows, method, "counter").assign(n=int(counter.sum())))
+    elif protocol == "fairface":
+        if not scores:
+            raise ValueError(
+                "protocol fairface needs retrieval prompts in the dataset's texts file "
+                "(retrieval: {template, concepts}) so predictions carry their scores"
+            )
+        gender = index["attr_gender"].to_numpy()
+        k = int(min(1000, (gender >= 0).sum()))
+        for method, sc in scores.items():
+            for fn in (protocols.maxskew_uniform, protocols.maxskew_empirical):
+                rows = fn(sc, gender, n_values=2, k=k)
+                out.append(tidy(rows, method, str(split[0])).assign(n=k))
+    for df in out:
+        df["ci_low"] = float("nan")
+        df["ci_high"] = float("nan")
+    return (
+        [
+            df[["method", "split", "metric", "value", "ci_low", "ci_high", "group_name", "n"]]
+            for df in out
+        ]
+        if out
+        else []
+    )
 
 
 def planted_ground_truth(
@@ -200,6 +296,7 @@ def planted_ground_truth(
     from clipbias.features import FeatureSet, read_classifier
     from clipbias.ground_truth import head_attribute_table
     from clipbias.io import read_json
+    from clipbias.labels import classifier_labels
 
     meta = read_json(dataset_meta)
     attr = meta["spurious_attribute"]
@@ -210,7 +307,7 @@ def planted_ground_truth(
         heads,
         fs.layers,
         classifier,
-        idx["label"].to_numpy(),
+        classifier_labels(idx["label"].to_numpy(), meta),
         idx[f"attr_{attr}"].to_numpy(),
         n_boot=n_boot,
         seed=seed,

@@ -14,18 +14,29 @@ from clipbias.stages.common import maybe_fail_once, set_torch_threads
 log = logging.getLogger(__name__)
 
 
-def _load(model_name: str, pretrained: str | None, device: str | None):
+def _load(model_name: str, pretrained: str | None, device: str | None, hf_home: str | None = None):
+    """Load the model; with ``hf_home`` (a tag's weights) strictly offline from that cache
+    (``HF_HUB_OFFLINE=1``), with a clear error naming the fetch command when they are missing."""
     from clipbias.models import load_model
 
-    return load_model(model_name, pretrained if pretrained not in ("", "none") else None, device)
+    pretrained = pretrained if pretrained not in ("", "none") else None
+    if not hf_home:
+        return load_model(model_name, pretrained, device)
+    from clipbias.weights import check_offline, hub_cache_dir
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HOME"] = str(hf_home)
+    check_offline(model_name, pretrained, hf_home)
+    return load_model(model_name, pretrained, device, cache_dir=hub_cache_dir(hf_home))
 
 
 def class_prompts(dataset_dir: str | os.PathLike) -> list[str]:
-    """Class names as they appear in prompts (dataset.json ``class_prompt_names`` or ``classes``)."""
+    """Class names in prompts, in classifier order (``clipbias.labels.classifier_class_names``:
+    dataset.json ``class_prompt_names`` or ``classes``, or the ImageNet-1k names)."""
     from clipbias.io import read_json
+    from clipbias.labels import classifier_class_names
 
-    meta = read_json(Path(dataset_dir) / "dataset.json")
-    return list(meta.get("class_prompt_names", meta["classes"]))
+    return classifier_class_names(read_json(Path(dataset_dir) / "dataset.json"))
 
 
 def encode_classes(
@@ -36,12 +47,13 @@ def encode_classes(
     templates: Sequence[str],
     convention: str = "ltc",
     device: str | None = None,
+    hf_home: str | None = None,
 ) -> None:
     """Zero-shot classifier (METHODS §2.1) of the dataset's classes -> classifier.parquet."""
     from clipbias.features import write_classifier
     from clipbias.text import class_text_embeddings
 
-    loaded = _load(model_name, pretrained, device)
+    loaded = _load(model_name, pretrained, device, hf_home)
     names = class_prompts(dataset_dir)
     emb = class_text_embeddings(loaded.model, loaded.tokenizer, names, list(templates), convention)
     meta = {
@@ -67,6 +79,7 @@ def extract_features(
     device: str | None = None,
     threads: int | None = None,
     dataset: str | None = None,
+    hf_home: str | None = None,
 ) -> int:
     """Decompose one shard of the dataset index into ``out`` (Parquet, written atomically).
 
@@ -75,7 +88,7 @@ def extract_features(
 
     set_torch_threads(threads)
     maybe_fail_once("extract_features")
-    loaded = _load(model_name, pretrained, device)
+    loaded = _load(model_name, pretrained, device, hf_home)
     return extract_shard(
         loaded,
         dataset_dir,
@@ -97,6 +110,7 @@ def encode_method_texts(
     out: str | os.PathLike,
     device: str | None = None,
     threads: int | None = None,
+    hf_home: str | None = None,
 ) -> None:
     """Encode every method text of the dataset once with the text tower -> texts.parquet
     (raw, unnormalised embeddings; :mod:`clipbias.methods.texts`)."""
@@ -110,7 +124,7 @@ def encode_method_texts(
     from clipbias.text import encode_texts
 
     set_torch_threads(threads)
-    loaded = _load(model_name, pretrained, device)
+    loaded = _load(model_name, pretrained, device, hf_home)
     by_role = method_texts(read_spec(texts_yaml))
     texts = flatten_roles(by_role)
     emb = encode_texts(loaded.model, loaded.tokenizer, texts).float().cpu().numpy()

@@ -126,6 +126,7 @@ def locate_ltc(
     """LTC locate (METHODS §4.3-4.5, §4.8) on the locate split; both variants."""
     from clipbias.features import FeatureSet, read_classifier
     from clipbias.io import read_json, write_json
+    from clipbias.labels import classifier_labels
     from clipbias.methods import ltc
     from clipbias.methods.texts import read_method_texts, unit_rows
 
@@ -134,7 +135,7 @@ def locate_ltc(
     _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     fs = FeatureSet.open(feature_dir)
     idx, heads, rest = fs.load(split=split)
-    labels = idx["label"].to_numpy()
+    labels = classifier_labels(idx["label"].to_numpy(), meta)
     groups = idx["group"].to_numpy()
     attr_acc = None
     if not use_group_labels:
@@ -149,7 +150,28 @@ def locate_ltc(
         attr_acc = float(np.mean(s_hat == true_attr))
         log.info("inferred spurious attribute accuracy on %s: %.3f", split, attr_acc)
     minority = meta.get("minority_groups", [1, 2])
-    for variant, path in (("groups", out), ("full", out_full)):
+    cand = (
+        np.stack([idx[c].to_numpy(dtype=np.int64) for c in meta["candidate_columns"]], axis=1)
+        if meta.get("candidate_columns")
+        else None
+    )
+    variants = [("groups", out, None), ("full", out_full, None)]
+    policy = meta.get("ltc_locate") or {}
+    if policy.get("policy") == "worst_gender":
+        # GenderBias-VL (METHODS §4.4): the worse gender of the top_k most biased occupations
+        from clipbias.metrics import predict
+
+        preds = predict(heads.sum((1, 2)) + rest, classifier, cand)
+        mask = ltc.worst_gender_mask(
+            preds == labels,
+            idx["label"].to_numpy(),
+            idx[f"attr_{policy.get('attribute', 'gender')}"].to_numpy(),
+            int(policy.get("top_k", 10)),
+        )
+        variants[0] = ("full", out, mask)
+    elif policy:
+        raise ValueError(f"dataset.json ltc_locate policy {policy!r} is not supported")
+    for variant, path, mask in variants:
         res = ltc.locate_ltc(
             heads,
             rest,
@@ -159,5 +181,9 @@ def locate_ltc(
             groups=groups,
             minority_groups=minority,
             variant=variant,
+            candidates=cand,
+            sample_mask=mask,
         )
+        if mask is not None:
+            res["variant"] = policy["policy"]
         write_json(path, _ltc_json(res, split, use_group_labels, attr_acc))

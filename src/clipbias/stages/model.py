@@ -30,3 +30,12 @@ def train_small_clip(
         num_threads=threads,
         **dict(train),
     )
+
+
+def fetch_weights(
+    model_name: str, pretrained: str, hf_home: str | os.PathLike, record: str | os.PathLike
+) -> None:
+    """Download a tag's weights into ``<hf_home>/hub`` (needs internet) and record them."""
+    from clipbias.weights import fetch_weights as fetch
+
+    fetch(model_name, pretrained, hf_home, record_path=record)

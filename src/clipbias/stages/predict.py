@@ -5,9 +5,12 @@ The same function serves the ``predict`` rule (analysis env, no torch) and the
 (:attr:`clipbias.methods.registry.MethodSpec.env`).
 
 Predictions file (``predictions/{dataset}/{model}/seed-{seed}/{method}.parquet``): the index
-columns ``image_id, label, group, attr_*`` of the test split, ``pred`` (int64) or, for random
-controls, ``draws`` (fixed-size list of int32, one value per draw); schema metadata
-``clipbias.meta`` = ``{"method", "params", "split", "seed", "meta", "draw_meta"}``.
+columns ``image_id, split, label, group, attr_*`` of the evaluation splits (the test split,
+then any ``eval_splits``), ``pred`` (int64) or, for random controls, ``draws`` (fixed-size
+list of int32, one value per draw), and ``scores`` (fixed-size list of float32: cosine with
+each retrieval prompt) when the dataset's texts define them; schema metadata
+``clipbias.meta`` = ``{"method", "method_name", "params", "split", "splits", "seed", "meta",
+"draw_meta", "retrieval"}``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,15 +47,31 @@ def write_predictions(
     index,
     output,
     info: Mapping[str, Any],
+    dataset_meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write a method's :class:`~clipbias.methods.api.MethodOutput` (module doc format)."""
+    """Write a method's :class:`~clipbias.methods.api.MethodOutput` (module doc format).
+
+    ``label`` is written in the classifier's class space (``clipbias.labels``), the space of
+    ``pred``; a dataset whose classifier has other classes keeps its own labels as
+    ``dataset_label``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from clipbias.io import atomic_path
+    from clipbias.labels import classifier_labels
 
-    keep = ["image_id", "label", "group", *[c for c in index.columns if c.startswith("attr_")]]
+    keep = [
+        "image_id",
+        "split",
+        "label",
+        "group",
+        *[c for c in index.columns if c.startswith("attr_")],
+    ]
     cols = {c: pa.array(index[c].to_numpy()) for c in keep}
+    mapped = classifier_labels(index["label"].to_numpy(), dataset_meta or {})
+    if not np.array_equal(mapped, index["label"].to_numpy()):
+        cols["dataset_label"] = cols["label"]
+        cols["label"] = pa.array(mapped)
     n = len(index)
     if output.pred is not None:
         pred = np.asarray(output.pred, dtype=np.int64)
@@ -68,6 +87,13 @@ def write_predictions(
         )
     if "pred" not in cols and "draws" not in cols:
         raise ValueError("a method must return predictions or draws")
+    scores = info.get("scores")
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float32)
+        cols["scores"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(scores.reshape(-1)), scores.shape[1]
+        )
+    info = {k: v for k, v in info.items() if k != "scores"}
     meta = {**info, "meta": output.meta, "draw_meta": output.draw_meta}
     table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     with atomic_path(out) as tmp:
@@ -75,7 +101,8 @@ def write_predictions(
 
 
 def read_predictions(path: str | os.PathLike):
-    """(DataFrame without the draws column, draws [n_draws, N] or None, metadata dict)."""
+    """(DataFrame without the list columns, draws [n_draws, N] or None, metadata dict);
+    retrieval scores [N, K], when stored, are in ``meta["scores"]``."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -86,6 +113,10 @@ def read_predictions(path: str | os.PathLike):
         width = col.type.list_size
         draws = col.flatten().to_numpy().reshape(-1, width).T.astype(np.int64)
         table = table.drop(["draws"])
+    if "scores" in table.column_names:
+        col = table.column("scores").combine_chunks()
+        meta["scores"] = col.flatten().to_numpy().reshape(-1, col.type.list_size)
+        table = table.drop(["scores"])
     return table.to_pandas(), draws, meta
 
 
@@ -103,6 +134,7 @@ def predict(
     located: Mapping[str, str | os.PathLike] | None = None,
     threads: int | None = None,
     method_id: str | None = None,
+    eval_splits: Sequence[str] = (),
 ) -> None:
     """Run the registered ``method`` with ``params`` and write its predictions file.
 
@@ -127,6 +159,7 @@ def predict(
         texts=texts if spec.texts else None,
         text_spec=read_spec(texts_yaml) if texts_yaml else None,
         located=read_located(located or {}),
+        eval_splits=eval_splits,
     )
     output = spec.load()(ctx, **dict(params))
     info = {
@@ -134,10 +167,13 @@ def predict(
         "method_name": method,
         "params": dict(params),
         "split": test_split,
+        "splits": ctx.splits,
         "locate_split": locate_split,
         "seed": int(seed),
+        "retrieval": ctx.texts.get("retrieval", ([], None))[0] if output.pred is not None else [],
+        "scores": ctx.last_scores if output.pred is not None else None,
     }
-    write_predictions(out, ctx.test_index(), output, info)
+    write_predictions(out, ctx.test_index(), output, info, ctx.dataset_meta)
     log.info(
         "%s: %s predictions on %s (%s)", method, len(ctx.test_index()), test_split, output.meta
     )
