@@ -97,6 +97,7 @@ TABLES = {
         "main_table",
         "paired_table",
         "random_summary",
+        "reference_heads",
     ],
     "report_seeds": ["seeds_table"],
 }

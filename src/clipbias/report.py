@@ -425,3 +425,62 @@ def write_table(
         Path(tmp).write_text(to_latex(df, caption=caption, label=label, index=index))
     log.info("wrote table %s.{csv,md,tex}", stem)
     return paths
+
+
+#: LTC located-heads files -> the reference list names of METHODS Appendix B they compare to
+REFERENCE_LISTS = {
+    ("ltc", "spurious"): "S_true_groups",
+    ("ltc", "salient"): "Y_true_groups",
+    ("ltc_full", "spurious"): "S_ltc_full",
+    ("ltc_full", "salient"): "Y_ltc_full",
+}
+
+
+def reference_heads_table(
+    located: Mapping[str, Mapping[str, Any]],
+    dataset: str,
+    model_name: str,
+    pretrained: str | None,
+) -> pd.DataFrame:
+    """Located LTC heads vs the reference lists of METHODS Appendix B (regression fixtures,
+    acceptance: Jaccard >= 0.5 for the same weights, METHODS §4.12).
+
+    ``located``: ``{"ltc": ltc.json, "ltc_full": ltc_full.json}`` (parsed). One row per list
+    with columns ``List, Located, Reference, Jaccard, Verdict``; the verdict says why there
+    is none when the reference has no list for this dataset/model or was computed with other
+    weights (e.g. the planted benchmark, or ``openai`` weights).
+    """
+    from clipbias.protocols import compare_with_reference
+
+    rows = []
+    for (kind, key), list_name in REFERENCE_LISTS.items():
+        if kind not in located:
+            continue
+        heads = [x["head"] for x in located[kind].get(key, [])]
+        try:
+            c = compare_with_reference(heads, dataset, model_name, list_name, pretrained)
+        except KeyError:
+            rows.append(
+                {
+                    "List": list_name,
+                    "Located": ", ".join(heads) or "(none)",
+                    "Reference": "n/a",
+                    "Jaccard": "n/a",
+                    "Verdict": f"no reference list for {dataset} / {model_name}",
+                }
+            )
+            continue
+        if not c["comparable"]:
+            verdict = f"not comparable: reference computed with {c['weights']}"
+        else:
+            verdict = "pass" if c["passes"] else f"fail (< {c['threshold']})"
+        rows.append(
+            {
+                "List": list_name,
+                "Located": ", ".join(c["located"]) or "(none)",
+                "Reference": ", ".join(c["reference"]),
+                "Jaccard": f"{c['jaccard']:.2f}",
+                "Verdict": verdict,
+            }
+        )
+    return pd.DataFrame(rows, columns=["List", "Located", "Reference", "Jaccard", "Verdict"])

@@ -318,3 +318,17 @@ def test_grid_main_table(fx):
 
 def test_note_figure(tmp_path):
     assert_written(plots.note_figure("nothing configured", tmp_path / "n"), tmp_path / "n")
+
+
+def test_reference_heads_table():
+    ltc = {"spurious": [{"head": "L10H10"}, {"head": "L11H6"}], "salient": [{"head": "L11H5"}]}
+    t = report.reference_heads_table({"ltc": ltc}, "waterbirds", "ViT-B-16", "laion2b_s34b_b88k")
+    s = t.set_index("List").loc["S_true_groups"]
+    assert s["Reference"] == "L10H10, L11H3" and s["Jaccard"] == "0.33"  # 1 of 3 heads shared
+    assert s["Verdict"] == "fail (< 0.5)"
+    y = t.set_index("List").loc["Y_true_groups"]  # L11H5 of L11H5, L10H2: 1 / 2
+    assert y["Jaccard"] == "0.50" and y["Verdict"] == "pass"
+    other = report.reference_heads_table({"ltc": ltc}, "waterbirds", "ViT-B-16", "openai")
+    assert other["Verdict"].str.startswith("not comparable").all()
+    planted = report.reference_heads_table({"ltc": ltc}, "planted", "planted-vit-tiny", "train")
+    assert planted["Verdict"].str.startswith("no reference list").all()

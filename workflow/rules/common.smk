@@ -377,7 +377,14 @@ METHOD_FIGURES = [
     "group_accuracy",
     "random_distribution",
 ]
-METHOD_TABLES = ["heads_table", "group_accuracy", "main_table", "paired_table", "random_summary"]
+METHOD_TABLES = [
+    "heads_table",
+    "group_accuracy",
+    "main_table",
+    "paired_table",
+    "random_summary",
+    "reference_heads",
+]
 SEEDS_FIGURES = ["seeds_scatter"]
 SEEDS_TABLES = ["seeds_table"]
 _CAPTIONS = {

@@ -57,6 +57,8 @@ rule report_method:
         runtime=20,
     params:
         split=test_split,
+        model_name=model_name,
+        pretrained=model_pretrained,
         # not a planted benchmark: no sample images, training curve or ground truth
         dataset_dir="",
         train_log="",
