@@ -55,7 +55,7 @@ def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
     marked = incomplete_outputs(work)
     logs = work / "logs/tiny/extract_features/planted/planted-vit-tiny/seed-7"
     done, running = [], []
-    for i in range(3):
+    for i in range(2):
         shard = work / FEAT / f"shard-{i:05d}.parquet"
         rel = str(shard.relative_to(work))
         if shard.exists() and rel not in marked:
@@ -67,7 +67,7 @@ def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
 
 def test_every_stage_produced_its_outputs(tiny_run):
     manifest = json.loads((tiny_run / FEAT / "manifest.json").read_text())
-    assert manifest["n_shards"] == 3 and manifest["rows"] == 800 + 300 + 300
+    assert manifest["n_shards"] == 2 and manifest["rows"] == 800 + 300 + 300
     from clipbias.features import FeatureSet
 
     fs = FeatureSet.open(tiny_run / FEAT)
@@ -158,7 +158,7 @@ def test_sigkill_during_extraction_then_resume(tiny_run, tmp_path):
     for name, (mtime, sha) in complete.items():
         p = work / FEAT / name
         assert p.stat().st_mtime_ns == mtime and digest(p) == sha, f"{name} was recomputed"
-    assert len(list((work / FEAT).glob("shard-*.parquet"))) == 3
+    assert len(list((work / FEAT).glob("shard-*.parquet"))) == 2
     assert not list((work / FEAT).glob(".*.partial"))
 
 
@@ -182,7 +182,7 @@ def test_corrupted_shard_is_reported_with_rebuild_command(tiny_run, tmp_path):
 
 def test_transient_failure_succeeds_on_retry(tiny_run, tmp_path):
     work = copy_run(tiny_run, tmp_path / "wf")
-    for p in [*(work / FEAT).glob("shard-00002.parquet*"), work / FEAT / "manifest.json"]:
+    for p in [*(work / FEAT).glob("shard-00001.parquet*"), work / FEAT / "manifest.json"]:
         p.unlink()
     marker = tmp_path / "failed-once"
     env = {"CLIPBIAS_FAIL_ONCE": f"extract_features:{marker}"}

@@ -1,6 +1,6 @@
 """The reduced embedded default through profiles/slurm on a real SLURM cluster.
 
-tests/config/tiny.yaml passes through every stage (generation, training, extraction in 3
+tests/config/tiny.yaml passes through every stage (generation, training, extraction in 2
 shards, TextSpan, locating, correcting, evaluation, report notebook). Here every one of its
 jobs is submitted by the official executor plugin with `--profile profiles/slurm`, and the
 result tables must be byte-identical to a local run of the same config (``tiny_run``).
@@ -53,7 +53,7 @@ def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tiny_run, 
     expected = {
         "make_planted_dataset": 1,
         "train_small_clip": 1,
-        "extract_features": 3,
+        "extract_features": 2,
         "feature_manifest": 1,
         "textspan": 1,
         "locate_ltc": 1,
