@@ -314,7 +314,7 @@ def control_table(audit: AuditResults) -> pd.DataFrame:
                     "Beaten (%)": "n/a"
                     if c.get("frac_beaten") is None
                     else f"{100 * float(c['frac_beaten']):.1f}",
-                    "Rank": str(c["rank"]),
+                    "Rank": "n/a" if c.get("rank") is None else str(c["rank"]),
                     "p": fmt_p(c["p_value"]),
                     "ΔAcc selected (pp)": fmt_signed(c["delta_acc"], 2, 100.0),
                     "ΔAcc random mean (pp)": fmt_signed(c.get("delta_acc_mean"), 2, 100.0),

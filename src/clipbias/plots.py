@@ -771,15 +771,19 @@ def audit_random_control(
         c = controls[attr]
         d = draws_df[(draws_df["attribute"] == attr) & (draws_df["set"] == set_name)]
         x = d["v"].to_numpy(dtype=np.float64)
-        sns.histplot(
-            x=x,
-            ax=ax,
-            kde=len(x) >= 5 and np.ptp(x) > 0,
-            color=PALETTE[0],
-            alpha=0.45,
-            edgecolor="white",
-            label=f"random layer-matched sets (n = {len(x)})",
-        )
+        if len(x):
+            sns.histplot(
+                x=x,
+                ax=ax,
+                kde=len(x) >= 5 and np.ptp(x) > 0,
+                color=PALETTE[0],
+                alpha=0.45,
+                edgecolor="white",
+                label=f"random layer-matched sets (n = {len(x)})",
+            )
+        else:  # a layer holds more than half of its heads in the selected set
+            ax.text(0.5, 0.5, "no layer-matched random set exists", transform=ax.transAxes,
+                    ha="center", va="center", color="0.3")  # fmt: skip
         beaten = c.get("frac_beaten")
         extra = (
             ""

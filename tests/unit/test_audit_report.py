@@ -124,3 +124,19 @@ def test_audit_figures(audit, tmp_path):
         )
     with pytest.raises(ValueError, match="no transitions"):
         plots.audit_transitions(audit.table("transitions"), out=tmp_path / "x", condition="zz")
+
+
+def test_control_without_layer_matched_sets(audit, tmp_path):
+    """A layer holding more than half of its heads in the set: no random set, no p-value."""
+    c = {"selected": ["L3H0", "L3H1", "L3H2"], "mode": "enumerate", "n_sets": 0,
+         "v_before": 0.5, "v_selected": 0.45, "delta_v": -0.05, "delta_acc": 0.0,
+         "rank": None, "p_value": None, "frac_beaten": None, "mean": None, "sd": None,
+         "p05": None, "p95": None, "delta_acc_mean": None}  # fmt: skip
+    info = {
+        ("colour", "split"): {**audit.info[("colour", "split")], "random_control": {"top_k": c}}
+    }
+    row = ar.control_table(ar.AuditResults(audit.summary, info, audit.tables)).iloc[0]
+    assert (row["Rank"], row["p"], row["Beaten (%)"]) == ("n/a", "n/a", "n/a")
+    draws = audit.table("random_draws", "split").iloc[:0]
+    plots.audit_random_control(draws, {"colour": c}, out=tmp_path / "rc")
+    assert (tmp_path / "rc.png").stat().st_size > 1000
