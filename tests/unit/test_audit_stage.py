@@ -22,7 +22,7 @@ from clipbias.stages import audit as st
 from clipbias.stages import predict
 
 LAYERS = [0, 1, 2, 3]
-N_HEADS, DIM, N_CLS = 4, 8, 3
+N_HEADS, DIM, N_CLS = 6, 8, 3
 CARRIER = "L3H1"
 VALUES = ["red", "yellow"]  # dataset.json order; the texts list them reversed below
 
