@@ -5,7 +5,9 @@ Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
 ``ortho_candidate`` (Ortho-Cali prompts, §4.10), ``attribute`` (zero-shot prompts of the
 spurious attribute's values, §4.8). The text file keys are described in
 ``config/texts/planted.yaml``. Encoded texts are stored raw (unnormalised) in
-``texts.parquet`` next to the features: ``role, idx, text, embedding``.
+``texts.parquet`` next to the features: ``role, idx, text, embedding``. The fairness audit's
+``protected_attributes`` texts (METHODS §6.4, §3.7) are encoded separately, into
+``audit_texts.parquet`` (:func:`write_audit_texts`), so ``texts.parquet`` keeps its roles.
 """
 
 from __future__ import annotations
