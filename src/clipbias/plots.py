@@ -782,7 +782,7 @@ def audit_random_control(
                 label=f"random layer-matched sets (n = {len(x)})",
             )
         else:  # a layer holds more than half of its heads in the selected set
-            ax.text(0.5, 0.5, "no layer-matched random set exists", transform=ax.transAxes,
+            ax.text(0.5, 0.85, "no layer-matched random set exists", transform=ax.transAxes,
                     ha="center", va="center", color="0.3")  # fmt: skip
         beaten = c.get("frac_beaten")
         extra = (
