@@ -58,6 +58,7 @@ NOTEBOOKS = {
     "report_planted": "report_cell",
     "report_method": "report_cell",
     "report_seeds": "report_seeds",
+    "report_audit": "report_audit",
 }
 FIGURES = {
     "report_planted": [
@@ -80,6 +81,7 @@ FIGURES = {
         "random_distribution",
     ],
     "report_seeds": ["seeds_scatter"],
+    "report_audit": ["audit_random_control", "audit_cav_heatmap", "audit_transitions"],
 }
 TABLES = {
     "report_planted": [
@@ -100,6 +102,7 @@ TABLES = {
         "reference_heads",
     ],
     "report_seeds": ["seeds_table"],
+    "report_audit": ["audit_outcome", "audit_heads", "audit_random_control", "audit_transitions"],
 }
 
 

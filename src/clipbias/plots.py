@@ -730,3 +730,211 @@ def note_figure(text: str, out: str | os.PathLike) -> Figure:
     fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
     save_figure(fig, out)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Fairness audit (METHODS §6; tables of clipbias.stages.audit, read by clipbias.audit_report)
+# ---------------------------------------------------------------------------------------------
+
+
+def _panel_grid(fig: Figure, n: int, max_cols: int = 2):
+    cols = min(n, max_cols)
+    rows = int(np.ceil(n / cols))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n]
+
+
+@_styled
+def audit_random_control(
+    draws_df: pd.DataFrame,
+    controls: Mapping[str, Mapping[str, Any]],
+    *,
+    out: str | os.PathLike,
+    set_name: str = "top_k",
+    title: str | None = None,
+) -> Figure:
+    """Cramér's V before and after ablating the selected heads, on the distribution of V after
+    ablating layer-matched random head sets (METHODS §6.9). One panel per attribute.
+
+    ``draws_df``: ``random_draws.csv`` rows of one variant (``attribute, set, v, ...``);
+    ``controls``: {attribute: random-control summary of ``set_name``} (audit.json
+    ``random_control[set_name]``: ``v_before``, ``v_selected``, ``frac_beaten``, ``p_value``).
+    """
+    attrs = [a for a in controls if controls[a]]
+    if not attrs:
+        raise ValueError("no random-control summary to plot")
+    fig = new_figure(6.0 * min(len(attrs), 2), 4.4 * int(np.ceil(len(attrs) / 2)) + 0.4,
+                     layout="constrained")  # fmt: skip
+    for ax, attr in zip(_panel_grid(fig, len(attrs)), attrs, strict=True):
+        c = controls[attr]
+        d = draws_df[(draws_df["attribute"] == attr) & (draws_df["set"] == set_name)]
+        x = d["v"].to_numpy(dtype=np.float64)
+        if len(x):
+            sns.histplot(
+                x=x,
+                ax=ax,
+                kde=len(x) >= 5 and np.ptp(x) > 0,
+                color=PALETTE[0],
+                alpha=0.45,
+                edgecolor="white",
+                label=f"random layer-matched sets (n = {len(x)})",
+            )
+        else:  # a layer holds more than half of its heads in the selected set
+            ax.text(0.5, 0.85, "no layer-matched random set exists", transform=ax.transAxes,
+                    ha="center", va="center", color="0.3")  # fmt: skip
+        beaten = c.get("frac_beaten")
+        extra = (
+            ""
+            if beaten is None
+            else f"; beats {100 * beaten:.0f} % of sets, p = {c['p_value']:.3g}"
+        )
+        ax.axvline(c["v_selected"], color=LTC_COLOUR, lw=2.5,
+                   label=f"selected heads: V = {c['v_selected']:.3f}{extra}")  # fmt: skip
+        ax.axvline(c["v_before"], color=ZERO_SHOT_COLOUR, lw=2, ls="--",
+                   label=f"before ablation: V = {c['v_before']:.3f}")  # fmt: skip
+        ax.set_xlabel("Cramér's V(predicted class, attribute) after ablation")
+        ax.set_ylabel("Number of random sets")
+        ax.set_title(f"{attr}: {', '.join(c.get('selected', []))}", fontsize=11)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize=8)
+        ax.margins(x=0.1)
+    fig.suptitle(title or "Selected heads vs layer-matched random heads")
+    save_figure(fig, out)
+    return fig
+
+
+@_styled
+def audit_cav_heatmap(
+    scores_df: pd.DataFrame,
+    selections: Mapping[str, Mapping[str, Any]],
+    layers: Sequence[int],
+    n_heads: int,
+    *,
+    out: str | os.PathLike,
+    value: str = "d_within",
+    title: str | None = None,
+    annotate: bool | None = None,
+) -> Figure:
+    """Layers x heads heatmap of the per-head CAV effect (METHODS §6.4), one panel per
+    attribute: the signed standardised mean difference of the ranking CAV's projections
+    (``value`` = ``d_within``, falling back to ``d`` when no class qualifies), diverging
+    colours centred at 0. Top-k heads get a solid box ("K"), greedy heads a dashed one ("G").
+
+    ``scores_df``: ``head_scores.csv`` rows of one variant; ``selections``: {attribute:
+    audit.json ``selection``} (``rank_cav``, ``top_k``, ``greedy``).
+    """
+    attrs = list(selections)
+    if not attrs:
+        raise ValueError("no attribute to plot")
+    layers = [int(x) for x in layers]
+    mats, labels = [], []
+    for attr in attrs:
+        sc = scores_df[(scores_df["attribute"] == attr)
+                       & (scores_df["cav"] == selections[attr]["rank_cav"])]  # fmt: skip
+        col = value if sc[value].notna().any() else "d"
+        mats.append(_head_matrix(sc, layers, n_heads, col))
+        labels.append(f"{attr}: {'within-class d' if col == 'd_within' else 'd'} "
+                      f"({selections[attr]['rank_cav']})")  # fmt: skip
+    vmax = max(float(np.nanmax(np.abs(m.to_numpy()))) if np.isfinite(m.to_numpy()).any() else 0
+               for m in mats) or 1.0  # fmt: skip
+    if annotate is None:
+        annotate = len(layers) * n_heads <= 100
+    w = max(3.8, 0.45 * n_heads + 1.8)
+    h = max(2.8, 0.3 * len(layers) + 1.4)
+    fig = new_figure(w * len(attrs) + 0.4, h + 0.7, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(attrs), squeeze=False).ravel())
+    for ax, attr, mat, label in zip(axes, attrs, mats, labels, strict=True):
+        with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad (mpl >= 3.10)
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(mat, ax=ax, cmap=DIVERGING_CMAP, vmin=-vmax, vmax=vmax, center=0.0,
+                        annot=annotate, fmt=".2f", annot_kws={"fontsize": 7}, linewidths=0.3,
+                        linecolor="white", cbar_kws={"label": "standardised mean difference",
+                                                     "shrink": 0.9})  # fmt: skip
+        sel = selections[attr]
+        row = {lyr: i for i, lyr in enumerate(layers)}
+        for ids, tag, ls, lw in ((sel.get("top_k", []), "K", "-", 2.2),
+                                 (sel.get("greedy", []), "G", "--", 1.6)):  # fmt: skip
+            for hid in ids:
+                lyr, hh = (int(x) for x in hid[1:].split("H"))
+                if lyr not in row:
+                    continue
+                i = row[lyr]
+                ax.add_patch(Rectangle((hh, i), 1, 1, fill=False, ec="white", lw=lw + 2, zorder=3))
+                ax.add_patch(Rectangle((hh, i), 1, 1, fill=False, ec="black", lw=lw, ls=ls,
+                                       zorder=3))  # fmt: skip
+                ax.text(hh + 0.92 if tag == "G" else hh + 0.08, i + 0.1, tag, fontsize=7,
+                        fontweight="bold", ha="right" if tag == "G" else "left", va="top",
+                        zorder=4)  # fmt: skip
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("Head")
+        ax.set_ylabel("Layer")
+        ax.tick_params(axis="y", rotation=0)
+    handles = [Patch(fc="white", ec="black", lw=2, ls="-", label="K: top-k heads"),
+               Patch(fc="white", ec="black", lw=1.5, ls="--", label="G: greedy set")]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    fig.suptitle(title or "Per-head zero-shot CAV scores")
+    save_figure(fig, out)
+    return fig
+
+
+TRANSITION_COLOURS = {
+    "wrong_to_right": PALETTE[2],  # green
+    "right_to_wrong": PALETTE[3],  # vermillion
+    "wrong_to_other_wrong": "0.6",
+}
+TRANSITION_LABELS = {
+    "wrong_to_right": "wrong → right",
+    "right_to_wrong": "right → wrong",
+    "wrong_to_other_wrong": "wrong → other wrong",
+}
+
+
+@_styled
+def audit_transitions(
+    transitions_df: pd.DataFrame,
+    *,
+    out: str | os.PathLike,
+    condition: str = "top_k",
+    max_classes: int = 10,
+    title: str | None = None,
+) -> Figure:
+    """Prediction transitions after ablation (METHODS §6.10), one panel per attribute:
+    stacked horizontal bars of wrong→right, right→wrong and wrong→other-wrong counts for the
+    most stereotyped classes (else the classes with most changes) and the totals, with the
+    share of changed predictions that land on the true class.
+
+    ``transitions_df``: ``transitions.csv`` rows of one variant (``attribute, condition,
+    class_index, class_name, stereotyped, ...``)."""
+    from clipbias.audit_report import transition_rows
+
+    df = transitions_df[transitions_df["condition"] == condition]
+    attrs = list(dict.fromkeys(df["attribute"]))
+    if not attrs:
+        raise ValueError(f"no transitions of condition {condition!r}")
+    parts = {a: transition_rows(df[df["attribute"] == a], max_classes) for a in attrs}
+    n_rows = max(len(p) for p in parts.values())
+    fig = new_figure(6.4 * len(attrs), 0.38 * n_rows + 1.9, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(attrs), squeeze=False).ravel())
+    for ax, attr in zip(axes, attrs, strict=True):
+        p = parts[attr].iloc[::-1].reset_index(drop=True)
+        names = [n if i >= 0 else f"({n})" for n, i in zip(p["class_name"], p["class_index"],
+                                                           strict=True)]  # fmt: skip
+        left = np.zeros(len(p))
+        for key, colour in TRANSITION_COLOURS.items():
+            vals = p[key].to_numpy(dtype=np.float64)
+            ax.barh(np.arange(len(p)), vals, left=left, color=colour, label=TRANSITION_LABELS[key],
+                    edgecolor="white", height=0.7)  # fmt: skip
+            left += vals
+        for y, (tot, share) in enumerate(zip(left, p["share_changed_to_true"], strict=True)):
+            if np.isfinite(share):
+                ax.text(tot, y, f"  {100 * share:.0f} % to true", va="center", fontsize=8)
+        ax.set_yticks(np.arange(len(p)), names)
+        ax.set_xlabel("Images whose prediction changed")
+        ax.set_title(attr, fontsize=11)
+        ax.set_xlim(0, 1.35 * max(float(left.max()), 1.0))  # room for the share labels
+    handles = [Patch(fc=c, label=TRANSITION_LABELS[k]) for k, c in TRANSITION_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle(title or "Prediction transitions after ablating the selected heads")
+    save_figure(fig, out)
+    return fig

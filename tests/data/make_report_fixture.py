@@ -285,13 +285,108 @@ def train_log(rng):
     }
 
 
+# ------------------------------------------------------------------------ fairness audit
+AUDIT_D = 8  # dims 0-1 class directions, 2 the colour direction u, 3-7 noise
+AUDIT_CARRIERS = {(3, 1): 1.0, (2, 3): 0.45}  # heads carrying colour (and a push to circle)
+AUDIT_POOL = BACKGROUND_TEXTS + SHAPE_TEXTS + OTHER_TEXTS
+AUDIT_CONCEPTS = {
+    "red": ["a red circle", "a red triangle", "a photo of a red circle",
+            "a photo of a red triangle", "a red shape"],
+    "yellow": ["a yellow circle", "a yellow triangle", "a photo of a yellow circle",
+               "a photo of a yellow triangle", "a yellow shape"],
+}  # fmt: skip
+AUDIT_BIAS = {
+    v: [f"a {v} shape", f"a {v} circle", f"a {v} triangle", f"a small {v} circle",
+        f"a small {v} triangle", f"a picture of a {v} circle", f"a picture of a {v} triangle",
+        f"a drawing of a {v} circle", f"a {v} icon", f"a bright {v} object"]
+    for v in ("red", "yellow")
+}  # fmt: skip
+
+
+def audit_split(rng, n, split):
+    """Simulated decomposition: colour (yellow = 1) goes with triangle in 80 % of images; the
+    carrier heads add (2a - 1)(u - push e0), pushing yellow images away from circle."""
+    y = rng.integers(0, 2, n)
+    a = np.where(rng.random(n) < 0.8, y, 1 - y)
+    heads = rng.normal(0, 0.1, (n, len(LAYERS), N_HEADS, AUDIT_D)).astype(np.float32)
+    sign = (2 * a - 1).astype(np.float32)
+    for (layer, h), w in AUDIT_CARRIERS.items():
+        heads[:, layer, h, 2] += w * sign
+        heads[:, layer, h, 0] -= 0.6 * w * sign
+    rest = rng.normal(0, 0.35, (n, AUDIT_D)).astype(np.float32)
+    rest[np.arange(n), y] += 1.0
+    index = pd.DataFrame(
+        {
+            "image_id": [f"{split}_{i:05d}" for i in range(n)],
+            "path": [f"images/{split}/{split}_{i:06d}.png" for i in range(n)],
+            "split": split,
+            "label": y,
+            "group": 2 * y + rng.integers(0, 2, n),
+            "attr_background": rng.integers(0, 2, n),
+            "attr_place": rng.integers(0, 4, n),
+            "attr_colour": a,
+        }
+    )
+    return index, heads, rest
+
+
+def audit_fixture(rng, data_dir: Path, cell: str) -> None:
+    """Run the audit stage (clipbias.stages.audit) on a simulated feature store: the tables
+    under audit/<cell>/ and heads/<cell>/audit.json are the stage's own output."""
+    import tempfile
+
+    from clipbias.features import build_table, write_classifier, write_manifest, write_shard
+    from clipbias.methods.audit import audit_texts, text_table
+    from clipbias.methods.texts import write_audit_texts, write_method_texts
+    from clipbias.stages.audit import audit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        parts = [audit_split(rng, 800, "val"), audit_split(rng, 600, "test")]
+        index = pd.concat([p[0] for p in parts], ignore_index=True)
+        heads = np.concatenate([p[1] for p in parts])
+        rest = np.concatenate([p[2] for p in parts])
+        emb = heads.sum((1, 2)) + rest
+        meta = {"layers": LAYERS, "n_layers": len(LAYERS), "n_heads": N_HEADS,
+                "dim": AUDIT_D, "head_dim": 2}  # fmt: skip
+        ones = np.ones(len(index), np.float32)
+        table = build_table(index, heads, rest, emb, ones, ones, ones, LAYERS, "float32", meta)
+        write_shard(table, root / "shard-00000.parquet")
+        write_manifest([root / "shard-00000.parquet"], root / "manifest.json")
+        write_classifier(root / "classifier.parquet", ["circle", "triangle"],
+                         np.eye(2, AUDIT_D, dtype=np.float32), {})  # fmt: skip
+        pool = rng.normal(0, 1, (len(AUDIT_POOL), AUDIT_D))
+        pool[:, 2] *= 0.05
+        write_method_texts(root / "texts.parquet", {"pool": AUDIT_POOL}, pool)
+        spec = {"protected_attributes": {"colour": {
+            "description": "object colour (simulated)", "values": AUDIT_CONCEPTS,
+            "bias_texts": AUDIT_BIAS, "axis": ["yellow", "red"]}}}  # fmt: skip
+        attrs = audit_texts(spec)
+        texts = text_table(attrs)
+        text_emb = rng.normal(0, 0.3, (len(texts), AUDIT_D))
+        sign = np.where(texts["value"] == "yellow", 1.0, -1.0)
+        text_emb[:, 2] += np.where(texts["role"] == "concept", 3.0, 1.0) * sign
+        text_emb[:, 0] -= np.where(texts["role"] == "bias", 0.6, 0.0) * sign
+        text_emb[:, 3] += 2.0
+        write_audit_texts(root / "audit_texts.parquet", texts, text_emb, attrs)
+        out_dir = OUT / "audit" / cell
+        audit(
+            root, data_dir / "dataset.json", root / "texts.parquet", root / "audit_texts.parquet",
+            out_dir, OUT / "heads" / cell / "audit.json", "val", "test", seed=SEEDS[0],
+            params={"n_boot": N_BOOT, "n_draws": 200, "top_classes": 2,
+                    "textspan": {"m": 4, "first_rank_max": 2}},
+        )  # fmt: skip
+
+
 README = """# Report fixture (generated, do not edit)
 
 A tiny, simulated experiment in the result-table formats of docs/DESIGN.md ("Result
 tables"), laid out like `results/{experiment}/` for one grid cell (dataset `planted`, model
 `planted-vit-tiny`, 4 layers x 4 heads; seed 42 complete, seeds 1 and 2 metrics only). The report notebooks default to these files and
 tests/unit/test_plots.py and tests/integration/test_notebooks.py run on them. The numbers
-are made up (LTC locates L3H1 and L2H0, the planted heads); regenerate with
+are made up (LTC locates L3H1 and L2H0, the planted heads). `audit/` and `heads/.../audit.json`
+are the audit stage's output on a simulated feature store (colour carried by L3H1 and L2H3);
+regenerate with
 
     .venv/bin/python tests/data/make_report_fixture.py
 """
@@ -352,6 +447,7 @@ def main() -> None:
         ground_truth_table(rng, planted_s), OUT / "ground_truth" / cell / "head_attribute.csv"
     )
     write_json(train_log(rng), OUT / "models" / cell / "train_log.json")
+    audit_fixture(np.random.default_rng(SEED + 1), data_dir, cell)
     (OUT / "README.md").write_text(README)
     print(f"wrote {OUT}")  # noqa: T201 - command-line script
 

@@ -31,12 +31,14 @@ INPUT_PARAMS = {
         "ground_truth",
     ],
     "report_seeds": ["summary"],
+    "report_audit": ["audit_dir", "audit_heads", "dataset_meta"],
 }
 # extra -p parameters of each rule's case
 RULE_PARAMS = {
     "report_planted": [],
     "report_method": ["-p", "dataset_dir", "", "-p", "train_log", "", "-p", "ground_truth", ""],
     "report_seeds": [],
+    "report_audit": [],
 }
 
 
@@ -122,6 +124,9 @@ def test_notebook_runs_under_papermill(name, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     html = out_nb.with_suffix(".html").read_text()
     assert html.count("data:image/png;base64") >= len(FIGURES[name])
+    if name == "report_audit":  # V before/after, the random control, the selected heads
+        assert "Cramér" in html and "Random sets beaten" in html and "L3H1" in html
+        return
     assert "Worst-group" in html
     if name != "report_seeds":
         assert "McNemar" in html  # the paired comparison with zero-shot

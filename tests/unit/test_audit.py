@@ -473,6 +473,19 @@ def wide_case():
     return make_case(n=400, n_heads=16, layers=(9, 10, 11), carrier=(11, 5), seed=1)
 
 
+def test_random_control_without_layer_matched_sets_is_undefined(case):
+    # 3 of the 4 heads of layer 11: no other 3-head set exists in that layer
+    means = ltc.head_means(case["heads"])
+    pool = [f"L11H{h}" for h in range(4)]
+    eng = audit.LogitDeltas(case["heads"], case["rest"], case["classifier"], case["layers"],
+                            pool, means)  # fmt: skip
+    draws, summ = audit.random_control(eng, case["labels"], case["attr"], pool[:3], 4)
+    assert summ["n_sets"] == 0 and draws.empty
+    assert summ["rank"] is None and summ["p_value"] is None and summ["frac_beaten"] is None
+    assert summ["delta_v"] is not None
+    json.dumps(summ, allow_nan=False)
+
+
 def test_random_control_beats_495_layer_matched_sets(wide_case):
     c = wide_case
     cav = audit.zero_shot_cavs(c["text"], axis=["v1", "v0"])

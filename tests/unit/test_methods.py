@@ -19,11 +19,13 @@ from clipbias.methods import ortho_cali as oc
 from clipbias.methods import roboshot as rs
 from clipbias.methods import textspan_ablation as ta
 from clipbias.methods.texts import write_method_texts
+from clipbias.stages import audit as st_audit
 from clipbias.stages import evaluate as ev
 from clipbias.stages import locate, predict
 
 LAYERS = [0, 1, 2, 3]
 N_HEADS, DIM = 3, 8
+AUDIT_TOP_K, AUDIT_GREEDY = ["L3H0", "L2H1", "L3H2", "L2H0"], ["L3H0"]
 
 
 def _split(rng, n, split, shift):
@@ -87,11 +89,19 @@ def store(tmp_path_factory):
     }
     (root / "texts.yaml").write_text(yaml.safe_dump(spec))
     dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
-             "minority_groups": [1, 2], "spurious_attribute": "background"}  # fmt: skip
+             "minority_groups": [1, 2], "spurious_attribute": "background",
+             "protected_attribute": "background"}  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(dmeta))
     locate.locate_ltc(root, root / "dataset.json", root / "texts.parquet", root / "ltc.json",
                       root / "ltc_full.json", split="val")  # fmt: skip
     locate.textspan(root, root / "texts.parquet", root / "textspan.csv", "val", m=3)
+    # the audit's located heads (format of the audit rule; the sets are set by hand)
+    audit_sets = {"background": {"split": {"top_k": AUDIT_TOP_K, "greedy": AUDIT_GREEDY,
+                                           "values": ["land", "water"], "rank_cav": "c", "k": 4},
+                                 "single_pool": {"top_k": ["L0H0"], "greedy": []}}}  # fmt: skip
+    (root / "audit.json").write_text(
+        json.dumps(st_audit.locator_json(audit_sets, [2, 3], 4, N_HEADS, "val", "test"))
+    )
     val = index["split"] == "val"
     arrays = {
         "heads": heads[~val.to_numpy()],
@@ -109,7 +119,7 @@ def _run(store, method, **overrides):
     root, _ = store
     spec = registry.get(method)
     files = {"ltc": root / "ltc.json", "ltc_full": root / "ltc_full.json",
-             "textspan": root / "textspan.csv"}  # fmt: skip
+             "textspan": root / "textspan.csv", "audit": root / "audit.json"}  # fmt: skip
     out = root / "pred" / f"{method}.parquet"
     predict.predict(
         method, spec.resolve_params(overrides), root, root / "dataset.json", out, "val", "test",
@@ -158,6 +168,8 @@ def test_every_registered_method_matches_its_algorithm(store):
         "ablate": ltc.ltc_correct(h, r, LAYERS, s, [], None, mv),
         "ltc_no_ablate": ltc.ltc_correct(h, r, LAYERS, [], y, q, None),
         "ltc_full": ltc.ltc_correct(h, r, LAYERS, sf, yf, q, mv),
+        "audit_ablation": ltc.ltc_correct(h, r, LAYERS, AUDIT_TOP_K, [], None, mv),
+        "audit_ablation_greedy": ltc.ltc_correct(h, r, LAYERS, AUDIT_GREEDY, [], None, mv),
     }
     for method in registry.names():
         df, draws, meta = _pred(_run(store, method))

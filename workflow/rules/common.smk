@@ -442,6 +442,7 @@ def report_targets():
             for d in DATASETS
             for m in MODELS
         ]
+    out += audit_report_targets()
     return out
 
 
@@ -459,6 +460,7 @@ def table_targets():
         f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
     ]
     targets.append(f"{RESULTS}/tables/grid_main.csv")
+    targets += audit_table_targets()
     return list(dict.fromkeys(targets))
 
 
@@ -494,3 +496,72 @@ def report_planted_inputs(wildcards):
 
 def report_dataset_dir(wildcards):
     return data_root(wildcards.dataset, wildcards.seed)
+
+
+# -------------------------------------------------------------------------------- audit
+# The mechanistic fairness audit (METHODS §6; workflow/rules/audit.smk) runs on every cell
+# when a configured method reads its located heads (registry locator "audit").
+AUDIT = f"{RESULTS}/audit/{{dataset}}/{{model}}/seed-{{seed}}"
+AUDIT_FIGURES = ["audit_random_control", "audit_cav_heatmap", "audit_transitions"]
+AUDIT_TABLES = ["audit_outcome", "audit_heads", "audit_random_control", "audit_transitions"]
+_AUDIT_TEXT_KEYS = ("min_concept_texts", "min_bias_texts")
+
+
+def audit_configured():
+    return any("audit" in c.spec.locators for c in METHODS.values())
+
+
+def _check_audit_texts():
+    """Every dataset needs a protected_attributes block when an audit method is configured."""
+    import yaml
+
+    if not audit_configured():
+        return
+    for name, entry in DATASETS.items():
+        path = Path(entry["texts"])
+        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if not isinstance(spec, dict) or not spec.get("protected_attributes"):
+            raise ValueError(
+                f"config: the audit methods need a protected_attributes block in the text "
+                f"file of dataset {name!r} ({path}; structure: config/texts/facet.yaml), or "
+                f"remove audit_ablation* from methods"
+            )
+
+
+_check_audit_texts()
+
+
+def audit_params():
+    """The audit block without the text-file checks (edits of those rerun only encoding)."""
+    return {k: v for k, v in config["audit"].items() if k not in _AUDIT_TEXT_KEYS}
+
+
+def audit_inputs(wildcards):
+    folder = feature_dir(wildcards.dataset, wildcards.model, wildcards.seed)
+    return {**cell_features(wildcards), "audit_texts": f"{folder}/audit_texts.parquet"}
+
+
+def audit_table_targets():
+    if not audit_configured():
+        return []
+    return [
+        path.format(dataset=d, model=m, seed=s)
+        for d, m, s in cells()
+        for path in (AUDIT, f"{HEADS}/audit.json")
+    ]
+
+
+def audit_report_targets():
+    if not audit_configured():
+        return []
+    return [
+        f"{REPORT_DIR.format(dataset=d, model=m, seed=s)}/report_audit.html" for d, m, s in cells()
+    ]
+
+
+def report_audit_inputs(wildcards):
+    return {
+        "audit_dir": AUDIT.format(**wildcards),
+        "audit_heads": f"{HEADS.format(**wildcards)}/audit.json",
+        "dataset_meta": cell_meta(wildcards),
+    }

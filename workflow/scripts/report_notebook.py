@@ -1,4 +1,5 @@
-"""Adapter: rule report_planted, report_method, report_seeds -> clipbias.stages.report.run_notebook."""
+"""Adapter: rules report_planted, report_method, report_seeds, report_audit ->
+clipbias.stages.report.run_notebook."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING

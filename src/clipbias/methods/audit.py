@@ -1231,7 +1231,9 @@ def random_control(
     n_possible, n_sets, v_before, v_selected, delta_v, acc_before, delta_acc, rank``
     (1 + #{ΔV′ < ΔV_S}: 1 = the largest reduction), ``p_value`` = (1 + #{ΔV′ <= ΔV_S}) / (R + 1) (one-sided), ``frac_beaten`` =
     #{ΔV′ > ΔV_S} / R, the random ΔV′ ``mean, sd, p05, p50, p95``, ``delta_acc_mean``,
-    ``delta_acc_sd``, ``seed``, ``bias_correction``.
+    ``delta_acc_sd``, ``seed``, ``bias_correction``. Without any layer-matched set (a layer
+    holds more than half of its heads in S) the statistics of the draws, ``rank`` and
+    ``p_value`` are ``None``.
     """
     y = np.asarray(labels, dtype=np.int64)
     vcalc = _VCalc(attr, engine.base.shape[1])
@@ -1261,8 +1263,9 @@ def random_control(
         "delta_v": _f(dv_s),
         "acc_before": _f(acc0),
         "delta_acc": _f(acc_s - acc0),
-        "rank": int(1 + np.sum(dv < dv_s - tol)),
-        "p_value": _f((1 + np.sum(dv <= dv_s + tol)) / (r + 1)),
+        # no layer-matched set (k_l > n_heads - k_l in some layer): rank and p undefined
+        "rank": int(1 + np.sum(dv < dv_s - tol)) if r else None,
+        "p_value": _f((1 + np.sum(dv <= dv_s + tol)) / (r + 1)) if r else None,
         "frac_beaten": _f(np.mean(dv > dv_s + tol)) if r else None,
         "mean": _f(dv.mean()) if r else None,
         "sd": _f(dv.std(ddof=1)) if r > 1 else None,

@@ -59,6 +59,9 @@ LOCATORS: Mapping[str, Locator] = MappingProxyType(
             "ltc_full", "ltc_full.json", "locate_ltc", "LTC S and Y from all correct/wrong"
         ),
         "textspan": Locator("textspan", "textspan.csv", "textspan", "TextSpan descriptions"),
+        "audit": Locator(
+            "audit", "audit.json", "audit", "Fairness audit: top-k and greedy heads per attribute"
+        ),
     }
 )
 
@@ -131,6 +134,9 @@ def _same_kind(default: Any, value: Any) -> bool:
 
 _LTC = "clipbias.methods.ltc"
 _LTC_PARAMS = {"ablation_stats": "locate", "ablation": "mean", "renormalize_after_edit": False}
+_AUDIT = "clipbias.methods.audit_ablation"
+# attribute "" = the dataset's protected_attribute; variant: split | single_pool (selection)
+_AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"}
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
@@ -255,6 +261,26 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 params=_frozen({"n_draws": 100, "last_layers": 4, "ablation_stats": "locate"}),
                 requires=("ltc",),
                 control_of="ltc",
+            ),
+            MethodSpec(
+                "audit_ablation",
+                "Audit: top-k heads ablated",
+                "audit",
+                _AUDIT,
+                description="Mean-ablate the fairness audit's top-k heads of one attribute (§6.6)",
+                locators=("audit",),
+                params=_frozen(_AUDIT_PARAMS),
+                fixed=_frozen({"head_set": "top_k"}),
+            ),
+            MethodSpec(
+                "audit_ablation_greedy",
+                "Audit: greedy heads ablated",
+                "audit",
+                _AUDIT,
+                description="Mean-ablate the fairness audit's greedy head set (§6.6 [REC])",
+                locators=("audit",),
+                params=_frozen(_AUDIT_PARAMS),
+                fixed=_frozen({"head_set": "greedy"}),
             ),
         )
     }

@@ -6,7 +6,9 @@ Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
 spurious attribute's values, §4.8), ``retrieval`` (concept prompts whose per-image scores are
 stored with the predictions, e.g. FairFace's MaxSkew, §4.11). The text file keys are described in
 ``config/texts/planted.yaml``. Encoded texts are stored raw (unnormalised) in
-``texts.parquet`` next to the features: ``role, idx, text, embedding``.
+``texts.parquet`` next to the features: ``role, idx, text, embedding``. The fairness audit's
+``protected_attributes`` texts (METHODS §6.4, §3.7) are encoded separately, into
+``audit_texts.parquet`` (:func:`write_audit_texts`), so ``texts.parquet`` keeps its roles.
 """
 
 from __future__ import annotations
@@ -135,3 +137,74 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit texts (METHODS §6.4 concept texts, §3.7 bias texts): audit_texts.parquet
+# ---------------------------------------------------------------------------------------------
+
+AUDIT_TEXTS_KEY = b"clipbias.audit_texts"
+AUDIT_TEXT_COLUMNS = ["attribute", "role", "value", "text"]
+
+
+def write_audit_texts(
+    out: str | os.PathLike,
+    table: Any,
+    embeddings: np.ndarray,
+    attributes: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Write ``audit_texts.parquet`` next to the features: the rows of
+    :func:`clipbias.methods.audit.text_table` (``attribute, role, value, text``; role
+    ``concept`` or ``bias``) with their raw text embeddings (``embedding``, aligned rows).
+
+    ``attributes`` (``{attribute: {"values": [names in order], "axis": [a, b],
+    "description": str}}``, from :func:`clipbias.methods.audit.audit_texts`) is stored as
+    JSON schema metadata, so the audit needs no other copy of the text file.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipbias.io import atomic_path
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or len(emb) != len(table):
+        raise ValueError(f"{len(table)} audit texts but embeddings of shape {emb.shape}")
+    missing = sorted(set(table["attribute"]) - set(attributes))
+    if missing:
+        raise ValueError(f"audit texts of attribute(s) {missing} have no attribute metadata")
+    cols = {c: pa.array([str(x) for x in table[c]], pa.string()) for c in AUDIT_TEXT_COLUMNS}
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
+    )
+    meta = {
+        str(a): {
+            "values": [str(v) for v in spec["values"]],
+            "axis": [str(v) for v in spec["axis"]],
+            "description": str(spec.get("description", "")),
+        }
+        for a, spec in attributes.items()
+    }
+    table_pa = pa.table(cols).replace_schema_metadata({AUDIT_TEXTS_KEY: json.dumps(meta).encode()})
+    with atomic_path(out) as tmp:
+        pq.write_table(table_pa, tmp)
+
+
+def read_audit_texts(path: str | os.PathLike) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """``(table, embeddings [M, D] raw, attributes)`` of :func:`write_audit_texts`."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    pa_table = pq.read_table(path)
+    meta = (pa_table.schema.metadata or {}).get(AUDIT_TEXTS_KEY)
+    if meta is None:
+        raise ValueError(f"{path} is not an audit texts table (no {AUDIT_TEXTS_KEY.decode()})")
+    df = pa_table.to_pandas()
+    emb = (
+        np.stack(df["embedding"].to_numpy()).astype(np.float32)
+        if len(df)
+        else np.zeros((0, 0), np.float32)
+    )
+    return df[AUDIT_TEXT_COLUMNS].reset_index(drop=True), emb, json.loads(meta)

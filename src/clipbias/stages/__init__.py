@@ -15,4 +15,5 @@ only what its env provides.
 | :mod:`.predict` | predict (analysis), predict_torch (torch) |
 | :mod:`.evaluate` | evaluate, planted_ground_truth, summarize_seeds, grid_table (analysis) |
 | :mod:`.report` | report notebooks (report) |
+| :mod:`.audit` | encode_audit_texts (torch); audit (analysis) |
 """

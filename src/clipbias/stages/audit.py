@@ -1,0 +1,473 @@
+"""Rules of ``workflow/rules/audit.smk``: the mechanistic fairness audit (METHODS §6).
+
+* ``encode_audit_texts`` (torch env): the ``protected_attributes`` texts of the dataset's
+  text file (structure: ``config/texts/facet.yaml``) through the text tower, once per feature
+  instance -> ``audit_texts.parquet`` next to the features
+  (:func:`clipbias.methods.texts.write_audit_texts`);
+* ``audit`` (analysis env, no torch): :func:`clipbias.methods.audit.audit_attribute` for
+  every protected attribute of the audit texts that is also an attribute of
+  ``dataset.json``, on the split variant (heads located on the dataset's locate split,
+  effects on its test split; a stratified 50/50 split when both are the same split) and the
+  single-pool variant (locate and evaluate on the union, as the paper appears to do).
+
+Output folder ``results/{experiment}/audit/{dataset}/{model}/seed-{seed}/``::
+
+    summary.json                      attributes audited / skipped, splits, parameters
+    <attribute>/<variant>/audit.json  selection, CAVs, random-control summaries, texts used
+    <attribute>/<variant>/<table>.csv the tables of audit_attribute (TABLE_KEYS), the
+                                      bias-augmented TextSpan table and its statistics
+
+``variant`` is ``split`` or ``single_pool``. The located heads
+``heads/{dataset}/{model}/seed-{seed}/audit.json`` (:func:`locator_json`) give the top-k and
+greedy sets per attribute and variant to the ``audit_ablation*`` methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipbias.stages.common import limit_blas_threads, set_torch_threads
+
+log = logging.getLogger(__name__)
+
+#: Tables of :func:`clipbias.methods.audit.audit_attribute` written as ``<key>.csv``.
+TABLE_KEYS = (
+    "head_scores",
+    "stereotype_logit",
+    "ranking",
+    "greedy_trace",
+    "outcome",
+    "per_class",
+    "delta_v",
+    "random_draws",
+    "attribution",
+    "stereotyped_classes",
+    "transitions",
+)
+VARIANTS = ("split", "single_pool")
+
+#: The ``audit:`` config block's defaults (workflow/schemas/config.schema.yaml; METHODS §6).
+PARAM_DEFAULTS: dict[str, Any] = {
+    "k": 4,
+    "terminal_layers": 4,
+    "cav_score": "abs_d_within",
+    "flagged_first": True,
+    "min_per_group": 10,
+    "greedy": True,
+    "greedy_min_drop": 0.002,
+    "greedy_max_acc_drop": 0.005,
+    "greedy_max_k": None,
+    "transductive": True,
+    "single_pool": True,
+    "locate_fraction": 0.5,
+    "max_enumerate": 10_000,
+    "n_draws": 1_000,
+    "n_boot": 2_000,
+    "top_classes": 5,
+    "disparity": "acc_gap",
+    "stereotype_split": "locate",
+    "stereotype_score": True,
+    "stereotype_min_lift": 1.0,
+    "bias_correction": False,
+    "textspan": {
+        "enabled": True,
+        "m": 60,
+        "rank": None,
+        "top_k": 10,
+        "first_rank_max": 5,
+        "share_quantile": 0.95,
+    },
+}
+#: Keys of ``audit:`` read by ``encode_audit_texts`` only (text-file validation).
+TEXT_PARAM_DEFAULTS = {"min_concept_texts": 5, "min_bias_texts": 20}
+# parameters of audit_attribute taken over unchanged from the config block
+_PASSED = (
+    "k",
+    "terminal_layers",
+    "cav_score",
+    "flagged_first",
+    "min_per_group",
+    "greedy",
+    "greedy_min_drop",
+    "greedy_max_acc_drop",
+    "greedy_max_k",
+    "transductive",
+    "max_enumerate",
+    "n_draws",
+    "n_boot",
+    "top_classes",
+    "disparity",
+    "stereotype_split",
+    "stereotype_score",
+    "stereotype_min_lift",
+    "bias_correction",
+)
+
+
+def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The audit parameters: :data:`PARAM_DEFAULTS` updated by ``params`` (the config's
+    ``audit:`` block; its text-validation keys are ignored here). Unknown keys are errors."""
+    out = copy.deepcopy(PARAM_DEFAULTS)
+    for key, value in (params or {}).items():
+        if key in TEXT_PARAM_DEFAULTS:
+            continue
+        if key not in out:
+            raise ValueError(f"audit: unknown parameter {key!r}; known: {sorted(out)}")
+        if key == "textspan":
+            bad = sorted(set(value or {}) - set(out["textspan"]))
+            if bad:
+                raise ValueError(
+                    f"audit.textspan: unknown key(s) {bad}; known: {sorted(out['textspan'])}"
+                )
+            out["textspan"].update(value or {})
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# encode_audit_texts (torch env)
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_audit_texts(
+    model_name: str,
+    pretrained: str | None,
+    texts_yaml: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str | None = None,
+    threads: int | None = None,
+    min_concept_texts: int = TEXT_PARAM_DEFAULTS["min_concept_texts"],
+    min_bias_texts: int = TEXT_PARAM_DEFAULTS["min_bias_texts"],
+) -> None:
+    """Validate the ``protected_attributes`` block of ``texts_yaml``
+    (:func:`clipbias.methods.audit.audit_texts`) and encode its concept and bias texts
+    without templates (METHODS §3.8) -> ``audit_texts.parquet``."""
+    from clipbias.methods.audit import audit_texts, text_table
+    from clipbias.methods.texts import read_spec, write_audit_texts
+    from clipbias.models import load_model
+    from clipbias.text import encode_texts
+
+    set_torch_threads(threads)
+    spec = read_spec(texts_yaml)
+    try:
+        attrs = audit_texts(spec, min_concept_texts, min_bias_texts)
+    except ValueError as err:
+        raise ValueError(
+            f"{texts_yaml}: {err}. The fairness audit (audit_ablation methods) needs this "
+            "block; remove those methods from the config for datasets without it."
+        ) from None
+    table = text_table(attrs)
+    loaded = load_model(model_name, pretrained if pretrained not in ("", "none") else None, device)
+    emb = encode_texts(loaded.model, loaded.tokenizer, table["text"].tolist())
+    write_audit_texts(out, table, emb.float().cpu().numpy(), attrs)
+    log.info(
+        "encoded %d audit texts: %s",
+        len(table),
+        {a: int((table["attribute"] == a).sum()) for a in attrs},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# audit (analysis env)
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_cell(fs, splits: Sequence[str], terminal: Sequence[int], cav_matrix: np.ndarray):
+    """One pass over ``splits`` (in order): index, heads of the ``terminal`` layers
+    [N, L_t, H, D], rest (everything else) [N, D] and the projections of every stored head
+    on each CAV column [N, L, H, K] (float32; METHODS §6.4 s_{l,h}(x) = <ĉ_{l,h}(x), v>).
+    Arrays are preallocated: the whole-model heads are never held at once."""
+    import pandas as pd
+
+    counts = [len(fs.index(split=s)) for s in splits]
+    for s, c in zip(splits, counts, strict=True):
+        if c == 0:
+            raise ValueError(f"split {s!r} has no rows in {fs.folder}")
+    n, layers = sum(counts), fs.layers
+    t_pos = [layers.index(int(x)) for x in terminal]
+    others = [i for i in range(len(layers)) if i not in t_pos]
+    heads = np.empty((n, len(t_pos), fs.n_heads, fs.dim), dtype=np.float32)
+    rest = np.empty((n, fs.dim), dtype=np.float32)
+    proj = np.empty((n, len(layers), fs.n_heads, cav_matrix.shape[1]), dtype=np.float32)
+    v = cav_matrix.astype(np.float32)
+    frames, i = [], 0
+    for s in splits:
+        for idx, h, r in fs.iter_batches(None, s, batch_rows=256):
+            m = len(idx)
+            heads[i : i + m] = h[:, t_pos]
+            rest[i : i + m] = r + h[:, others].sum(axis=(1, 2), dtype=np.float64)
+            proj[i : i + m] = np.einsum("nlhd,dk->nlhk", h, v)
+            frames.append(idx)
+            i += m
+    if i != n:
+        raise ValueError(f"read {i} rows of {splits} from {fs.folder}, expected {n}")
+    return pd.concat(frames, ignore_index=True), heads, rest, proj, counts
+
+
+def _rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``x[mask]`` as a view when the mask is one contiguous block (no copy of big arrays)."""
+    if mask is None:
+        return x
+    sel = np.flatnonzero(mask)
+    if len(sel) and sel[-1] - sel[0] + 1 == len(sel):
+        return x[sel[0] : sel[-1] + 1]
+    return x[mask]
+
+
+def _augmented_pool(
+    pool_texts: Sequence[str], pool_emb: np.ndarray, bias_texts: Sequence[str], bias_emb: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """R⁺ = general pool ∪ bias texts (METHODS §3.7 step 2), unit-norm embeddings."""
+    from clipbias.methods.texts import unit_rows
+    from clipbias.methods.textspan import augment_pool
+
+    lut = {t.strip(): e for t, e in zip(pool_texts, unit_rows(pool_emb), strict=True)}
+    lut.update({t.strip(): e for t, e in zip(bias_texts, unit_rows(bias_emb), strict=True)})
+    texts, _ = augment_pool(pool_texts, bias_texts)
+    return texts, np.stack([lut[t] for t in texts])
+
+
+def locator_json(
+    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    layers: Sequence[int],
+    n_layers: int,
+    n_heads: int,
+    locate_split: str,
+    test_split: str,
+    skipped: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``heads/{cell}/audit.json``: ``{"method": "fairness_audit", "locate_split",
+    "test_split", "layers" (candidate layers), "n_layers", "n_heads", "skipped_attributes",
+    "attributes": {attribute: {"values", "rank_cav", "k", <variant>: {"top_k": [ids],
+    "greedy": [ids]}}}}``. ``results``: {attribute: {variant: selection dict of
+    :func:`clipbias.methods.audit.audit_attribute` plus "values"}}."""
+    attrs: dict[str, Any] = {}
+    for attr, by_variant in results.items():
+        first = next(iter(by_variant.values()))
+        entry: dict[str, Any] = {
+            "values": list(first["values"]),
+            "rank_cav": first["rank_cav"],
+            "k": int(first["k"]),
+        }
+        for variant, sel in by_variant.items():
+            entry[variant] = {"top_k": list(sel["top_k"]), "greedy": list(sel["greedy"])}
+        attrs[attr] = entry
+    return {
+        "method": "fairness_audit",
+        "locate_split": locate_split,
+        "test_split": test_split,
+        "layers": [int(x) for x in layers],
+        "n_layers": int(n_layers),
+        "n_heads": int(n_heads),
+        "skipped_attributes": list(skipped),
+        "attributes": attrs,
+    }
+
+
+def audit(
+    feature_dir: str | os.PathLike,
+    dataset_meta: str | os.PathLike,
+    texts: str | os.PathLike,
+    audit_texts: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    out_heads: str | os.PathLike,
+    locate_split: str,
+    test_split: str,
+    seed: int = 42,
+    params: Mapping[str, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """The fairness audit of one grid cell (module docstring); returns the locator dict.
+
+    ``texts`` is the cell's ``texts.parquet`` (its ``pool`` role is the general TextSpan pool
+    R_general), ``audit_texts`` its ``audit_texts.parquet``. ``params``: the config's
+    ``audit:`` block (:func:`resolve_params`). ``seed`` seeds the stratified split (when
+    ``locate_split == test_split``), the bootstraps and the random control. Outputs depend
+    only on the inputs (wall times go to the log and the rule's benchmark file).
+    """
+    from clipbias.features import FeatureSet, read_classifier
+    from clipbias.io import atomic_path, read_json, write_json
+    from clipbias.methods import audit as au
+    from clipbias.methods.texts import read_audit_texts, read_method_texts
+    from clipbias.stages.locate import textspan_rank
+
+    limit_blas_threads(threads)
+    p = resolve_params(params)
+    ts = p["textspan"]
+    meta = read_json(dataset_meta)
+    if meta.get("candidate_columns"):
+        raise ValueError(
+            f"{dataset_meta}: the dataset classifies each image among its own candidate "
+            f"classes ({meta['candidate_columns']}); the fairness audit needs one classifier "
+            "over all classes. Remove the audit methods for this dataset."
+        )
+    names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
+    table, emb, attr_meta = read_audit_texts(audit_texts)
+    ds_attrs = meta.get("attributes") or {}
+    chosen = [a for a in attr_meta if a in ds_attrs]
+    skipped = [a for a in attr_meta if a not in ds_attrs]
+    if skipped:
+        log.warning(
+            "protected attribute(s) %s of the audit texts are not attributes of %s (%s): skipped",
+            skipped,
+            dataset_meta,
+            list(ds_attrs),
+        )
+    if not chosen:
+        raise ValueError(
+            f"none of the protected attributes {list(attr_meta)} of the audit texts is an "
+            f"attribute of {dataset_meta} ({list(ds_attrs)}); name them as in dataset.json "
+            "in the text file's protected_attributes block"
+        )
+
+    fs = FeatureSet.open(feature_dir)
+    n_layers, n_heads = int(fs.meta["n_layers"]), fs.n_heads
+    terminal = au.terminal_layer_numbers(fs.layers, p["terminal_layers"], n_layers)
+    cavs: dict[str, list] = {}
+    for a in chosen:
+        sub = table[table["attribute"] == a]
+        value_emb = {}
+        for v in attr_meta[a]["values"]:
+            rows = ((sub["role"] == "concept") & (sub["value"] == v)).to_numpy()
+            value_emb[v] = emb[sub.index.to_numpy()[rows]]
+        cavs[a] = au.zero_shot_cavs(value_emb, axis=attr_meta[a]["axis"])
+    columns = [(a, c.name) for a in chosen for c in cavs[a]]
+    cav_matrix = np.stack([c.vector for a in chosen for c in cavs[a]], axis=1)
+    splits = [locate_split] if locate_split == test_split else [locate_split, test_split]
+    t0 = time.perf_counter()
+    idx, heads, rest, proj, counts = _load_cell(fs, splits, terminal, cav_matrix)
+    log.info(
+        "loaded %s rows of %s (%d terminal layers %s) in %.1f s",
+        counts,
+        splits,
+        len(terminal),
+        terminal,
+        time.perf_counter() - t0,
+    )
+    labels = idx["label"].to_numpy(dtype=np.int64)
+    pool_texts, pool_emb = read_method_texts(texts)["pool"]
+    rank = textspan_rank(fs.meta, ts["rank"])
+
+    selections: dict[str, dict[str, Any]] = {}
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        for a in chosen:
+            col = f"attr_{a}"
+            if col not in idx.columns:
+                raise ValueError(f"the features have no column {col} (dataset attribute {a!r})")
+            vals = list(attr_meta[a]["values"])
+            codes = au.value_codes(vals, ds_attrs[a])
+            attr = au.recode_attr(idx[col].to_numpy(), [codes[v] for v in vals])
+            if len(splits) == 2:
+                is_locate = np.arange(len(idx)) < counts[0]
+            else:
+                is_locate = au.locate_evaluate_split(labels, attr, p["locate_fraction"], seed)
+            variants: dict[str, np.ndarray | None] = {"split": is_locate}
+            if p["single_pool"]:
+                variants["single_pool"] = None
+            proj_a = {c: proj[..., j] for j, (aa, c) in enumerate(columns) if aa == a}
+            bias = table[(table["attribute"] == a) & (table["role"] == "bias")]
+            bias_texts = bias["text"].tolist()
+            aug_texts, aug_emb = _augmented_pool(
+                pool_texts, pool_emb, bias_texts, emb[bias.index.to_numpy()]
+            )
+            selections[a] = {}
+            for variant, mask in variants.items():
+                t1 = time.perf_counter()
+                ts_table, bias_stats = None, None
+                if ts["enabled"]:
+                    ts_table, bias_stats = au.bias_textspan(
+                        _rows(heads, mask),
+                        terminal,
+                        aug_texts,
+                        aug_emb,
+                        bias_texts,
+                        m=min(int(ts["m"]), len(aug_texts)),
+                        rank=rank,
+                        top_k=ts["top_k"],
+                        first_rank_max=ts["first_rank_max"],
+                        share_quantile=ts["share_quantile"],
+                    )
+                res = au.audit_attribute(
+                    heads,
+                    rest,
+                    classifier,
+                    terminal,
+                    labels,
+                    attr,
+                    cavs[a],
+                    vals,
+                    attribute=a,
+                    is_locate=mask,
+                    proj=proj_a,
+                    proj_layers=fs.layers,
+                    bias_stats=bias_stats,
+                    n_layers=n_layers,
+                    class_names=names,
+                    seed=int(seed),
+                    **{k: p[k] for k in _PASSED},
+                )
+                seconds = time.perf_counter() - t1
+                folder = tmp / a / variant
+                folder.mkdir(parents=True)
+                for key in TABLE_KEYS:
+                    if res.get(key) is not None:
+                        res[key].insert(1, "variant", variant)
+                        res[key].to_csv(folder / f"{key}.csv", index=False)
+                if ts_table is not None:
+                    for name, df in (("textspan", ts_table), ("textspan_bias", bias_stats)):
+                        df = df.copy()
+                        df.insert(0, "attribute", a)
+                        df.insert(1, "variant", variant)
+                        df.to_csv(folder / f"{name}.csv", index=False)
+                sel = {**res["selection"], "values": vals}
+                selections[a][variant] = sel
+                write_json(
+                    folder / "audit.json",
+                    {
+                        "attribute": a,
+                        "variant": variant,
+                        "values": vals,
+                        "dataset_values": list(ds_attrs[a]),
+                        "axis": list(attr_meta[a]["axis"]),
+                        "description": attr_meta[a].get("description", ""),
+                        "locate_split": locate_split,
+                        "test_split": test_split,
+                        "selection": res["selection"],
+                        "random_control": res["random_control"],
+                        "cavs": res["cavs"],
+                        "textspan": {
+                            **ts,
+                            "rank": int(rank),
+                            "pool_size": len(aug_texts),
+                            "n_bias_texts": len(bias_texts),
+                            "layers": [int(x) for x in terminal],
+                        },
+                    },
+                )
+                log.info("audit %s / %s: %.1f s", a, variant, seconds)
+        locator = locator_json(
+            selections, terminal, n_layers, n_heads, locate_split, test_split, skipped
+        )
+        log.info("audit of %s: %.1f s", chosen, time.perf_counter() - t0)
+        write_json(
+            tmp / "summary.json",
+            {
+                **locator,
+                "variants": [v for v in VARIANTS if v == "split" or p["single_pool"]],
+                "split_sizes": dict(zip(splits, counts, strict=True)),
+                "stored_layers": fs.layers,
+                "seed": int(seed),
+                "params": p,
+            },
+        )
+    write_json(out_heads, locator)
+    return locator
