@@ -32,6 +32,7 @@ include: "workflow/rules/locate.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/refineclip.smk"
 
 
 rule all:

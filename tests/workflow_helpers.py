@@ -58,6 +58,7 @@ NOTEBOOKS = {
     "report_planted": "report_cell",
     "report_method": "report_cell",
     "report_seeds": "report_seeds",
+    "report_refineclip": "report_refineclip",
 }
 FIGURES = {
     "report_planted": [
@@ -80,6 +81,7 @@ FIGURES = {
         "random_distribution",
     ],
     "report_seeds": ["seeds_scatter"],
+    "report_refineclip": ["utility_vs_t", "edit_success_vs_locality", "alpha_beta_sensitivity"],
 }
 TABLES = {
     "report_planted": [
@@ -99,6 +101,12 @@ TABLES = {
         "random_summary",
     ],
     "report_seeds": ["seeds_table"],
+    "report_refineclip": [
+        "refineclip_heads",
+        "refineclip_main",
+        "refineclip_stability",
+        "refineclip_edit",
+    ],
 }
 
 

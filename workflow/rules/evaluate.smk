@@ -21,6 +21,7 @@ rule evaluate:
         runtime=20,
     params:
         n_boot=config["evaluate"]["n_boot"],
+        edit_targets=dataset_edit_targets,
         code_version=CODE_VERSION,
     script:
         "../scripts/evaluate.py"

@@ -20,4 +20,5 @@ evaluate(
     n_boot=snakemake.params.n_boot,
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
+    edit_targets=snakemake.params.edit_targets,
 )

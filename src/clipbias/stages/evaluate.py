@@ -100,9 +100,12 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 42,
     threads: int | None = None,
+    edit_targets: str | Sequence[str] | None = None,
 ) -> None:
     """Tidy metrics of every method (95 % stratified bootstrap intervals), paired differences
-    with zero-shot, and the random-control draws and summary (docs/DESIGN.md)."""
+    with zero-shot, and the random-control draws and summary (docs/DESIGN.md). With
+    ``edit_targets`` (the dataset's, :func:`clipbias.methods.fewshot.edit_target_classes`),
+    every method also gets edit-success and locality rows (METHODS §7.1)."""
     import pandas as pd
 
     from clipbias.io import read_json
@@ -154,6 +157,8 @@ def evaluate(
         s.insert(0, "method", method)
         s.insert(1, "observed_method", observed_method)
         summaries.append(s)
+    if edit_targets and preds:
+        tables.append(_edit_rows(edit_targets, meta, preds, index, split))
     metrics = pd.concat(tables, ignore_index=True)
     _write_csv(metrics, out_metrics)
 
@@ -186,6 +191,21 @@ def evaluate(
     log.info("evaluation:\n%s", pivot.round(4).to_string())
     if len(paired_df):
         log.info("paired with %s:\n%s", ref, paired_df.round(4).to_string(index=False))
+
+
+def _edit_rows(spec, meta, preds, index, split):
+    """Edit success / locality rows of every method with predictions (RefineCLIP §5.8)."""
+    import pandas as pd
+
+    from clipbias.methods.fewshot import edit_target_classes
+    from clipbias.methods.refineclip import edit_metric_rows
+    from clipbias.methods.registry import REFERENCE_METHOD
+
+    labels = index["label"].to_numpy()
+    targets = edit_target_classes(spec, meta["classes"], labels, preds.get(REFERENCE_METHOD))
+    log.info("edit targets %s: %s", spec, [meta["classes"][t] for t in targets])
+    rows = [r for m, p in preds.items() for r in edit_metric_rows(m, split, p, labels, targets)]
+    return pd.DataFrame(rows)
 
 
 def planted_ground_truth(

@@ -220,36 +220,51 @@ def refineclip_sensitivity(
     """α/β sensitivity (paper Appendix B, Figs. 5-8): the method's adapter (variant, τ, lr)
     retrained for every (α, β) of :func:`sensitivity_runs`, accuracy curves per step; ``steps``
     0 = the method's own."""
-    import pandas as pd
-
     from clipbias.io import atomic_path, read_json
     from clipbias.methods.fewshot import resolve_tau
-    from clipbias.methods.refineclip_adapt import train_adapter
 
     limit_blas_threads(threads)
     inp = _phase2_inputs(feature_dir, dataset_meta, read_json(phase1), edit_targets, test_split)
     settings = adapter_settings(params)
-    settings["objective"] = "refineclip"
     if steps:
         settings["steps"] = int(steps)
     tau = resolve_tau(params.get("tau"), feature_dir)
+    table = sensitivity_table(inp, settings, tau, values, int(seed), device)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("sensitivity: %d runs, targets %s", len(sensitivity_runs(values)), inp["targets"])
+
+
+def sensitivity_table(
+    inp: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    tau: float,
+    values: Sequence[float],
+    seed: int,
+    device: str | None = None,
+):
+    """The sweep of :func:`sensitivity_runs` on prepared phase-2 inputs (``emb, labels,
+    classifier, teacher, success, locality, eval_sets``): one adapter per (α, β) with the
+    ``refineclip`` objective, curves of the evaluation sets (:data:`SENSITIVITY_COLUMNS`)."""
+    import pandas as pd
+
+    from clipbias.methods.refineclip_adapt import train_adapter
+
+    settings = {**settings, "objective": "refineclip"}
     frames = []
     for sweep, a, b in sensitivity_runs(values):
         settings.update(alpha=a, beta=b)
         res = train_adapter(
             inp["emb"], inp["labels"], inp["classifier"], inp["teacher"], inp["success"],
-            inp["locality"], tau=tau, seed=int(seed), eval_sets=inp["eval_sets"],
-            device=device, **settings,
+            inp["locality"], tau=tau, seed=seed, eval_sets=inp["eval_sets"], device=device,
+            **settings,
         )  # fmt: skip
         c = res.curves[res.curves["set"] != "train"].copy()
         c.insert(0, "sweep", sweep)
         c.insert(1, "alpha", a)
         c.insert(2, "beta", b)
         frames.append(c)
-    table = pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS]
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
-    log.info("sensitivity: %d runs, targets %s", len(frames), inp["targets"])
+    return pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS]
 
 
 def export_refineclip_model(
