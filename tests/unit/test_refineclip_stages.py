@@ -322,3 +322,28 @@ def test_refineclip_figures_write_png_and_pdf(tmp_path, store, phase1):
     assert (tmp_path / "e.png").stat().st_size > 1000
     plots.alpha_beta_sensitivity(None, tmp_path / "n")  # no study configured: a note figure
     assert (tmp_path / "n.png").stat().st_size > 1000
+
+
+def test_export_stage_writes_a_loadable_edited_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from clipbias.models import load_model
+
+    torch.manual_seed(0)
+    base = load_model("planted-vit-tiny", None, "cpu")
+    ckpt = tmp_path / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in base.model.state_dict().items()}, str(ckpt))
+    theta = np.random.default_rng(1).uniform(0.5, 1.5, 64).astype(np.float32)
+    ra.save_adapter(tmp_path / "a.safetensors", {"variant": "diag", "theta": theta})
+    out, info = tmp_path / "edited" / "m.safetensors", tmp_path / "edited" / "m.json"
+    stage.export_refineclip_model("planted-vit-tiny", str(ckpt), tmp_path / "a.safetensors", out,
+                                  info, device="cpu")  # fmt: skip
+    meta = json.loads(info.read_text())
+    assert meta["variant"] == "diag" and meta["verify_max_abs_diff"] <= 1e-4
+    edited = load_model("planted-vit-tiny", str(out), "cpu")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        e0 = base.model.encode_image(x).numpy()
+        e1 = edited.model.encode_image(x).numpy()
+    np.testing.assert_allclose(e1, e0 * theta, rtol=1e-4, atol=1e-5)
