@@ -806,7 +806,7 @@ def edit_success_vs_locality(
         return note_figure("No RefineCLIP phase-2 method configured.", out)
     has_targets = all("target" in set(c["set"]) for c in curves.values())
     colours = dict(zip(curves, group_colours(len(curves)), strict=True))
-    fig = new_figure(10.0, 3.9, layout="constrained")
+    fig = new_figure(10.0, 4.0 + 0.18 * len(curves), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     for m, c in curves.items():
         lab = (labels or {}).get(m, m)
@@ -828,7 +828,8 @@ def edit_success_vs_locality(
         ax2.plot(x[-1:], y[-1:], "s", color=colours[m], ms=7)
     ax1.set_xlabel("Training step")
     ax1.set_ylabel("Accuracy (%)")
-    ax1.legend(fontsize=7, loc="best")
+    handles, texts = ax1.get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside lower center", ncol=2, fontsize=8)
     if has_targets:
         ax2.set_xlabel("Locality: accuracy on other classes (%)")
         ax2.set_ylabel("Edit success: target accuracy (%)")

@@ -347,3 +347,20 @@ def test_export_stage_writes_a_loadable_edited_checkpoint(tmp_path):
         e0 = base.model.encode_image(x).numpy()
         e1 = edited.model.encode_image(x).numpy()
     np.testing.assert_allclose(e1, e0 * theta, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_misclassified_shot_the_edit_is_the_identity(store, tmp_path):
+    root, text = store
+    idx, _, emb = FeatureSet.open(root).load(layers=[], split="train")
+    ok = idx[metrics.predict(emb, text) == idx["label"].to_numpy()].groupby("label").head(4)
+    p1 = {"selected": {"heads": [], "t": 0}, "shots": {"split": "train",
+          "image_ids": ok["image_id"].tolist()}}  # fmt: skip
+    (tmp_path / "p1.json").write_text(json.dumps(p1))
+    params = {"variant": "diag", "objective": "refineclip", "alpha": 1e3, "beta": 1e3,
+              "lr": 0.05, "steps": 30, "tau": None, "eval_every": 10}  # fmt: skip
+    for objective, changed in (("refineclip", False), ("std_ft", True)):
+        out = tmp_path / f"{objective}.safetensors"
+        stage.adapt_refineclip(root, root / "dataset.json", tmp_path / "p1.json", out,
+                               tmp_path / f"{objective}.csv", 1, {**params, "objective": objective})  # fmt: skip
+        theta = ra.load_adapter(out)["theta"]
+        assert np.any(theta != 1.0) == changed, objective

@@ -172,7 +172,8 @@ def adapt_refineclip(
     """RefineCLIP phase 2 (METHODS §5.6) of one method id: train the adapter on the shots of
     its phase-1 file (S* = the ablated teacher), track accuracy on the test split (and its
     target / other classes) every ``eval_every`` steps, write adapter and curves. The adapter
-    of the last step is kept (no selection on the test curves)."""
+    of the last step is kept (no selection on the test curves). Without a misclassified shot
+    there is nothing to edit: the adapter is the identity (0 steps), except for STD-FT."""
     from clipbias.io import atomic_path, read_json
     from clipbias.methods.fewshot import resolve_tau
     from clipbias.methods.refineclip_adapt import save_adapter, train_adapter
@@ -181,6 +182,11 @@ def adapt_refineclip(
     p1 = read_json(phase1)
     inp = _phase2_inputs(feature_dir, dataset_meta, p1, edit_targets, test_split)
     settings = adapter_settings(params)
+    if not inp["success"].any() and settings["objective"] != "std_ft":
+        # no misclassified shot: phase 1 found nothing to edit, so the edit is the identity
+        # (training would be cross-entropy fine-tuning only, i.e. STD-FT, not RefineCLIP)
+        log.warning("no misclassified shot: the %s adapter is the identity", settings["variant"])
+        settings["steps"] = 0
     tau = resolve_tau(params.get("tau"), feature_dir)
     res = train_adapter(
         inp["emb"], inp["labels"], inp["classifier"], inp["teacher"], inp["success"],
