@@ -235,7 +235,9 @@ def refineclip_sensitivity(
     if steps:
         settings["steps"] = int(steps)
     if not inp["success"].any():
-        log.warning("no misclassified shot: every sweep run is cross-entropy training (α, β unused)")
+        log.warning(
+            "no misclassified shot: every sweep run is cross-entropy training (α, β unused)"
+        )
     tau = resolve_tau(params.get("tau"), feature_dir)
     table = sensitivity_table(inp, settings, tau, values, int(seed), device)
     with atomic_path(out) as tmp:
