@@ -59,6 +59,7 @@ NOTEBOOKS = {
     "report_method": "report_cell",
     "report_seeds": "report_seeds",
     "report_audit": "report_audit",
+    "report_refineclip": "report_refineclip",
 }
 FIGURES = {
     "report_planted": [
@@ -82,6 +83,7 @@ FIGURES = {
     ],
     "report_seeds": ["seeds_scatter"],
     "report_audit": ["audit_random_control", "audit_cav_heatmap", "audit_transitions"],
+    "report_refineclip": ["utility_vs_t", "edit_success_vs_locality", "alpha_beta_sensitivity"],
 }
 TABLES = {
     "report_planted": [
@@ -103,6 +105,12 @@ TABLES = {
     ],
     "report_seeds": ["seeds_table"],
     "report_audit": ["audit_outcome", "audit_heads", "audit_random_control", "audit_transitions"],
+    "report_refineclip": [
+        "refineclip_heads",
+        "refineclip_main",
+        "refineclip_stability",
+        "refineclip_edit",
+    ],
 }
 
 

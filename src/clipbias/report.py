@@ -484,3 +484,267 @@ def reference_heads_table(
             }
         )
     return pd.DataFrame(rows, columns=["List", "Located", "Reference", "Jaccard", "Verdict"])
+
+
+# ---------------------------------------------------------------------------------------------
+# RefineCLIP (notebooks/report_refineclip.ipynb)
+# ---------------------------------------------------------------------------------------------
+
+#: Registry name -> the method key of RefineCLIP's tables in ``published_numbers.yaml``.
+REFINECLIP_PAPER_METHODS: dict[str, str] = {
+    "zero_shot": "base",
+    "tip_adapter": "tip_adapter",
+    "tip_adapter_f": "tip_adapter_train",
+    "textspan_ablation": "textspan",
+    "refineclip": "refineclip_phase1",
+    "refineclip_star": "refineclip_phase1_val",
+    "refineclip_classifier": "refineclip_phase1_classifier",
+}
+#: Baselines shown beside the RefineCLIP family (paper Tables 1, 2, 6).
+REFINECLIP_BASELINES = ("zero_shot", "tip_adapter", "tip_adapter_f", "textspan_ablation")
+
+
+def _info_name(method: str, info: Mapping[str, Mapping[str, Any]] | None) -> str:
+    return str((info or {}).get(method, {}).get("name") or method)
+
+
+def refineclip_label(method: str, info: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """Display name of a configured id: the registry label, with the shots for aliased ids of
+    ``refineclip`` ("RefineCLIP phase 1 (n = 20)") and "linear probe" for
+    ``refineclip_classifier`` without ablation (Table 6's "Original CLIP" row)."""
+    name = _info_name(method, info)
+    entry = (info or {}).get(method, {})
+    if name == "refineclip_classifier" and entry.get("ablate") is False:
+        return "Linear probe (no ablation)"
+    if method != name and name in METHOD_LABELS and entry.get("n_per_class"):
+        return f"{METHOD_LABELS[name]} (n = {entry['n_per_class']})"
+    return method_label(method) if method in METHOD_LABELS else method
+
+
+def refineclip_rows(methods: Sequence[str], info: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The ids of ``methods`` shown in the RefineCLIP tables: zero-shot and the few-shot
+    baselines first, then the RefineCLIP family, each in configuration order."""
+    methods = list(dict.fromkeys(methods))
+    names = {m: _info_name(m, info) for m in methods}
+    base = [m for b in REFINECLIP_BASELINES for m in methods if names[m] == b]
+    family = [
+        m for m in methods if m not in base and registry.METHODS.get(names[m]) is not None
+        and registry.METHODS[names[m]].family == "refineclip"
+    ]  # fmt: skip
+    return base + family
+
+
+def paper_table(reference_table: str | None) -> tuple[str, str] | None:
+    """``"refineclip:3"`` -> ``("refineclip", "Table 3")``; empty -> None."""
+    if not reference_table:
+        return None
+    paper, _, number = str(reference_table).partition(":")
+    if not number.isdigit():
+        raise ValueError(f"reference_table must look like 'refineclip:1', got {reference_table!r}")
+    return paper, f"Table {number}"
+
+
+def paper_method_key(
+    method: str, info: Mapping[str, Mapping[str, Any]] | None, table: str
+) -> str | None:
+    """The published-numbers key of a configured method id in a RefineCLIP table, or None."""
+    name = _info_name(method, info)
+    entry = (info or {}).get(method, {})
+    if name == "refineclip" and table == "Table 3" and entry.get("n_per_class"):
+        return f"refineclip_phase1_n{int(entry['n_per_class'])}"
+    if name == "refineclip_classifier" and entry.get("ablate") is False:
+        return "original_clip"
+    if table != "Table 3" and entry.get("n_per_class") not in (None, 10):
+        return None  # Tables 1, 2 and 6 use 10 shots per class
+    return REFINECLIP_PAPER_METHODS.get(name)
+
+
+def published_reference(
+    reference_table: str | None, model: str, published: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Published rows of the reference table for ``model`` (open_clip name, e.g. ViT-B-16),
+    indexed by (method key, metric); empty without a reference table."""
+    ref = paper_table(reference_table)
+    if ref is None:
+        return pd.DataFrame()
+    if published is None:
+        from clipbias.protocols import load_published_numbers
+
+        published = load_published_numbers()
+    paper, table = ref
+    sub = published[
+        (published["paper"] == paper)
+        & (published["table"] == table)
+        & (published["model"] == model)
+    ]
+    if sub.empty:
+        log.warning("no published numbers of %s %s for model %s", paper, table, model)
+    return sub.set_index(["method", "metric"])
+
+
+def _paper_cell(ref: pd.DataFrame, key: str | None, metric: str, digits: int = 1) -> str:
+    if key is None or ref.empty or (key, metric) not in ref.index:
+        return "–"
+    r = ref.loc[(key, metric)]
+    if isinstance(r, pd.DataFrame):
+        r = r.iloc[0]
+    if isinstance(r.get("printed"), str) and r["printed"]:
+        return str(r["printed"])
+    sd = r.get("sd")
+    text = f"{100 * float(r['value']):.{digits}f}"
+    return text + (f" ± {100 * float(sd):.{digits}f}" if sd is not None and np.isfinite(sd) else "")
+
+
+def refineclip_main_table(
+    metrics_df: pd.DataFrame,
+    paired_df: pd.DataFrame | None,
+    info: Mapping[str, Mapping[str, Any]],
+    reference_table: str | None = None,
+    model: str = "",
+    split: str | None = None,
+    digits: int = 1,
+    published: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """RefineCLIP's Table 1/2/6 layout: average-group and worst-group accuracy (%, 95 %
+    interval) of zero-shot, the few-shot baselines and the RefineCLIP family; the worst-group
+    difference from zero-shot with its paired interval and the McNemar p of the average
+    accuracy; with a reference table, the paper's numbers for the same model."""
+    df = select_split(metrics_df, split)
+    ref = published_reference(reference_table, model, published)
+    table = paper_table(reference_table)
+    paired = (
+        paired_df.set_index(["method", "metric"])
+        if paired_df is not None and len(paired_df)
+        else None
+    )
+    rows = []
+    for m in refineclip_rows(df["method"].tolist(), info):
+        sub = df[df["method"] == m].set_index("metric")
+        row = {"Method": refineclip_label(m, info)}
+        for k, col in (("avg_group_acc", "Avg-group"), ("worst_group_acc", "Worst-group")):
+            row[col] = (
+                format_ci(*sub.loc[k, ["value", "ci_low", "ci_high"]].astype(float), digits=digits)
+                if k in sub.index
+                else "n/a"
+            )
+        d_col, p_col = "Δ Worst-group vs zero-shot", "p (Average, McNemar)"
+        row[d_col], row[p_col] = "–", "–"
+        if paired is not None and (m, "worst_group_acc") in paired.index:
+            r = paired.loc[(m, "worst_group_acc")]
+            d = format_ci(float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), digits)
+            row[d_col] = d if d.startswith("-") else f"+{d}"
+        if paired is not None and (m, "avg_acc") in paired.index:
+            row[p_col] = f"{float(paired.loc[(m, 'avg_acc'), 'p_value']):.3g}"
+        if table is not None:
+            key = paper_method_key(m, info, table[1])
+            row["Paper Avg."] = _paper_cell(ref, key, "avg_group_acc", digits)
+            row["Paper Wst."] = _paper_cell(ref, key, "worst_group_acc", digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def refineclip_stability_table(
+    summary_df: pd.DataFrame,
+    info: Mapping[str, Mapping[str, Any]],
+    reference_table: str | None = None,
+    model: str = "",
+    digits: int = 1,
+    published: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """RefineCLIP's Table 3 layout from ``summary_over_seeds.csv``: mean ± sd over the
+    sampling seeds of the average-group and worst-group accuracy (%), one row per method (the
+    shots per class of each), with the paper's numbers when a reference table is given."""
+    ref = published_reference(reference_table, model, published)
+    table = paper_table(reference_table)
+    s = summary_df.set_index(["method", "metric"])
+    rows = []
+    for m in refineclip_rows(summary_df["method"].tolist(), info):
+        row = {"Method": refineclip_label(m, info)}
+        n = (info or {}).get(m, {}).get("n_per_class")
+        row["Shots per class"] = str(n) if n else "–"
+        seeds = 0
+        for k, col in (
+            ("avg_group_acc", "Avg. (mean ± sd)"),
+            ("worst_group_acc", "Wst. (mean ± sd)"),
+        ):
+            if (m, k) not in s.index:
+                row[col] = "n/a"
+                continue
+            r = s.loc[(m, k)]
+            sd = f" ± {100 * r['sd']:.{digits}f}" if np.isfinite(r["sd"]) else ""
+            row[col] = f"{100 * r['mean']:.{digits}f}{sd}"
+            seeds = int(r["n_seeds"])
+        row["Seeds"] = str(seeds)
+        if table is not None:
+            key = paper_method_key(m, info, table[1])
+            row["Paper Avg."] = _paper_cell(ref, key, "avg_group_acc", digits)
+            row["Paper Wst."] = _paper_cell(ref, key, "worst_group_acc", digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _paper_head(head: str) -> str:
+    from clipbias.methods.heads import parse_head
+
+    layer, h = parse_head(head)
+    return f"(L{layer}, H{h})"
+
+
+def refineclip_heads_table(phase1: Mapping[str, Any]) -> pd.DataFrame:
+    """RefineCLIP's Table 4 layout: the candidate lists (A)-(D) of every error direction,
+    heads as "(L23, H2)" by rank; "*" marks heads common to all of the direction's lists, "†"
+    the selected heads S* (of the selected list)."""
+    sel = phase1.get("selected") or {}
+    rows = []
+    for d in phase1.get("directions", []):
+        lists = {x["score"]: x["heads"] for x in d["lists"]}
+        common = set.intersection(*map(set, lists.values())) if lists else set()
+        name = f"{d.get('true_name') or d['true_label']} → {d.get('pred_name') or d['pred_label']}"
+        depth = max((len(v) for v in lists.values()), default=0)
+        for i in range(depth):
+            row = {"Direction": name, "Rank": str(i + 1)}
+            for s in ("A", "B", "C", "D"):
+                heads = lists.get(s)
+                if heads is None:
+                    row[f"({s})"] = "skipped" if i == 0 else ""
+                    continue
+                if i >= len(heads):
+                    row[f"({s})"] = ""
+                    continue
+                h = heads[i]
+                mark = "*" if h in common else ""
+                if sel.get("direction") == d["key"] and sel.get("score") == s and i < sel["t"]:
+                    mark += "†"
+                row[f"({s})"] = _paper_head(h) + mark
+            rows.append(row)
+    cols = ["Direction", "Rank", "(A)", "(B)", "(C)", "(D)"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def refineclip_edit_table(
+    metrics_df: pd.DataFrame,
+    info: Mapping[str, Mapping[str, Any]] | None = None,
+    split: str | None = None,
+    digits: int = 1,
+) -> pd.DataFrame:
+    """Edit success (accuracy on the target classes) and locality (accuracy on the others),
+    sample-weighted and class-averaged (%), per method (METHODS §7.1); zero-shot gives the
+    pre-edit values. Empty when the dataset sets no edit targets."""
+    df = select_split(metrics_df, split)
+    keys = {
+        "edit_success": "Edit success",
+        "edit_success_class_avg": "Edit success (class avg.)",
+        "locality": "Locality",
+        "locality_class_avg": "Locality (class avg.)",
+    }
+    df = df[df["metric"].isin(keys)]
+    rows = []
+    for m in refineclip_rows(df["method"].tolist(), info or {}) or ordered_methods(
+        df["method"].tolist()
+    ):
+        sub = df[df["method"] == m].set_index("metric")["value"]
+        row = {"Method": refineclip_label(m, info)}
+        for k, col in keys.items():
+            row[col] = f"{100 * float(sub[k]):.{digits}f}" if k in sub.index else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["Method", *keys.values()])

@@ -378,11 +378,127 @@ def audit_fixture(rng, data_dir: Path, cell: str) -> None:
         )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- RefineCLIP
+# A second cell, waterbirds / ViT-B-16 (seeds 42, 1, 2), for notebooks/report_refineclip.ipynb:
+# the RefineCLIP family and its baselines with simulated group accuracies, a phase-1 file and
+# phase-2 curves computed by the real algorithms on a simulated decomposition (4 stored layers
+# x 12 heads, D = 32; head L11H3 carries a background direction that points to "waterbird"),
+# and the α/β sensitivity table. Its own generator, so the planted cell above is unchanged.
+RC_DATASET, RC_MODEL = "waterbirds", "ViT-B-16"
+RC_CLASSES = ["landbird", "waterbird"]
+RC_GROUPS = ["landbird on land", "landbird on water", "waterbird on land", "waterbird on water"]
+RC_LAYERS, RC_HEADS, RC_DIM = [8, 9, 10, 11], 12, 32
+RC_GROUP_ACC = {
+    "zero_shot": [0.96, 0.52, 0.46, 0.94],
+    "tip_adapter": [0.96, 0.55, 0.49, 0.94],
+    "tip_adapter_f": [0.95, 0.58, 0.52, 0.93],
+    "textspan_ablation": [0.93, 0.66, 0.60, 0.92],
+    "refineclip": [0.92, 0.71, 0.66, 0.91],
+    "refineclip_star": [0.91, 0.74, 0.69, 0.90],
+    "refineclip_n20": [0.92, 0.73, 0.68, 0.91],
+    "refineclip_adapt": [0.93, 0.69, 0.64, 0.92],
+    "refineclip_std_ft": [0.90, 0.61, 0.57, 0.88],
+    "refineclip_classifier": [0.90, 0.80, 0.78, 0.89],
+}
+RC_INFO = {
+    m: {"name": "refineclip" if m == "refineclip_n20" else m,
+        "n_per_class": 20 if m == "refineclip_n20" else (10 if m != "zero_shot" else None),
+        "ablate": True if m == "refineclip_classifier" else None}
+    for m in RC_GROUP_ACC
+}  # fmt: skip
+RC_TARGETS = [1]  # edit target: waterbird
+
+
+def _rc_split(rng, n, corr, text, bg_dir, cls_dir):
+    """Simulated decomposition [n, 4, 12, D] of a Waterbirds-like split."""
+    y = rng.integers(0, 2, n)
+    bg = np.where(rng.random(n) < corr, y, 1 - y)
+    heads = 0.05 * rng.standard_normal((n, len(RC_LAYERS), RC_HEADS, RC_DIM))
+    heads[:, 3, 3] += 0.9 * np.outer(2 * bg - 1, bg_dir)  # L11H3: background
+    heads[:, 2, 5] += 0.6 * np.outer(2 * y - 1, cls_dir)  # L10H5: the bird
+    rest = 0.1 * rng.standard_normal((n, RC_DIM)) + text.mean(axis=1)
+    return heads, rest, y, 2 * y + bg
+
+
+def refineclip_fixture() -> None:
+    from clipbias.methods import refineclip as rc
+    from clipbias.methods import refineclip_adapt as ra
+    from clipbias.methods.fewshot import target_eval_sets
+    from clipbias.stages.refineclip import sensitivity_table
+
+    rng = np.random.default_rng(SEED + 12)
+    text = rng.standard_normal((RC_DIM, 2))
+    text /= np.linalg.norm(text, axis=0)
+    bg_dir = text[:, 1] - text[:, 0] + 0.3 * rng.standard_normal(RC_DIM)
+    bg_dir /= np.linalg.norm(bg_dir)
+    cls_dir = text[:, 1] - text[:, 0]
+    cls_dir /= np.linalg.norm(cls_dir)
+    cell = f"{RC_DATASET}/{RC_MODEL}/seed-{SEEDS[0]}"
+    meta = {"name": RC_DATASET, "classes": RC_CLASSES, "group_names": RC_GROUPS,
+            "spurious_attribute": "place", "minority_groups": [1, 2]}  # fmt: skip
+    write_json(meta, OUT / "data" / RC_DATASET / "dataset.json")
+
+    # phase 1 on 10 shots per class (75 % of the backgrounds match the class)
+    h, r, y, _ = _rc_split(rng, 400, 0.75, text, bg_dir, cls_dir)
+    shots = rc.sample_shots(y, 10, seed=SEEDS[0])
+    sh, sr, sy = h[shots], r[shots], y[shots]
+    p1 = rc.identify_then_ablate(sh, sr, text, sy, RC_LAYERS, T=8, class_names=RC_CLASSES)
+    p1["shots"] = {"split": "train", "n_per_class": 10, "seed": SEEDS[0],
+                   "image_ids": [f"train_{i:04d}" for i in shots], "labels": sy.tolist()}  # fmt: skip
+    heads_dir = OUT / "heads" / cell
+    write_json(p1, heads_dir / "refineclip" / "refineclip.json")
+
+    # phase 2 curves and the α/β sensitivity on a balanced test-like split
+    th, tr, ty, _ = _rc_split(rng, 400, 0.5, text, bg_dir, cls_dir)
+    semb = sh.sum((1, 2)) + sr
+    success, locality = rc.phase2_masks(sy, rc.zero_shot_predictions(sh, sr, text))
+    inp = {
+        "emb": semb, "labels": sy, "classifier": text, "success": success,
+        "locality": locality, "teacher": rc.zero_ablate(sh, sr, RC_LAYERS, p1["selected"]["heads"]),
+        "eval_sets": target_eval_sets(th.sum((1, 2)) + tr, ty, RC_TARGETS),
+    }  # fmt: skip
+    settings = {"variant": "diag", "lr": 0.01, "steps": 100, "eval_every": 10}
+    for method, objective in (("refineclip_adapt", "refineclip"), ("refineclip_std_ft", "std_ft")):
+        res = ra.train_adapter(
+            inp["emb"], sy, text, inp["teacher"], success, locality, objective=objective,
+            tau=100.0, seed=SEEDS[0], eval_sets=inp["eval_sets"], **settings,
+        )  # fmt: skip
+        write_csv(res.curves, heads_dir / "refineclip_adapter" / f"{method}_curves.csv")
+    metrics_dir = OUT / "metrics" / RC_DATASET / RC_MODEL
+    sens = sensitivity_table(inp, settings, 100.0, [100.0, 1000.0, 10000.0], SEEDS[0], "cpu")
+    write_csv(sens, metrics_dir / f"seed-{SEEDS[0]}" / "refineclip_sensitivity.csv")
+
+    # metrics of three seeds (edit rows: target waterbird), paired tables of the first
+    files = {}
+    for k, seed in enumerate(SEEDS):
+        tables, sims = [], {}
+        for method, accs in RC_GROUP_ACC.items():
+            accs = np.clip(np.asarray(accs) + rng.normal(0, 0.015, 4), 0.05, 0.99)
+            preds, labels, groups = simulate_predictions(rng, accs, 300)
+            sims[method] = preds
+            tables.append(evaluate_predictions(preds, labels, groups, RC_GROUPS, method, "test",
+                                               n_boot=N_BOOT, seed=SEED))  # fmt: skip
+            tables.append(pd.DataFrame(rc.edit_metric_rows(method, "test", preds, labels,
+                                                           RC_TARGETS)))  # fmt: skip
+        files[seed] = metrics_dir / f"seed-{seed}" / "metrics.csv"
+        write_csv(pd.concat(tables, ignore_index=True), files[seed])
+        if k == 0:
+            paired = pd.concat(
+                [paired_rows(m, p, "zero_shot", sims["zero_shot"], labels, groups, N_BOOT, SEED)
+                 for m, p in sims.items() if m != "zero_shot"],
+                ignore_index=True,
+            )  # fmt: skip
+            write_csv(paired, metrics_dir / f"seed-{seed}" / "paired.csv")
+    summarize_seeds(files, metrics_dir / "summary_over_seeds.csv")
+
+
 README = """# Report fixture (generated, do not edit)
 
 A tiny, simulated experiment in the result-table formats of docs/DESIGN.md ("Result
 tables"), laid out like `results/{experiment}/` for one grid cell (dataset `planted`, model
-`planted-vit-tiny`, 4 layers x 4 heads; seed 42 complete, seeds 1 and 2 metrics only). The report notebooks default to these files and
+`planted-vit-tiny`, 4 layers x 4 heads; seed 42 complete, seeds 1 and 2 metrics only), and a
+RefineCLIP cell (`waterbirds` / `ViT-B-16`: phase-1 file, phase-2 curves, α/β sensitivity,
+metrics with edit rows) for notebooks/report_refineclip.ipynb. The report notebooks default to these files and
 tests/unit/test_plots.py and tests/integration/test_notebooks.py run on them. The numbers
 are made up (LTC locates L3H1 and L2H0, the planted heads). `audit/` and `heads/.../audit.json`
 are the audit stage's output on a simulated feature store (colour carried by L3H1 and L2H3);
@@ -448,6 +564,7 @@ def main() -> None:
     )
     write_json(train_log(rng), OUT / "models" / cell / "train_log.json")
     audit_fixture(np.random.default_rng(SEED + 1), data_dir, cell)
+    refineclip_fixture()
     (OUT / "README.md").write_text(README)
     print(f"wrote {OUT}")  # noqa: T201 - command-line script
 

@@ -32,6 +32,14 @@ INPUT_PARAMS = {
     ],
     "report_seeds": ["summary"],
     "report_audit": ["audit_dir", "audit_heads", "dataset_meta"],
+    "report_refineclip": [
+        "dataset_meta",
+        "metrics",
+        "paired",
+        "summary",
+        "phase1_json",
+        "sensitivity",
+    ],
 }
 # extra -p parameters of each rule's case
 RULE_PARAMS = {
@@ -39,6 +47,7 @@ RULE_PARAMS = {
     "report_method": ["-p", "dataset_dir", "", "-p", "train_log", "", "-p", "ground_truth", ""],
     "report_seeds": [],
     "report_audit": [],
+    "report_refineclip": [],
 }
 
 
@@ -60,7 +69,7 @@ def test_notebook_parameters_and_stripped(name):
     for key in INPUT_PARAMS[name]:
         assert (REPO / params[key]).exists(), f"default of {key} is not in the fixture"
         assert params[key].startswith(FX)
-    for path in params.get("seed_metrics", {}).values():
+    for path in [*params.get("seed_metrics", {}).values(), *params.get("curves", [])]:
         assert (REPO / path).exists() and path.startswith(FX)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -130,3 +139,24 @@ def test_notebook_runs_under_papermill(name, tmp_path):
     assert "Worst-group" in html
     if name != "report_seeds":
         assert "McNemar" in html  # the paired comparison with zero-shot
+
+
+def test_refineclip_notebook_without_phase1_adapter_or_targets(tmp_path):
+    """An experiment with Tip-Adapter only or without refineclip_adapt*: the notebook still
+    writes every stem (note figures / tables say what is missing)."""
+    fig_dir, table_dir = tmp_path / "figures", tmp_path / "tables"
+    cmd = [
+        tool("papermill"), "notebooks/report_refineclip.ipynb", str(tmp_path / "nb.ipynb"),
+        "-k", "python3", "--log-level", "WARNING",
+        "-p", "fig_dir", str(fig_dir), "-p", "table_dir", str(table_dir),
+        "-p", "phase1_json", "", "-p", "sensitivity", "", "-p", "reference_table", "",
+        "-y", "curves: []\nedit_targets: []",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert {p.stem for p in fig_dir.iterdir()} == set(FIGURES["report_refineclip"])
+    assert {p.stem for p in table_dir.iterdir()} == set(TABLES["report_refineclip"])
+    heads = (table_dir / "refineclip_heads.csv").read_text()
+    assert "No RefineCLIP phase-1 method configured" in heads
+    main = (table_dir / "refineclip_main.csv").read_text()
+    assert "Paper" not in main and "RefineCLIP phase 1" in main

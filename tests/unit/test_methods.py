@@ -70,7 +70,7 @@ def store(tmp_path_factory):
     cls = np.zeros((2, DIM), np.float32)
     cls[0, 0], cls[0, 1] = 0.6, -0.8
     cls[1, 0], cls[1, 1] = 0.6, 0.8
-    write_classifier(root / "classifier.parquet", ["a", "b"], cls, {})
+    write_classifier(root / "classifier.parquet", ["a", "b"], cls, {"logit_scale": 100.0})
     texts = {
         "pool": [f"text {i}" for i in range(12)],
         "accept_pos": ["a+", "a2+"],
@@ -115,14 +115,55 @@ def store(tmp_path_factory):
     return root, arrays
 
 
+# Few-shot methods sample their shots from val here (the store has no train split); the
+# phase-2 adapters train for fewer steps with a larger learning rate and Tip-Adapter weighs
+# its cache more than by default, so that every method changes some test predictions.
+FEWSHOT = {"shots_split": "val"}
+FEWSHOT_ADAPT = {"steps": 60, "lr": 0.05}
+FEWSHOT_TIP = {"alpha": 30.0}
+DIAG_ADAPTERS = ("refineclip_adapt", "refineclip_std_ft", "refineclip_no_teacher")
+
+
+def _fewshot_overrides(method):
+    spec = registry.get(method)
+    out = dict(FEWSHOT) if spec.shots else {}
+    if "refineclip_adapter" in spec.locators:
+        out.update(FEWSHOT_ADAPT)
+    if method.startswith("tip_adapter"):
+        out.update(FEWSHOT_TIP)
+    return out
+
+
+def _refineclip_located(root, method, params):
+    """Run locate_refineclip / adapt_refineclip for a method id as the workflow does."""
+    from clipbias.stages import refineclip as rc_stage
+
+    spec = registry.get(method)
+    files = {}
+    if "refineclip" in spec.locators:
+        files["refineclip"] = root / "refineclip" / f"{method}.json"
+        p1 = {k: v for k, v in params.items() if k in registry.REFINECLIP_PHASE1_PARAMS}
+        rc_stage.locate_refineclip(root, files["refineclip"], seed=3, **p1)
+    if "refineclip_adapter" in spec.locators:
+        files["refineclip_adapter"] = root / "refineclip_adapter" / f"{method}.safetensors"
+        rc_stage.adapt_refineclip(
+            root, root / "dataset.json", files["refineclip"], files["refineclip_adapter"],
+            root / "refineclip_adapter" / f"{method}_curves.csv", 3, params,
+            edit_targets=["b"], test_split="test",
+        )  # fmt: skip
+    return files
+
+
 def _run(store, method, **overrides):
     root, _ = store
     spec = registry.get(method)
+    params = spec.resolve_params({**_fewshot_overrides(method), **overrides})
     files = {"ltc": root / "ltc.json", "ltc_full": root / "ltc_full.json",
-             "textspan": root / "textspan.csv", "audit": root / "audit.json"}  # fmt: skip
+             "textspan": root / "textspan.csv", "audit": root / "audit.json",
+             **_refineclip_located(root, method, params)}  # fmt: skip
     out = root / "pred" / f"{method}.parquet"
     predict.predict(
-        method, spec.resolve_params(overrides), root, root / "dataset.json", out, "val", "test",
+        method, params, root, root / "dataset.json", out, "val", "test",
         seed=3, texts=root / "texts.parquet", texts_yaml=root / "texts.yaml",
         located={k: v for k, v in files.items() if k in spec.locators},
     )  # fmt: skip
@@ -171,6 +212,14 @@ def test_every_registered_method_matches_its_algorithm(store):
         "audit_ablation": ltc.ltc_correct(h, r, LAYERS, AUDIT_TOP_K, [], None, mv),
         "audit_ablation_greedy": ltc.ltc_correct(h, r, LAYERS, AUDIT_GREEDY, [], None, mv),
     }
+    expected_pred = _expected_fewshot(store)
+    zero_shot = metrics.predict(emb, cls)
+    for name, pred in expected_pred.items():  # the comparison below can tell them apart
+        # (with this store's two text embeddings, which differ in one coordinate only, a
+        # positive diagonal rescaling cannot flip a prediction: the diag adapters are checked
+        # by their parameters below)
+        if name not in (*DIAG_ADAPTERS, "adapters"):
+            assert np.any(pred != zero_shot), name
     for method in registry.names():
         df, draws, meta = _pred(_run(store, method))
         assert meta["method"] == method and meta["split"] == "test"
@@ -180,10 +229,82 @@ def test_every_registered_method_matches_its_algorithm(store):
             continue
         if method == "ortho_cali":
             expected = metrics.predict(emb, clf_oc)
+        elif method in expected_pred:
+            expected = expected_pred.pop(method)
+            assert meta["meta"], method
         else:
             expected = metrics.predict(expected_emb.pop(method), cls)
         np.testing.assert_array_equal(df["pred"].to_numpy(), expected, err_msg=method)
     assert not expected_emb or set(expected_emb) == {"ortho_cali"}
+    assert set(expected_pred) == {"adapters"}
+    from clipbias.methods.refineclip_adapt import load_adapter
+
+    for method, params in expected_pred["adapters"].items():
+        saved = load_adapter(root / "refineclip_adapter" / f"{method}.safetensors")
+        assert saved["variant"] == params["variant"], method
+        for k, v in params.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(saved[k], v, rtol=1e-5, atol=1e-6, err_msg=method)
+
+
+def _val_arrays(store):
+    root, _ = store
+    from clipbias.features import FeatureSet
+
+    idx, heads, rest = FeatureSet.open(root).load(split="val")
+    return idx, heads, rest
+
+
+def _expected_fewshot(store):
+    """Predictions of the RefineCLIP family and Tip-Adapter computed from the algorithms on
+    the shots (sample_shots on the val labels with the cell seed 3, n = 10 per class)."""
+    from clipbias.methods import refineclip as rc
+    from clipbias.methods import refineclip_adapt as ra
+    from clipbias.methods import tip_adapter as tip
+    from clipbias.methods.linear_probe import linear_probe_logits, train_linear_probe
+
+    _, a = store
+    h, r, cls = a["heads"], a["rest"], a["cls"]
+    test_emb = h.sum((1, 2), dtype=np.float64) + r
+    vidx, vh, vr = _val_arrays(store)
+    shots = rc.sample_shots(vidx["label"].to_numpy(), 10, seed=3)
+    sh, sr, sy = vh[shots], vr[shots], vidx["label"].to_numpy()[shots]
+    semb = sh.sum((1, 2), dtype=np.float64) + sr
+    p1 = rc.identify_then_ablate(sh, sr, cls, sy, LAYERS, T=15, n_score_layers=4)
+    star = rc.select_on_validation(p1, vh, vr, cls, vidx["label"].to_numpy(),
+                                   vidx["group"].to_numpy(), LAYERS)  # fmt: skip
+    s_star = p1["selected"]["heads"]
+    out = {
+        "refineclip": metrics.predict(rc.zero_ablate(h, r, LAYERS, s_star), cls),
+        "refineclip_star": metrics.predict(
+            rc.zero_ablate(h, r, LAYERS, star["selected"]["heads"]), cls
+        ),
+    }
+    teacher = rc.zero_ablate(sh, sr, LAYERS, s_star)
+    succ, loc = rc.phase2_masks(sy, metrics.predict(semb, cls))
+    variants = {
+        "refineclip_adapt": {"variant": "diag", "alpha": 1e3, "beta": 1e3},
+        "refineclip_adapt_full": {"variant": "full", "alpha": 1e3, "beta": 1e3},
+        "refineclip_adapt_lora": {"variant": "lora", "alpha": 1e3, "beta": 1e3, "rank": 4},
+        "refineclip_std_ft": {"variant": "diag", "objective": "std_ft"},
+        "refineclip_no_teacher": {"variant": "diag", "objective": "no_ablated_teacher",
+                                  "beta": 1e3},
+    }  # fmt: skip
+    out["adapters"] = {}
+    for method, kw in variants.items():
+        res = ra.train_adapter(semb, sy, cls, teacher, succ, loc, tau=100.0, seed=3,
+                               **FEWSHOT_ADAPT, **kw)  # fmt: skip
+        out[method] = metrics.predict(ra.apply_adapter(test_emb, res.params), cls)
+        out["adapters"][method] = res.params
+    probe = train_linear_probe(teacher, sy, 2, l2=0.01, steps=200)
+    out["refineclip_classifier"] = np.argmax(
+        linear_probe_logits(rc.zero_ablate(h, r, LAYERS, s_star), probe), axis=1
+    )
+    alpha = FEWSHOT_TIP["alpha"]
+    out["tip_adapter"] = tip.tip_adapter_predict(test_emb, cls, semb, sy, alpha, 5.5, 100.0)
+    model = tip.train_tip_adapter_f(semb, sy, cls, alpha=alpha, beta=5.5, tau=100.0, seed=3)
+    out["tip_adapter_f"] = model.predict(test_emb, cls)
+    return out
 
 
 def test_ltc_random_method_equals_direct_draws(store):

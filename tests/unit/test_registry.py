@@ -35,6 +35,8 @@ DATASETS_MD_TITLES = {
     "imagenet_a": "ImageNet-A",
 }
 DATASETS_MD_NAMES = set(DATASETS_MD_TITLES)
+# Protocol variants: another adapter setup of a dataset above, with the same files.
+PROTOCOL_VARIANTS = {"celeba_young": "celeba"}
 DATASETS_MD = Path("/work/shared/DATASETS.md")
 
 
@@ -58,7 +60,9 @@ def test_schema_is_valid_json_schema(schema):
 
 
 def test_every_dataset_has_an_entry_and_registry_validates(registry):
-    assert set(registry) == DATASETS_MD_NAMES
+    assert set(registry) == DATASETS_MD_NAMES | set(PROTOCOL_VARIANTS)
+    for variant, base in PROTOCOL_VARIANTS.items():
+        assert registry[variant].files == registry[base].files, variant
     for name, e in registry.items():
         assert e.files, name
         assert e.licence_name and e.licence_url.startswith("http"), name

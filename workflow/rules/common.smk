@@ -443,6 +443,7 @@ def report_targets():
             for m in MODELS
         ]
     out += audit_report_targets()
+    out += refineclip_report_targets()
     return out
 
 
@@ -461,11 +462,12 @@ def table_targets():
     ]
     targets.append(f"{RESULTS}/tables/grid_main.csv")
     targets += audit_table_targets()
+    targets += refineclip_table_targets()
     return list(dict.fromkeys(targets))
 
 
 def all_targets():
-    return table_targets() + report_targets()
+    return table_targets() + report_targets() + refineclip_model_targets()
 
 
 def report_common_inputs(wildcards):
@@ -565,3 +567,159 @@ def report_audit_inputs(wildcards):
         "audit_heads": f"{HEADS.format(**wildcards)}/audit.json",
         "dataset_meta": cell_meta(wildcards),
     }
+
+
+# ----------------------------------------------------------------------------- RefineCLIP
+# Per-method phase-1 and adapter files, edited checkpoints, the α/β sensitivity study and the
+# RefineCLIP report (workflow/rules/refineclip.smk).
+REFINECLIP_FIGURES = ["utility_vs_t", "edit_success_vs_locality", "alpha_beta_sensitivity"]
+REFINECLIP_TABLES = [
+    "refineclip_heads",
+    "refineclip_main",
+    "refineclip_stability",
+    "refineclip_edit",
+]
+EDITED_MODELS = f"{RESULTS}/models/{{dataset}}/{{model}}/seed-{{seed}}/edited"
+
+
+def refineclip_ids(locator):
+    """Configured method ids that read ``locator`` (refineclip or refineclip_adapter)."""
+    return [m for m, c in METHODS.items() if locator in c.spec.locators]
+
+
+def refineclip_configured():
+    """True when a method of the RefineCLIP family is configured (its report is made)."""
+    return any(c.spec.family == "refineclip" for c in METHODS.values())
+
+
+def sensitivity_method():
+    """Method id of the α/β sensitivity study, or None without a refineclip_adapt* method."""
+    ids = [
+        m
+        for m in refineclip_ids("refineclip_adapter")
+        if METHODS[m].params.get("objective") == "refineclip"
+    ]
+    chosen = config["analysis"]["sensitivity"]["method"]
+    if chosen and chosen not in ids:
+        raise ValueError(
+            f"config analysis.sensitivity.method: {chosen!r} is not a configured "
+            f"refineclip_adapt* method id ({ids or 'none configured'})"
+        )
+    return chosen or (ids[0] if ids else None)
+
+
+def phase1_file(wildcards, method=None):
+    return f"{HEADS.format(**wildcards)}/refineclip/{method or wildcards.method}.json"
+
+
+def phase1_params(wildcards):
+    """The parameters phase 1 reads (editing α, β, steps, ... reruns only phase 2)."""
+    params = METHODS[wildcards.method].params
+    return {k: v for k, v in params.items() if k in registry.REFINECLIP_PHASE1_PARAMS}
+
+
+def dataset_edit_targets(wildcards):
+    return DATASETS[wildcards.dataset].get("edit_targets") or []
+
+
+def adapt_inputs(wildcards):
+    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts"}
+    return {**files, "phase1": phase1_file(wildcards)}
+
+
+def sensitivity_inputs(wildcards):
+    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts"}
+    return {**files, "phase1": phase1_file(wildcards, sensitivity_method())}
+
+
+def sensitivity_params(wildcards):
+    return dict(METHODS[sensitivity_method()].params)
+
+
+def export_inputs(wildcards):
+    folder = HEADS.format(**wildcards)
+    files = {"adapter": f"{folder}/refineclip_adapter/{wildcards.method}.safetensors"}
+    if is_trained(wildcards.model):
+        files["checkpoint"] = checkpoint(wildcards.dataset, wildcards.model, wildcards.seed)
+    return files
+
+
+def export_pretrained(wildcards, input):
+    if is_trained(wildcards.model):
+        return input.checkpoint
+    return MODELS[wildcards.model]["pretrained"]
+
+
+def _report_phase1_id():
+    """The phase-1 file the RefineCLIP report shows (method refineclip first, else the first)."""
+    ids = refineclip_ids("refineclip")
+    named = [m for m in ids if METHODS[m].name == "refineclip"]
+    return (named or ids or [None])[0]
+
+
+def report_refineclip_inputs(wildcards):
+    metrics = METRICS.format(**wildcards)
+    heads = HEADS.format(**wildcards)
+    files = {
+        "dataset_meta": cell_meta(wildcards),
+        "metrics": f"{metrics}/metrics.csv",
+        "paired": f"{metrics}/paired.csv",
+        "summary": f"{RESULTS}/metrics/{wildcards.dataset}/{wildcards.model}/summary_over_seeds.csv",
+        "curves": [
+            f"{heads}/refineclip_adapter/{m}_curves.csv"
+            for m in refineclip_ids("refineclip_adapter")
+        ],
+    }
+    if _report_phase1_id():
+        files["phase1_json"] = phase1_file(wildcards, _report_phase1_id())
+    if sensitivity_method():
+        files["sensitivity"] = f"{metrics}/refineclip_sensitivity.csv"
+    return files
+
+
+def report_phase1_json(wildcards):
+    """Notebook parameter: the phase-1 file, or "" (none configured)."""
+    return report_refineclip_inputs(wildcards).get("phase1_json", "")
+
+
+def report_sensitivity(wildcards):
+    """Notebook parameter: the sensitivity table, or "" (no refineclip_adapt* method)."""
+    return report_refineclip_inputs(wildcards).get("sensitivity", "")
+
+
+def refineclip_method_info(wildcards):
+    """Registry name and shots of every configured method (paper reference rows)."""
+    return {
+        m: {
+            "name": c.name,
+            "n_per_class": c.params.get("n_per_class"),
+            "ablate": c.params.get("ablate"),
+        }
+        for m, c in METHODS.items()
+    }
+
+
+def refineclip_table_targets():
+    if not sensitivity_method():
+        return []
+    return [
+        f"{METRICS.format(dataset=d, model=m, seed=s)}/refineclip_sensitivity.csv"
+        for d, m, s in cells()
+    ]
+
+
+def refineclip_model_targets():
+    return [
+        f"{EDITED_MODELS.format(dataset=d, model=m, seed=s)}/{method}.safetensors"
+        for d, m, s in cells()
+        for method in refineclip_ids("refineclip_adapter")
+    ]
+
+
+def refineclip_report_targets():
+    if not refineclip_configured():
+        return []
+    return [
+        f"{REPORT_DIR.format(dataset=d, model=m, seed=s)}/report_refineclip.html"
+        for d, m, s in cells()
+    ]

@@ -22,6 +22,7 @@ rule evaluate:
     params:
         n_boot=config["evaluate"]["n_boot"],
         protocol=protocol,
+        edit_targets=dataset_edit_targets,
         code_version=CODE_VERSION,
     script:
         "../scripts/evaluate.py"

@@ -21,4 +21,5 @@ evaluate(
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
     protocol=snakemake.params.protocol,
+    edit_targets=snakemake.params.edit_targets,
 )

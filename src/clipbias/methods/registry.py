@@ -62,6 +62,22 @@ LOCATORS: Mapping[str, Locator] = MappingProxyType(
         "audit": Locator(
             "audit", "audit.json", "audit", "Fairness audit: top-k and greedy heads per attribute"
         ),
+        # RefineCLIP (METHODS §5): phase 1 and the phase-2 adapter depend on the method's own
+        # parameters (shots, T, ...), so they run once per configured method id.
+        "refineclip": Locator(
+            "refineclip",
+            "refineclip/{method}.json",
+            "locate_refineclip",
+            "RefineCLIP phase 1: shots, candidate lists (Table 4), selected heads S*",
+            per_method=True,
+        ),
+        "refineclip_adapter": Locator(
+            "refineclip_adapter",
+            "refineclip_adapter/{method}.safetensors",
+            "adapt_refineclip",
+            "RefineCLIP phase 2 adapter (+ {method}_curves.csv)",
+            per_method=True,
+        ),
     }
 )
 
@@ -137,6 +153,139 @@ _LTC_PARAMS = {"ablation_stats": "locate", "ablation": "mean", "renormalize_afte
 _AUDIT = "clipbias.methods.audit_ablation"
 # attribute "" = the dataset's protected_attribute; variant: split | single_pool (selection)
 _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"}
+
+# ------------------------------------------------------------------------------ RefineCLIP
+# METHODS §5 (phase 1, phase 2, baselines). Shots: ``n_per_class`` labelled samples per class
+# of split ``shots_split``, drawn with the cell's seed (the same draw for every method of the
+# family). ``tau``: the softmax temperature of g (phase 2) / Tip-Adapter's logit scale; null or
+# "checkpoint" = the classifier's logit scale (exp(logit_scale) of the checkpoint, 100 for the
+# laion2b weights), or a number.
+_SHOTS = {"n_per_class": 10, "shots_split": "train"}
+_PHASE1 = {**_SHOTS, "T": 15, "score_layers": 4, "similarity": "cosine"}
+_ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
+#: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.
+REFINECLIP_PHASE1_PARAMS = (*_PHASE1, "selection", "val_split")
+_RC = "clipbias.methods.refineclip_ablate"
+_RC_TORCH = "clipbias.methods.refineclip_torch"
+_RC_LOCATE = ("refineclip",)
+_RC_ADAPT = ("refineclip", "refineclip_adapter")
+
+
+def _adapter(name, label, description, params, **fixed):
+    return MethodSpec(
+        name,
+        label,
+        "refineclip",
+        _RC_TORCH,
+        function="predict_adapter",
+        description=description,
+        locators=_RC_ADAPT,
+        shots=True,
+        env="torch",
+        params=_frozen({**_PHASE1, **params}),
+        fixed=_frozen({"selection": "utility", **fixed}),
+    )
+
+
+_REFINECLIP_METHODS = (
+    MethodSpec(
+        "refineclip",
+        "RefineCLIP phase 1",
+        "refineclip",
+        _RC,
+        description="Zero-ablate S*, the candidate list and t of largest utility (§5.2-5.5)",
+        locators=_RC_LOCATE,
+        shots=True,
+        params=_frozen(_PHASE1),
+        fixed=_frozen({"selection": "utility"}),
+    ),
+    MethodSpec(
+        "refineclip_star",
+        "RefineCLIP phase 1* (validation)",
+        "refineclip",
+        _RC,
+        description="Ours*: list and t chosen by worst-group accuracy on val_split (§5.5)",
+        locators=_RC_LOCATE,
+        shots=True,
+        params=_frozen({**_PHASE1, "val_split": "val"}),
+        fixed=_frozen({"selection": "validation"}),
+    ),
+    _adapter(
+        "refineclip_adapt",
+        "RefineCLIP (diag adapter)",
+        "Phase 2: diag(θ) with L_CE + α L_success + β L_locality (§5.6)",
+        {**_ADAPT, "alpha": 1e3, "beta": 1e3},
+        variant="diag",
+        objective="refineclip",
+    ),
+    _adapter(
+        "refineclip_adapt_full",
+        "RefineCLIP (full-matrix adapter)",
+        "Phase 2 with a full D x D matrix (paper Appendix D)",
+        {**_ADAPT, "alpha": 1e3, "beta": 1e3},
+        variant="full",
+        objective="refineclip",
+    ),
+    _adapter(
+        "refineclip_adapt_lora",
+        "RefineCLIP (LoRA adapter)",
+        "Phase 2 with M = I + BA of rank `rank` (paper Appendix D)",
+        {**_ADAPT, "alpha": 1e3, "beta": 1e3, "rank": 4},
+        variant="lora",
+        objective="refineclip",
+    ),
+    _adapter(
+        "refineclip_std_ft",
+        "STD-FT (diag, CE only)",
+        "Standard fine-tuning of diag(θ): alpha = beta = 0 (§5.7)",
+        _ADAPT,
+        variant="diag",
+        objective="std_ft",
+    ),
+    _adapter(
+        "refineclip_no_teacher",
+        "RefineCLIP without ablated teacher",
+        "KL to the original model on all shots, no success loss (paper Appendix B)",
+        {**_ADAPT, "beta": 1e3},
+        variant="diag",
+        objective="no_ablated_teacher",
+    ),
+    MethodSpec(
+        "refineclip_classifier",
+        "RefineCLIP phase 1 + linear classifier",
+        "refineclip",
+        _RC_TORCH,
+        function="predict_classifier",
+        description="Zero-ablate S*, then a linear probe on the ablated shots (paper Table 6)",
+        locators=_RC_LOCATE,
+        shots=True,
+        env="torch",
+        params=_frozen({**_PHASE1, "ablate": True, "l2": 0.01, "steps": 200}),
+        fixed=_frozen({"selection": "utility"}),
+    ),
+    MethodSpec(
+        "tip_adapter",
+        "Tip-Adapter",
+        "baseline",
+        "clipbias.methods.tip_adapter_fewshot",
+        description="Training-free cache model on the same shots, alpha_t = 1, beta_t = 5.5 (§5.7)",
+        shots=True,
+        params=_frozen({**_SHOTS, "alpha": 1.0, "beta": 5.5, "tau": None}),
+    ),
+    MethodSpec(
+        "tip_adapter_f",
+        "Tip-Adapter-F",
+        "baseline",
+        _RC_TORCH,
+        function="predict_tip_adapter_f",
+        description="Tip-Adapter with learnable keys: AdamW, cosine schedule (§5.7)",
+        shots=True,
+        env="torch",
+        params=_frozen(
+            {**_SHOTS, "alpha": 1.0, "beta": 5.5, "tau": None, "lr": 1e-3, "epochs": 20}
+        ),
+    ),
+)
 
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
@@ -282,6 +431,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 params=_frozen(_AUDIT_PARAMS),
                 fixed=_frozen({"head_set": "greedy"}),
             ),
+            *_REFINECLIP_METHODS,
         )
     }
 )

@@ -17,6 +17,9 @@ the shots with AdamW (lr 1e-3, eps 1e-4, weight decay 0.01 = torch's default), a
 learning-rate schedule over all steps, 20 epochs and batch size 256, as in the official code.
 Unlike the official code there is no image augmentation (the inputs are stored embeddings), so
 the keys are fitted on exactly the embeddings they were initialised from.
+
+torch is imported only by :func:`train_tip_adapter_f`, so the training-free part runs in the
+analysis env (no torch).
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ def train_tip_adapter_f(
     ``num_threads`` torch CPU threads while training (None = unchanged; see
     :func:`clipbias.methods.refineclip_adapt.torch_threads`).
     """
+    import torch
+    import torch.nn.functional as F
+
     from ..models import resolve_device
     from .refineclip_adapt import torch_threads
 

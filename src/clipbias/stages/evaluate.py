@@ -101,10 +101,14 @@ def evaluate(
     seed: int = 42,
     threads: int | None = None,
     protocol: str = "none",
+    edit_targets: str | Sequence[str] | None = None,
 ) -> None:
     """Tidy metrics of every method on every evaluation split (95 % stratified bootstrap
     intervals), paired differences with zero-shot, the random-control draws and summary (on
-    the test split), and the dataset's protocol metrics (:func:`protocol_rows`)."""
+    the test split), and the dataset's protocol metrics (:func:`protocol_rows`). With
+    ``edit_targets`` (the dataset's, :func:`clipbias.methods.fewshot.edit_target_classes`),
+    every method also gets edit-success and locality rows on each evaluation split
+    (METHODS §7.1)."""
     import pandas as pd
 
     from clipbias.io import read_json
@@ -164,6 +168,11 @@ def evaluate(
         s.insert(1, "observed_method", observed_method)
         summaries.append(s)
     tables += protocol_rows(protocol, index, preds, scores, meta)
+    if edit_targets and preds:
+        for split, part in index.groupby("split", sort=False):
+            rows = part.index.to_numpy()
+            sub = {m: p[rows] for m, p in preds.items()}
+            tables.append(_edit_rows(edit_targets, meta, sub, part.reset_index(drop=True), split))
     metrics = pd.concat(tables, ignore_index=True)
     _write_csv(metrics, out_metrics)
 
@@ -282,6 +291,21 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
         if out
         else []
     )
+
+
+def _edit_rows(spec, meta, preds, index, split):
+    """Edit success / locality rows of every method with predictions (RefineCLIP §5.8)."""
+    import pandas as pd
+
+    from clipbias.methods.fewshot import edit_target_classes
+    from clipbias.methods.refineclip import edit_metric_rows
+    from clipbias.methods.registry import REFERENCE_METHOD
+
+    labels = index["label"].to_numpy()
+    targets = edit_target_classes(spec, meta["classes"], labels, preds.get(REFERENCE_METHOD))
+    log.info("edit targets %s: %s", spec, [meta["classes"][t] for t in targets])
+    rows = [r for m, p in preds.items() for r in edit_metric_rows(m, split, p, labels, targets)]
+    return pd.DataFrame(rows)
 
 
 def planted_ground_truth(

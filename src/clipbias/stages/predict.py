@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,17 @@ META_KEY = b"clipbias.meta"
 
 
 def read_located(paths: Mapping[str, str | os.PathLike]) -> dict[str, Any]:
-    """Parse located-heads files by locator name (JSON, or CSV for TextSpan tables)."""
+    """Parse located-heads files by locator name (JSON, or CSV for TextSpan tables); binary
+    files (``.safetensors``, e.g. a RefineCLIP adapter) are passed on as paths."""
     import pandas as pd
 
     from clipbias.io import read_json
 
     out: dict[str, Any] = {}
     for name, path in paths.items():
+        if str(path).endswith(".safetensors"):
+            out[name] = Path(path)
+            continue
         out[name] = pd.read_csv(path) if str(path).endswith(".csv") else read_json(path)
     return out
 

@@ -1,0 +1,298 @@
+"""Rules of ``workflow/rules/refineclip.smk``: RefineCLIP phase 1 (analysis env), phase 2, the
+edited checkpoint and the α/β sensitivity sweep (torch env; torch imported inside those
+functions only). The report rule ``report_refineclip`` runs :func:`clipbias.stages.report.run_notebook`.
+
+Files (``{cell}`` = ``{dataset}/{model}/seed-{seed}``, ``{method}`` = a configured method id):
+
+* ``heads/{cell}/refineclip/{method}.json`` — phase 1 (docs/DESIGN.md, "Result tables") plus
+  ``shots`` (split, n_per_class, seed, image ids, labels, groups) and ``params``;
+* ``heads/{cell}/refineclip_adapter/{method}.safetensors`` (+ ``{method}_curves.csv``:
+  ``step, set, metric, value``; sets ``train`` (the shots; loss terms and accuracies),
+  ``test``, and with edit targets ``target`` / ``other``; metrics ``acc``, ``class_avg_acc``);
+* ``models/{cell}/edited/{method}.safetensors`` (+ ``.json`` provenance): the open_clip
+  checkpoint with the adapter merged into ``visual.proj``;
+* ``metrics/{cell}/refineclip_sensitivity.csv``: ``sweep, alpha, beta, step, set, metric,
+  value`` (``sweep`` = ``alpha`` (β = 0), ``beta`` (α = 0), ``both`` (α = β) or ``none``
+  (α = β = 0, i.e. STD-FT)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipbias.stages.common import limit_blas_threads
+
+log = logging.getLogger(__name__)
+
+SENSITIVITY_COLUMNS = ["sweep", "alpha", "beta", "step", "set", "metric", "value"]
+
+
+def locate_refineclip(
+    feature_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int,
+    n_per_class: int = 10,
+    shots_split: str = "train",
+    T: int = 15,
+    score_layers: int = 4,
+    similarity: str = "cosine",
+    selection: str = "utility",
+    val_split: str = "val",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """RefineCLIP phase 1 (METHODS §5.1-5.5) on ``n_per_class`` shots per class of
+    ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects S* by
+    worst-group accuracy on ``val_split`` ("Ours*"). Only the rows of the shots (and, for
+    Ours*, the validation split) and only the last ``score_layers`` stored layers are read."""
+    from clipbias.features import FeatureSet, read_classifier
+    from clipbias.io import write_json
+    from clipbias.methods.fewshot import shot_rows, shots_record
+    from clipbias.methods.refineclip import identify_then_ablate, select_on_validation
+
+    limit_blas_threads(threads)
+    if selection not in ("utility", "validation"):
+        raise ValueError(f"selection must be 'utility' or 'validation', got {selection!r}")
+    fs = FeatureSet.open(feature_dir)
+    names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
+    layers = sorted(fs.layers)[-int(score_layers) :]
+    idx, heads, rest = shot_rows(fs, shots_split, n_per_class, seed, layers)
+    labels = idx["label"].to_numpy()
+    result = identify_then_ablate(
+        heads, rest, classifier, labels, layers,
+        T=int(T), n_score_layers=int(score_layers), similarity=similarity, class_names=names,
+    )  # fmt: skip
+    if selection == "validation":
+        if val_split == shots_split:
+            log.warning("Ours* selects on %r, the split the shots come from", val_split)
+        vidx, vheads, vrest = fs.load(layers=layers, split=val_split)
+        result = select_on_validation(
+            result, vheads, vrest, classifier, vidx["label"].to_numpy(),
+            vidx["group"].to_numpy(), layers,
+        )  # fmt: skip
+        result["validation"]["split"] = val_split
+    result["shots"] = shots_record(idx, shots_split, n_per_class, seed)
+    result["params"] = {
+        "n_per_class": int(n_per_class), "shots_split": shots_split, "T": int(T),
+        "score_layers": int(score_layers), "similarity": similarity, "selection": selection,
+        "val_split": val_split if selection == "validation" else None,
+    }  # fmt: skip
+    write_json(out, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------- phase 2
+
+
+def _phase2_inputs(
+    feature_dir: str | os.PathLike,
+    dataset_meta: str | os.PathLike,
+    phase1: Mapping[str, Any],
+    edit_targets: str | Sequence[str] | None,
+    test_split: str,
+) -> dict[str, Any]:
+    """Shots (original and ablated embeddings, W and C ∪ A masks) and the test evaluation sets
+    of the phase-2 curves, from a phase-1 result (numpy only)."""
+    from clipbias import metrics
+    from clipbias.features import FeatureSet, read_classifier
+    from clipbias.io import read_json
+    from clipbias.methods.fewshot import (
+        edit_target_classes,
+        load_rows,
+        parse_shots,
+        target_eval_sets,
+    )
+    from clipbias.methods.heads import parse_head
+    from clipbias.methods.refineclip import phase2_masks, zero_ablate
+
+    meta = read_json(dataset_meta)
+    fs = FeatureSet.open(feature_dir)
+    names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
+    s_star = list(phase1["selected"]["heads"])
+    layers = sorted({parse_head(h)[0] for h in s_star})
+    split, ids = parse_shots(phase1)
+    idx, heads, rest = load_rows(fs, split, ids, layers)
+    labels = idx["label"].to_numpy()
+    emb = heads.sum(axis=(1, 2), dtype=np.float64) + rest
+    preds = metrics.predict(emb, classifier)
+    success, locality = phase2_masks(labels, preds)
+    tidx, _, temb = fs.load(layers=[], split=test_split)
+    tlabels = tidx["label"].to_numpy()
+    cols = meta.get("candidate_columns")
+    cand = np.stack([tidx[c].to_numpy() for c in cols], axis=1) if cols else None
+    targets = edit_target_classes(
+        edit_targets, names, tlabels, metrics.predict(temb, classifier, cand)
+    )
+    return {
+        "emb": emb,
+        "labels": labels,
+        "teacher": zero_ablate(heads, rest, layers, s_star),
+        "success": success,
+        "locality": locality,
+        "classifier": classifier,
+        "eval_sets": target_eval_sets(temb, tlabels, targets),
+        "targets": [names[t] for t in targets],
+        "s_star": s_star,
+    }
+
+
+def adapter_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """train_adapter keyword arguments from a method's parameters (absent α/β = 0)."""
+    return {
+        "variant": params.get("variant", "diag"),
+        "objective": params.get("objective", "refineclip"),
+        "alpha": float(params.get("alpha", 0.0)),
+        "beta": float(params.get("beta", 0.0)),
+        "lr": float(params.get("lr", 1e-3)),
+        "steps": int(params.get("steps", 500)),
+        "rank": int(params.get("rank", 4)),
+        "eval_every": int(params.get("eval_every", 10)),
+    }
+
+
+def adapt_refineclip(
+    feature_dir: str | os.PathLike,
+    dataset_meta: str | os.PathLike,
+    phase1: str | os.PathLike,
+    out_adapter: str | os.PathLike,
+    out_curves: str | os.PathLike,
+    seed: int,
+    params: Mapping[str, Any],
+    edit_targets: str | Sequence[str] | None = None,
+    test_split: str = "test",
+    device: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """RefineCLIP phase 2 (METHODS §5.6) of one method id: train the adapter on the shots of
+    its phase-1 file (S* = the ablated teacher), track accuracy on the test split (and its
+    target / other classes) every ``eval_every`` steps, write adapter and curves. The adapter
+    of the last step is kept (no selection on the test curves). Without a misclassified shot
+    there is nothing to edit: the adapter is the identity (0 steps), except for STD-FT."""
+    from clipbias.io import atomic_path, read_json
+    from clipbias.methods.fewshot import resolve_tau
+    from clipbias.methods.refineclip_adapt import save_adapter, train_adapter
+
+    limit_blas_threads(threads)
+    p1 = read_json(phase1)
+    inp = _phase2_inputs(feature_dir, dataset_meta, p1, edit_targets, test_split)
+    settings = adapter_settings(params)
+    if not inp["success"].any() and settings["objective"] != "std_ft":
+        # no misclassified shot: phase 1 found nothing to edit, so the edit is the identity
+        # (training would be cross-entropy fine-tuning only, i.e. STD-FT, not RefineCLIP)
+        log.warning("no misclassified shot: the %s adapter is the identity", settings["variant"])
+        settings["steps"] = 0
+    tau = resolve_tau(params.get("tau"), feature_dir)
+    res = train_adapter(
+        inp["emb"], inp["labels"], inp["classifier"], inp["teacher"], inp["success"],
+        inp["locality"], tau=tau, seed=int(seed), eval_sets=inp["eval_sets"], device=device,
+        **settings,
+    )  # fmt: skip
+    info = {"config": res.config, "s_star": inp["s_star"], "edit_targets": inp["targets"]}
+    save_adapter(out_adapter, res.params, {"clipbias.refineclip": json.dumps(info)})
+    with atomic_path(out_curves) as tmp:
+        res.curves.to_csv(tmp, index=False)
+
+
+def sensitivity_runs(values: Sequence[float]) -> list[tuple[str, float, float]]:
+    """(sweep, α, β) of the sensitivity study: α swept with β = 0, β swept with α = 0, both
+    equal, and α = β = 0 (STD-FT) once."""
+    runs = [("none", 0.0, 0.0)]
+    for v in values:
+        v = float(v)
+        runs += [("alpha", v, 0.0), ("beta", 0.0, v), ("both", v, v)]
+    return runs
+
+
+def refineclip_sensitivity(
+    feature_dir: str | os.PathLike,
+    dataset_meta: str | os.PathLike,
+    phase1: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int,
+    params: Mapping[str, Any],
+    values: Sequence[float],
+    edit_targets: str | Sequence[str] | None = None,
+    test_split: str = "test",
+    steps: int = 0,
+    device: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """α/β sensitivity (paper Appendix B, Figs. 5-8): the method's adapter (variant, τ, lr)
+    retrained for every (α, β) of :func:`sensitivity_runs`, accuracy curves per step; ``steps``
+    0 = the method's own."""
+    from clipbias.io import atomic_path, read_json
+    from clipbias.methods.fewshot import resolve_tau
+
+    limit_blas_threads(threads)
+    inp = _phase2_inputs(feature_dir, dataset_meta, read_json(phase1), edit_targets, test_split)
+    settings = adapter_settings(params)
+    if steps:
+        settings["steps"] = int(steps)
+    if not inp["success"].any():
+        log.warning(
+            "no misclassified shot: every sweep run is cross-entropy training (α, β unused)"
+        )
+    tau = resolve_tau(params.get("tau"), feature_dir)
+    table = sensitivity_table(inp, settings, tau, values, int(seed), device)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("sensitivity: %d runs, targets %s", len(sensitivity_runs(values)), inp["targets"])
+
+
+def sensitivity_table(
+    inp: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    tau: float,
+    values: Sequence[float],
+    seed: int,
+    device: str | None = None,
+):
+    """The sweep of :func:`sensitivity_runs` on prepared phase-2 inputs (``emb, labels,
+    classifier, teacher, success, locality, eval_sets``): one adapter per (α, β) with the
+    ``refineclip`` objective, curves of the evaluation sets (:data:`SENSITIVITY_COLUMNS`)."""
+    import pandas as pd
+
+    from clipbias.methods.refineclip_adapt import train_adapter
+
+    settings = {**settings, "objective": "refineclip"}
+    frames = []
+    for sweep, a, b in sensitivity_runs(values):
+        settings.update(alpha=a, beta=b)
+        res = train_adapter(
+            inp["emb"], inp["labels"], inp["classifier"], inp["teacher"], inp["success"],
+            inp["locality"], tau=tau, seed=seed, eval_sets=inp["eval_sets"], device=device,
+            **settings,
+        )  # fmt: skip
+        c = res.curves[res.curves["set"] != "train"].copy()
+        c.insert(0, "sweep", sweep)
+        c.insert(1, "alpha", a)
+        c.insert(2, "beta", b)
+        frames.append(c)
+    return pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS]
+
+
+def export_refineclip_model(
+    model_name: str,
+    pretrained: str | None,
+    adapter: str | os.PathLike,
+    out: str | os.PathLike,
+    out_info: str | os.PathLike,
+    device: str | None = None,
+) -> None:
+    """Merge the adapter into ``visual.proj`` of the model and write the edited open_clip
+    checkpoint (verified: encode_image of the merged model = the adapted embedding), with its
+    provenance JSON. Load it with ``clipbias.models.load_model(model_name, out)``."""
+    from clipbias.edit import write_edited_checkpoint
+    from clipbias.io import write_json
+    from clipbias.methods.refineclip_adapt import load_adapter
+
+    params = load_adapter(adapter)
+    pre = pretrained if pretrained not in ("", "none") else None
+    info = write_edited_checkpoint(model_name, pre, params, out, device=device)
+    write_json(out_info, {**info, "adapter": os.fspath(adapter)})
