@@ -800,112 +800,6 @@ def audit_random_control(
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize=8)
         ax.margins(x=0.1)
     fig.suptitle(title or "Selected heads vs layer-matched random heads")
-
-
-# RefineCLIP (notebooks/report_refineclip.ipynb)
-# ---------------------------------------------------------------------------------------------
-
-SCORE_STYLES = {"A": "-", "B": "--", "C": "-", "D": "--"}
-
-
-@_styled
-def utility_vs_t(
-    phase1: Mapping[str, Any], out: str | os.PathLike, title: str | None = None
-) -> Figure:
-    """Utility U(S_t) (eq. 10) of every candidate list (scores A-D) against t, one panel per
-    error direction of a RefineCLIP phase-1 file; the dotted line is U without ablation, the
-    star the selected S* (utility selection, or the list and t chosen on validation)."""
-    dirs = list(phase1.get("directions", []))
-    if not dirs:
-        return note_figure("No misclassified shot: phase 1 found nothing to edit.", out)
-    sel = phase1.get("selected") or {}
-    colours = {s: c for s, c in zip("ABCD", group_colours(4), strict=True)}
-    fig = new_figure(4.6 * len(dirs), 3.6, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(dirs), sharey=True))
-    for ax, d in zip(axes, dirs, strict=True):
-        for item in d["lists"]:
-            u = np.asarray(item["utility"], dtype=float)
-            t = np.arange(1, len(u) + 1)
-            s = item["score"]
-            ax.plot(t, u, SCORE_STYLES[s], marker="o", ms=3, color=colours[s])
-            if sel.get("direction") == d["key"] and sel.get("score") == s and sel.get("t"):
-                k = int(sel["t"])
-                ax.plot(k, u[k - 1], "*", ms=15, color="black", zorder=4)
-        ax.axhline(phase1.get("utility_no_ablation", np.nan), color="0.4", ls=":", lw=1.2)
-        name = f"{d.get('true_name') or d['true_label']} → {d.get('pred_name') or d['pred_label']}"
-        ax.set_title(f"{name} (|W| = {d['n_wrong']})", fontsize=11)
-        ax.set_xlabel("t (heads ablated)")
-        skipped = ", ".join(f"({k}) skipped" for k in d.get("skipped", {}))
-        if skipped:
-            ax.text(0.02, 0.02, skipped, transform=ax.transAxes, fontsize=8, color="0.3")
-    axes[0].set_ylabel("Utility U(S_t)")
-    shown = sorted({item["score"] for d in dirs for item in d["lists"]})
-    handles = [
-        Line2D([], [], color=colours[s], ls=SCORE_STYLES[s], marker="o", ms=3, label=f"({s})")
-        for s in shown
-    ]
-    if sel.get("t"):
-        handles.append(Line2D([], [], color="black", marker="*", ms=12, ls="none", label="S*"))
-    handles.append(Line2D([], [], color="0.4", ls=":", label="no ablation"))
-    axes[-1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(title or f"RefineCLIP phase 1: utility of the candidate lists "
-                 f"(selection: {phase1.get('selection', 'utility')})")  # fmt: skip
-    save_figure(fig, out)
-    return fig
-
-
-def _acc_curve(curves: pd.DataFrame, set_name: str, metric: str = "acc") -> pd.Series:
-    sub = curves[(curves["set"] == set_name) & (curves["metric"] == metric)]
-    return sub.set_index("step")["value"].sort_index()
-
-
-@_styled
-def edit_success_vs_locality(
-    curves: Mapping[str, pd.DataFrame],
-    out: str | os.PathLike,
-    labels: Mapping[str, str] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Phase-2 training curves of every adapter method (``{method}_curves.csv``): left,
-    accuracy (%) on the target classes (edit success, solid) and the other classes (locality,
-    dashed) per training step; right, edit success against locality along training (circle =
-    start, square = end). Without edit targets both panels use the whole test split."""
-    curves = {m: c for m, c in curves.items() if len(c)}
-    if not curves:
-        return note_figure("No RefineCLIP phase-2 method configured.", out)
-    has_targets = all("target" in set(c["set"]) for c in curves.values())
-    colours = dict(zip(curves, group_colours(len(curves)), strict=True))
-    fig = new_figure(10.0, 4.0 + 0.18 * len(curves), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    for m, c in curves.items():
-        lab = (labels or {}).get(m, m)
-        if has_targets:
-            succ, loc = _acc_curve(c, "target"), _acc_curve(c, "other")
-            ax1.plot(succ.index, 100 * succ, color=colours[m], lw=2, label=f"{lab}: target")
-            ax1.plot(loc.index, 100 * loc, color=colours[m], lw=1.5, ls="--", label=f"{lab}: other")
-            x, y = 100 * loc.to_numpy(), 100 * succ.to_numpy()
-        else:
-            test, train = _acc_curve(c, "test"), _acc_curve(c, "train")
-            ax1.plot(test.index, 100 * test, color=colours[m], lw=2, label=f"{lab}: test")
-            ax1.plot(
-                train.index, 100 * train, color=colours[m], lw=1.5, ls=":", label=f"{lab}: shots"
-            )
-            x = 100 * _acc_curve(c, "test", "class_avg_acc").to_numpy()
-            y = 100 * test.to_numpy()
-        ax2.plot(x, y, color=colours[m], lw=1.5, marker=".", ms=3)
-        ax2.plot(x[:1], y[:1], "o", color=colours[m], ms=7)
-        ax2.plot(x[-1:], y[-1:], "s", color=colours[m], ms=7)
-    ax1.set_xlabel("Training step")
-    ax1.set_ylabel("Accuracy (%)")
-    handles, texts = ax1.get_legend_handles_labels()
-    fig.legend(handles, texts, loc="outside lower center", ncol=2, fontsize=8)
-    if has_targets:
-        ax2.set_xlabel("Locality: accuracy on other classes (%)")
-        ax2.set_ylabel("Edit success: target accuracy (%)")
-    else:
-        ax2.set_xlabel("Class-averaged test accuracy (%)")
-        ax2.set_ylabel("Test accuracy (%)")
-    fig.suptitle(title or "RefineCLIP phase 2: edit success vs locality during training")
     save_figure(fig, out)
     return fig
 
@@ -1042,8 +936,120 @@ def audit_transitions(
     handles = [Patch(fc=c, label=TRANSITION_LABELS[k]) for k, c in TRANSITION_COLOURS.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
     fig.suptitle(title or "Prediction transitions after ablating the selected heads")
+    save_figure(fig, out)
+    return fig
 
 
+# ---------------------------------------------------------------------------------------------
+# RefineCLIP (notebooks/report_refineclip.ipynb)
+# ---------------------------------------------------------------------------------------------
+
+SCORE_STYLES = {"A": "-", "B": "--", "C": "-", "D": "--"}
+
+
+@_styled
+def utility_vs_t(
+    phase1: Mapping[str, Any], out: str | os.PathLike, title: str | None = None
+) -> Figure:
+    """Utility U(S_t) (eq. 10) of every candidate list (scores A-D) against t, one panel per
+    error direction of a RefineCLIP phase-1 file; the dotted line is U without ablation, the
+    star the selected S* (utility selection, or the list and t chosen on validation)."""
+    dirs = list(phase1.get("directions", []))
+    if not dirs:
+        return note_figure("No misclassified shot: phase 1 found nothing to edit.", out)
+    sel = phase1.get("selected") or {}
+    colours = {s: c for s, c in zip("ABCD", group_colours(4), strict=True)}
+    fig = new_figure(4.6 * len(dirs), 3.6, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(dirs), sharey=True))
+    for ax, d in zip(axes, dirs, strict=True):
+        for item in d["lists"]:
+            u = np.asarray(item["utility"], dtype=float)
+            t = np.arange(1, len(u) + 1)
+            s = item["score"]
+            ax.plot(t, u, SCORE_STYLES[s], marker="o", ms=3, color=colours[s])
+            if sel.get("direction") == d["key"] and sel.get("score") == s and sel.get("t"):
+                k = int(sel["t"])
+                ax.plot(k, u[k - 1], "*", ms=15, color="black", zorder=4)
+        ax.axhline(phase1.get("utility_no_ablation", np.nan), color="0.4", ls=":", lw=1.2)
+        name = f"{d.get('true_name') or d['true_label']} → {d.get('pred_name') or d['pred_label']}"
+        ax.set_title(f"{name} (|W| = {d['n_wrong']})", fontsize=11)
+        ax.set_xlabel("t (heads ablated)")
+        skipped = ", ".join(f"({k}) skipped" for k in d.get("skipped", {}))
+        if skipped:
+            ax.text(0.02, 0.02, skipped, transform=ax.transAxes, fontsize=8, color="0.3")
+    axes[0].set_ylabel("Utility U(S_t)")
+    shown = sorted({item["score"] for d in dirs for item in d["lists"]})
+    handles = [
+        Line2D([], [], color=colours[s], ls=SCORE_STYLES[s], marker="o", ms=3, label=f"({s})")
+        for s in shown
+    ]
+    if sel.get("t"):
+        handles.append(Line2D([], [], color="black", marker="*", ms=12, ls="none", label="S*"))
+    handles.append(Line2D([], [], color="0.4", ls=":", label="no ablation"))
+    axes[-1].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle(title or f"RefineCLIP phase 1: utility of the candidate lists "
+                 f"(selection: {phase1.get('selection', 'utility')})")  # fmt: skip
+    save_figure(fig, out)
+    return fig
+
+
+def _acc_curve(curves: pd.DataFrame, set_name: str, metric: str = "acc") -> pd.Series:
+    sub = curves[(curves["set"] == set_name) & (curves["metric"] == metric)]
+    return sub.set_index("step")["value"].sort_index()
+
+
+@_styled
+def edit_success_vs_locality(
+    curves: Mapping[str, pd.DataFrame],
+    out: str | os.PathLike,
+    labels: Mapping[str, str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Phase-2 training curves of every adapter method (``{method}_curves.csv``): left,
+    accuracy (%) on the target classes (edit success, solid) and the other classes (locality,
+    dashed) per training step; right, edit success against locality along training (circle =
+    start, square = end). Without edit targets both panels use the whole test split."""
+    curves = {m: c for m, c in curves.items() if len(c)}
+    if not curves:
+        return note_figure("No RefineCLIP phase-2 method configured.", out)
+    has_targets = all("target" in set(c["set"]) for c in curves.values())
+    colours = dict(zip(curves, group_colours(len(curves)), strict=True))
+    fig = new_figure(10.0, 4.0 + 0.18 * len(curves), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    for m, c in curves.items():
+        lab = (labels or {}).get(m, m)
+        if has_targets:
+            succ, loc = _acc_curve(c, "target"), _acc_curve(c, "other")
+            ax1.plot(succ.index, 100 * succ, color=colours[m], lw=2, label=f"{lab}: target")
+            ax1.plot(loc.index, 100 * loc, color=colours[m], lw=1.5, ls="--", label=f"{lab}: other")
+            x, y = 100 * loc.to_numpy(), 100 * succ.to_numpy()
+        else:
+            test, train = _acc_curve(c, "test"), _acc_curve(c, "train")
+            ax1.plot(test.index, 100 * test, color=colours[m], lw=2, label=f"{lab}: test")
+            ax1.plot(
+                train.index, 100 * train, color=colours[m], lw=1.5, ls=":", label=f"{lab}: shots"
+            )
+            x = 100 * _acc_curve(c, "test", "class_avg_acc").to_numpy()
+            y = 100 * test.to_numpy()
+        ax2.plot(x, y, color=colours[m], lw=1.5, marker=".", ms=3)
+        ax2.plot(x[:1], y[:1], "o", color=colours[m], ms=7)
+        ax2.plot(x[-1:], y[-1:], "s", color=colours[m], ms=7)
+    ax1.set_xlabel("Training step")
+    ax1.set_ylabel("Accuracy (%)")
+    handles, texts = ax1.get_legend_handles_labels()
+    fig.legend(handles, texts, loc="outside lower center", ncol=2, fontsize=8)
+    if has_targets:
+        ax2.set_xlabel("Locality: accuracy on other classes (%)")
+        ax2.set_ylabel("Edit success: target accuracy (%)")
+    else:
+        ax2.set_xlabel("Class-averaged test accuracy (%)")
+        ax2.set_ylabel("Test accuracy (%)")
+    fig.suptitle(title or "RefineCLIP phase 2: edit success vs locality during training")
+    save_figure(fig, out)
+    return fig
+
+
+@_styled
 def alpha_beta_sensitivity(
     sensitivity: pd.DataFrame | None, out: str | os.PathLike, title: str | None = None
 ) -> Figure:
