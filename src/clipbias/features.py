@@ -35,6 +35,22 @@ META_KEY = b"clipbias.meta"
 INDEX_COLUMNS = ("image_id", "path", "split", "label", "group")
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
 
+#: Raw feature bytes per Parquet row group written by :func:`write_shard` (row groups are the
+#: unit of split-statistics skipping; reads are bounded by :data:`BATCH_BYTES` either way).
+ROW_GROUP_BYTES = 64 * 2**20
+#: Memory budget of one streamed batch (Arrow decode buffers + float32 numpy arrays); the
+#: default ``batch_rows`` of :meth:`FeatureSet.iter_batches` is derived from it.
+BATCH_BYTES = 256 * 2**20
+#: Bytes held per stored value while a batch is decoded: Arrow's nested-list reader keeps
+#: the values and their repetition/definition levels (about 6-8 bytes per value), numpy
+#: adds the float32 copy and the ``rest`` temporary. Measured with ``benchmarks/memory.py``.
+BYTES_PER_VALUE = 16
+MAX_BATCH_ROWS = 4096
+#: Read buffer of one column chunk: with a buffered stream Arrow decodes a column chunk
+#: page by page instead of loading it whole, so memory stays O(batch) even for shards
+#: written as one row group.
+READ_BUFFER_BYTES = 1 << 20
+
 
 class FeatureError(RuntimeError):
     """A feature folder is missing, incomplete or corrupt."""
@@ -141,11 +157,21 @@ def checksum_path(shard: str | os.PathLike) -> Path:
     return Path(f"{shard}.sha256")
 
 
+def row_bytes(schema: pa.Schema) -> int:
+    """Raw bytes of the fixed-size feature lists of one row."""
+    total = 0
+    for f in schema:
+        if pa.types.is_fixed_size_list(f.type):
+            total += f.type.list_size * f.type.value_type.byte_width
+    return total
+
+
 def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
     """Write a shard atomically (temporary sibling, then rename) and its sha256 sidecar.
 
     Returns the sha256. The sidecar records the checksum at write time, so corruption that
     happens later (truncation, bit rot, a partial copy) is detected by :func:`write_manifest`.
+    Row groups hold about :data:`ROW_GROUP_BYTES` of raw feature values each.
     """
     # Dictionary encoding only pays for the string index columns; byte-stream-split makes
     # float contributions compress (about 0.85x raw float32 instead of 1.25x).
@@ -162,6 +188,7 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
             compression="zstd",
             use_dictionary=strings,
             use_byte_stream_split=features,
+            row_group_size=max(1, ROW_GROUP_BYTES // max(row_bytes(table.schema), 1)),
         )
         digest = sha256_file(tmp)
     with atomic_path(checksum_path(path)) as tmp:
@@ -267,28 +294,56 @@ class FeatureSet:
         flt = ds.field("split") == split if split is not None else None
         return d.to_table(columns=cols, filter=flt).to_pandas()
 
+    def batch_rows(self, layers: Sequence[int] | None = None, rest: bool = True) -> int:
+        """Default rows per streamed batch: :data:`BATCH_BYTES` over the bytes a row of
+        ``layers`` (and the embedding, for ``rest``) takes while decoded; at most
+        :data:`MAX_BATCH_ROWS`. ViT-H-14: 42 rows with all 32 layers, 252 with the last 4."""
+        n_layers = len(self._check_layers(layers))
+        values = n_layers * self.n_heads * self.dim + (self.dim if rest else 0)
+        return int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // (BYTES_PER_VALUE * max(values, 1)))))
+
     def iter_batches(
         self,
         layers: Sequence[int] | None = None,
         split: str | None = None,
-        batch_rows: int = 4096,
-    ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-        """Stream (index, heads [n, L', H, D], rest' [n, D]) in float32.
+        batch_rows: int | None = None,
+        rest: bool = True,
+    ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray | None]]:
+        """Stream (index, heads [n, L', H, D], rest' [n, D]) in float32, in storage order.
 
         Only the requested layers' columns are read (column projection). ``rest'`` is
-        ``embedding - sum(requested heads)``, so heads and rest' still sum to the embedding.
+        ``embedding - sum(requested heads)``, so heads and rest' still sum to the embedding;
+        with ``rest=False`` the embedding is not read and ``None`` is yielded instead.
+
+        Memory is O(batch): shards are read one at a time through a buffered stream (Arrow
+        decodes each column chunk page by page, with no read-ahead), row groups without rows
+        of ``split`` are skipped from their statistics, and ``batch_rows`` (default
+        :meth:`batch_rows`, from :data:`BATCH_BYTES`) bounds the decoded rows.
         """
-        import pyarrow.dataset as ds
+        import pyarrow.compute as pc
 
         layers = self._check_layers(layers)
-        d = self._dataset()
-        idx_cols = [f.name for f in d.schema if not _is_feature(f.name)]
-        cols = idx_cols + [head_column(l) for l in layers] + ["embedding"]
-        flt = ds.field("split") == split if split is not None else None
-        for batch in d.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
-            if batch.num_rows == 0:
+        if batch_rows is None:
+            batch_rows = self.batch_rows(layers, rest)
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        for path in self.files:
+            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+            idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+            cols = idx_cols + [head_column(l) for l in layers] + (["embedding"] if rest else [])
+            groups = _row_groups_with(pf, "split", split)
+            if not groups:
                 continue
-            yield self._decode(batch, idx_cols, layers)
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols):
+                if split is not None:
+                    keep = pc.equal(batch.column("split"), split)
+                    n_keep = pc.sum(keep).as_py() or 0
+                    if n_keep == 0:
+                        continue
+                    if n_keep < batch.num_rows:
+                        batch = batch.filter(keep)
+                if batch.num_rows:
+                    yield self._decode(batch, idx_cols, layers, rest)
 
     def load(
         self, layers: Sequence[int] | None = None, split: str | None = None
@@ -307,7 +362,7 @@ class FeatureSet:
         layers = self._check_layers(layers)
         total = np.zeros((len(layers), self.n_heads, self.dim), dtype=np.float64)
         n = 0
-        for _, heads, _ in self.iter_batches(layers, split):
+        for _, heads, _ in self.iter_batches(layers, split, rest=False):
             total += heads.sum(0, dtype=np.float64)
             n += heads.shape[0]
         if n == 0:
@@ -323,7 +378,7 @@ class FeatureSet:
         """How often each head has the largest projection on ``direction`` [D] (streamed)."""
         layers = self._check_layers(layers)
         counts = np.zeros((len(layers), self.n_heads), dtype=np.int64)
-        for _, heads, _ in self.iter_batches(layers, split):
+        for _, heads, _ in self.iter_batches(layers, split, rest=False):
             proj = heads @ direction.astype(np.float32)
             flat = proj.reshape(proj.shape[0], -1).argmax(1)
             np.add.at(counts.reshape(-1), flat, 1)
@@ -340,15 +395,37 @@ class FeatureSet:
             )
         return list(layers)
 
-    def _decode(self, batch: pa.RecordBatch, idx_cols: list[str], layers: list[int]):
+    def _decode(
+        self, batch: pa.RecordBatch, idx_cols: list[str], layers: list[int], rest: bool = True
+    ):
         n = batch.num_rows
         idx = pa.Table.from_batches([batch.select(idx_cols)]).to_pandas()
         heads = np.empty((n, len(layers), self.n_heads, self.dim), dtype=np.float32)
         for k, l in enumerate(layers):
             heads[:, k] = _values(batch.column(head_column(l))).reshape(n, self.n_heads, self.dim)
+        if not rest:
+            return idx, heads, None
         emb = _values(batch.column("embedding")).reshape(n, self.dim)
-        rest = emb - heads.sum((1, 2))
-        return idx, heads, rest
+        return idx, heads, emb - heads.sum((1, 2))
+
+
+def _row_groups_with(pf: pq.ParquetFile, column: str, value: str | None) -> list[int]:
+    """Row groups of ``pf`` that may hold rows with ``column == value`` (all if ``value`` is
+    None or a row group has no min/max statistics)."""
+    n = pf.metadata.num_row_groups
+    if value is None:
+        return list(range(n))
+    j = pf.schema_arrow.get_field_index(column)
+    out = []
+    for i in range(n):
+        rg = pf.metadata.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        st = rg.column(j).statistics if j >= 0 else None
+        if st is not None and st.has_min_max and not (st.min <= value <= st.max):
+            continue
+        out.append(i)
+    return out
 
 
 def _is_feature(name: str) -> bool:
@@ -364,7 +441,12 @@ def _is_feature(name: str) -> bool:
 def _values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    flat = col.flatten()
+    if pa.types.is_float16(flat.type):  # Arrow's half -> float cast is exact and ~2x numpy's
+        import pyarrow.compute as pc
+
+        flat = pc.cast(flat, pa.float32())
+    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------- classifier
