@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,8 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
 
 
 def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Record rows and sha256 of each shard; shard paths are stored relative to ``out``."""
+    """Record rows, rows per split and sha256 of each shard; shard paths are stored relative
+    to ``out``. The split counts let readers skip shards without rows of a split unopened."""
     out = Path(out)
     entries = []
     meta = None
@@ -227,7 +229,15 @@ def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) 
         md = pq.read_metadata(s)
         if meta is None:
             meta = json.loads(md.schema.to_arrow_schema().metadata[META_KEY])
-        entries.append({"file": s.name, "rows": md.num_rows, "sha256": sha256_file(s)})
+        splits = pq.read_table(s, columns=["split"]).column("split").value_counts().to_pylist()
+        entries.append(
+            {
+                "file": s.name,
+                "rows": md.num_rows,
+                "sha256": expected,
+                "splits": {str(v["values"]): int(v["counts"]) for v in splits},
+            }
+        )
     manifest = {
         "format": "clipbias-features/1",
         "clipbias_version": __version__,
@@ -244,13 +254,18 @@ def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) 
 class FeatureSet:
     """Read access to a verified feature folder.
 
-    ``verify=True`` (default) checks every shard's sha256 against ``manifest.json`` before
-    any data is used, so a truncated or altered shard is reported instead of read.
+    ``verify=True`` (default) checks a shard's sha256 against ``manifest.json`` before any
+    of its data is used (once per shard and FeatureSet), so a truncated or altered shard is
+    reported instead of read. Shards that a read does not need (no rows of the requested
+    split, from the manifest's per-shard split counts) are neither read nor hashed;
+    :meth:`verify_all` checks every shard at once.
     """
 
     folder: Path
     manifest: dict
     meta: dict
+    verify: bool = True
+    _verified: set[str] = dataclass_field(default_factory=set, repr=False)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, verify: bool = True) -> FeatureSet:
@@ -268,12 +283,33 @@ class FeatureSet:
                 raise FeatureError(
                     f"shard {p} listed in {mpath} is missing; rebuild with `snakemake {p}`"
                 )
-            if verify and sha256_file(p) != e["sha256"]:
+        return cls(folder, manifest, manifest["meta"], verify=verify)
+
+    def verify_all(self) -> None:
+        """Check every shard's sha256 against the manifest now (raises :class:`FeatureError`)."""
+        for entry in self.manifest["shards"]:
+            self._checked(entry)
+
+    def _checked(self, entry: dict) -> Path:
+        """The shard of a manifest entry, its sha256 checked first if ``verify``."""
+        p = self.folder / entry["file"]
+        if self.verify and entry["file"] not in self._verified:
+            if sha256_file(p) != entry["sha256"]:
                 raise FeatureError(
-                    f"shard {p} is corrupt: its sha256 differs from {mpath}. To rebuild it, "
+                    f"shard {p} is corrupt: its sha256 differs from "
+                    f"{self.folder / 'manifest.json'}. To rebuild it, "
                     f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
                 )
-        return cls(folder, manifest, manifest["meta"])
+            self._verified.add(entry["file"])
+        return p
+
+    def _shards(self, split: str | None) -> Iterator[Path]:
+        """Verified shards that may hold rows of ``split`` (all for None or old manifests)."""
+        for entry in self.manifest["shards"]:
+            counts = entry.get("splits")
+            if split is not None and counts is not None and not counts.get(split):
+                continue
+            yield self._checked(entry)
 
     @property
     def files(self) -> list[Path]:
@@ -291,19 +327,23 @@ class FeatureSet:
     def dim(self) -> int:
         return int(self.meta["dim"])
 
-    def _dataset(self):
-        import pyarrow.dataset as ds
-
-        return ds.dataset([str(f) for f in self.files], format="parquet")
-
     def index(self, split: str | None = None) -> pd.DataFrame:
-        """The dataset-index columns (no features)."""
-        import pyarrow.dataset as ds
+        """The dataset-index columns (no features), in storage order."""
+        import pyarrow.compute as pc
 
-        d = self._dataset()
-        cols = [f.name for f in d.schema if not _is_feature(f.name)]
-        flt = ds.field("split") == split if split is not None else None
-        return d.to_table(columns=cols, filter=flt).to_pandas()
+        parts = []
+        for path in self._shards(split):
+            pf = pq.ParquetFile(path)
+            cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+            table = pf.read(columns=cols)
+            if split is not None:
+                table = table.filter(pc.equal(table.column("split"), split))
+            parts.append(table)
+        if not parts:  # an empty frame with the index columns of the first shard
+            pf = pq.ParquetFile(self.files[0])
+            cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+            return pf.schema_arrow.empty_table().select(cols).to_pandas()
+        return pa.concat_tables(parts).to_pandas()
 
     def batch_rows(self, layers: Sequence[int] | None = None, rest: bool = True) -> int:
         """Default rows per streamed batch: :data:`BATCH_BYTES` over the bytes a row of
@@ -338,7 +378,7 @@ class FeatureSet:
             batch_rows = self.batch_rows(layers, rest)
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-        for path in self.files:
+        for path in self._shards(split):
             pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
             idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
             cols = idx_cols + [head_column(l) for l in layers] + (["embedding"] if rest else [])

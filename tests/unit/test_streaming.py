@@ -138,6 +138,30 @@ def test_row_groups_without_the_split_are_skipped(tmp_path):
     assert F._row_groups_with(pf, "split", None) == [0, 1]
 
 
+def test_shards_without_the_split_are_neither_read_nor_hashed(tmp_path):
+    shards = []
+    for s, split in enumerate(["val", "test", "val"]):
+        idx = pd.DataFrame({"image_id": [f"{s}{i}" for i in range(3)], "path": list("abc"),
+                            "split": split, "label": [0, 1, 0], "group": [0, 1, 2]})  # fmt: skip
+        h = np.full((3, 1, 1, 2), s, np.float32)
+        one = np.ones(3, np.float32)
+        table = build_table(idx, h, one[:, None] * [1, 2], one[:, None] * [1, 2], one, one, one,
+                            [0], "float32", {"layers": [0], "n_heads": 1, "dim": 2})  # fmt: skip
+        F.write_shard(table, tmp_path / f"shard-{s:05d}.parquet")
+        shards.append(tmp_path / f"shard-{s:05d}.parquet")
+    manifest = write_manifest(shards, tmp_path / "manifest.json")
+    assert [e["splits"] for e in manifest["shards"]] == [{"val": 3}, {"test": 3}, {"val": 3}]
+    shards[1].write_bytes(b"garbage")  # the test shard is corrupt
+    fs = FeatureSet.open(tmp_path)
+    _, heads, _ = fs.load(split="val")
+    assert heads[:, 0, 0, 0].tolist() == [0, 0, 0, 2, 2, 2]
+    assert fs.index("val")["image_id"].tolist() == ["00", "01", "02", "20", "21", "22"]
+    with pytest.raises(F.FeatureError, match="shard-00001.parquet is corrupt"):
+        fs.load(split="test")
+    with pytest.raises(F.FeatureError, match="shard-00001.parquet is corrupt"):
+        fs.index()
+
+
 def test_default_batch_rows_follow_the_row_width(store):
     fs = FeatureSet.open(store[0])
     assert fs.batch_rows() == F.MAX_BATCH_ROWS  # tiny rows
