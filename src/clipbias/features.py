@@ -294,22 +294,47 @@ class FeatureSet:
         """The shard of a manifest entry, its sha256 checked first if ``verify``."""
         p = self.folder / entry["file"]
         if self.verify and entry["file"] not in self._verified:
-            if sha256_file(p) != entry["sha256"]:
-                raise FeatureError(
-                    f"shard {p} is corrupt: its sha256 differs from "
-                    f"{self.folder / 'manifest.json'}. To rebuild it, "
-                    f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
-                )
-            self._verified.add(entry["file"])
+            self._check_digest(entry, sha256_file(p))
         return p
 
     def _shards(self, split: str | None) -> Iterator[Path]:
-        """Verified shards that may hold rows of ``split`` (all for None or old manifests)."""
-        for entry in self.manifest["shards"]:
-            counts = entry.get("splits")
-            if split is not None and counts is not None and not counts.get(split):
-                continue
-            yield self._checked(entry)
+        """Verified shards that may hold rows of ``split`` (all for None or old manifests).
+
+        The next shard is hashed in a background thread while the caller reads this one
+        (hashlib releases the GIL), so verification overlaps with decoding."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        entries = [
+            e
+            for e in self.manifest["shards"]
+            if split is None or e.get("splits") is None or e["splits"].get(split)
+        ]
+        if not self.verify:
+            yield from (self.folder / e["file"] for e in entries)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = {}
+
+            def ahead(i: int) -> None:
+                if i < len(entries) and entries[i]["file"] not in self._verified:
+                    pending[i] = pool.submit(sha256_file, self.folder / entries[i]["file"])
+
+            ahead(0)
+            for i, entry in enumerate(entries):
+                ahead(i + 1)
+                if i in pending:
+                    self._check_digest(entry, pending.pop(i).result())
+                yield self.folder / entry["file"]
+
+    def _check_digest(self, entry: dict, digest: str) -> None:
+        p = self.folder / entry["file"]
+        if digest != entry["sha256"]:
+            raise FeatureError(
+                f"shard {p} is corrupt: its sha256 differs from "
+                f"{self.folder / 'manifest.json'}. To rebuild it, "
+                f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
+            )
+        self._verified.add(entry["file"])
 
     @property
     def files(self) -> list[Path]:
@@ -367,17 +392,26 @@ class FeatureSet:
         with ``rest=False`` the embedding is not read and ``None`` is yielded instead.
 
         Memory is O(batch): shards are read one at a time through a buffered stream (Arrow
-        decodes each column chunk page by page, with no read-ahead), row groups without rows
-        of ``split`` are skipped from their statistics, and ``batch_rows`` (default
-        :meth:`batch_rows`, from :data:`BATCH_BYTES`) bounds the decoded rows.
+        decodes each column chunk page by page), row groups without rows of ``split`` are
+        skipped from their statistics, and ``batch_rows`` (default :meth:`batch_rows`, from
+        :data:`BATCH_BYTES`) bounds the decoded rows. One background thread reads (and
+        verifies) the next Arrow batch while this one is converted and used, so at most two
+        batches are in flight.
         """
-        import pyarrow.compute as pc
-
         layers = self._check_layers(layers)
         if batch_rows is None:
             batch_rows = self.batch_rows(layers, rest)
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        for batch, idx_cols in _prefetched(self._record_batches(layers, split, batch_rows, rest)):
+            yield self._decode(batch, idx_cols, layers, rest)
+
+    def _record_batches(
+        self, layers: list[int], split: str | None, batch_rows: int, rest: bool
+    ) -> Iterator[tuple[pa.RecordBatch, list[str]]]:
+        """Arrow batches of ``split`` (only the needed columns) and the index column names."""
+        import pyarrow.compute as pc
+
         for path in self._shards(split):
             pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
             idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
@@ -394,7 +428,7 @@ class FeatureSet:
                     if n_keep < batch.num_rows:
                         batch = batch.filter(keep)
                 if batch.num_rows:
-                    yield self._decode(batch, idx_cols, layers, rest)
+                    yield batch, idx_cols
 
     def load(
         self, layers: Sequence[int] | None = None, split: str | None = None
@@ -459,6 +493,59 @@ class FeatureSet:
             return idx, heads, None
         emb = _values(batch.column("embedding")).reshape(n, self.dim)
         return idx, heads, emb - heads.sum((1, 2))
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Arrow's Parquet decoding and hashlib release the GIL, so reading the next batch
+    overlaps with the caller's numpy work on this one. Exceptions are re-raised here; when
+    the caller stops early, the thread stops at its next item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as e:  # handed to the consumer
+            put((None, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="clipbias-feature-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _row_groups_with(pf: pq.ParquetFile, column: str, value: str | None) -> list[int]:
