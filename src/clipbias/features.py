@@ -42,9 +42,9 @@ ROW_GROUP_BYTES = 64 * 2**20
 #: Memory budget of one streamed batch (Arrow decode buffers + float32 numpy arrays); the
 #: default ``batch_rows`` of :meth:`FeatureSet.iter_batches` is derived from it.
 BATCH_BYTES = 256 * 2**20
-#: Bytes held per stored value while a batch is decoded: Arrow's nested-list reader keeps
-#: the values and their repetition/definition levels (about 6-8 bytes per value), numpy
-#: adds the float32 copy and the ``rest`` temporary. Measured with ``benchmarks/memory.py``.
+#: Bytes held per stored value while a batch is decoded: Arrow's list reader keeps the values
+#: (and, for shards with nullable lists, their definition levels: 6-8 bytes per value in
+#: all), numpy adds the float32 copy and the ``rest`` temporary; a second batch is read ahead.
 BYTES_PER_VALUE = 16
 MAX_BATCH_ROWS = 4096
 #: Read buffer of one column chunk: with a buffered stream Arrow decodes a column chunk
@@ -358,9 +358,9 @@ class FeatureSet:
 
         parts = []
         for path in self._shards(split):
-            pf = pq.ParquetFile(path)
-            cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
-            table = pf.read(columns=cols)
+            with pq.ParquetFile(path) as pf:
+                cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+                table = pf.read(columns=cols)
             if split is not None:
                 table = table.filter(pc.equal(table.column("split"), split))
             parts.append(table)
@@ -413,22 +413,22 @@ class FeatureSet:
         import pyarrow.compute as pc
 
         for path in self._shards(split):
-            pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-            idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
-            cols = idx_cols + [head_column(l) for l in layers] + (["embedding"] if rest else [])
-            groups = _row_groups_with(pf, "split", split)
-            if not groups:
-                continue
-            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols):
-                if split is not None:
-                    keep = pc.equal(batch.column("split"), split)
-                    n_keep = pc.sum(keep).as_py() or 0
-                    if n_keep == 0:
-                        continue
-                    if n_keep < batch.num_rows:
-                        batch = batch.filter(keep)
-                if batch.num_rows:
-                    yield batch, idx_cols
+            with pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as pf:
+                idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+                cols = [*idx_cols, *map(head_column, layers), *(["embedding"] if rest else [])]
+                groups = _row_groups_with(pf, "split", split)
+                if not groups:
+                    continue
+                for batch in pf.iter_batches(batch_rows, row_groups=groups, columns=cols):
+                    if split is not None:
+                        keep = pc.equal(batch.column("split"), split)
+                        n_keep = pc.sum(keep).as_py() or 0
+                        if n_keep == 0:
+                            continue
+                        if n_keep < batch.num_rows:
+                            batch = batch.filter(keep)
+                    if batch.num_rows:
+                        yield batch, idx_cols
 
     def load(
         self, layers: Sequence[int] | None = None, split: str | None = None
