@@ -373,7 +373,7 @@ class FeatureSet:
     def batch_rows(self, layers: Sequence[int] | None = None, rest: bool = True) -> int:
         """Default rows per streamed batch: :data:`BATCH_BYTES` over the bytes a row of
         ``layers`` (and the embedding, for ``rest``) takes while decoded; at most
-        :data:`MAX_BATCH_ROWS`. ViT-H-14: 42 rows with all 32 layers, 252 with the last 4."""
+        :data:`MAX_BATCH_ROWS`. ViT-H-14: 31 rows with all 32 layers, 252 with the last 4."""
         n_layers = len(self._check_layers(layers))
         values = n_layers * self.n_heads * self.dim + (self.dim if rest else 0)
         return int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // (BYTES_PER_VALUE * max(values, 1)))))
