@@ -30,6 +30,7 @@ against the stock open_clip forward (hooks on ``ln_post`` and on every block's `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -42,9 +43,12 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 CENTRINGS = ("shared", "self")
+#: ``precision`` of :func:`decompose`: autocast dtype of the matmuls (None = plain float32)
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 __all__ = [
     "CENTRINGS",
+    "PRECISIONS",
     "Decomposition",
     "ResidualParts",
     "UnsupportedModelError",
@@ -290,8 +294,11 @@ def _mlp(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.linear(h, pj.weight.to(x.dtype), _cast(pj.bias, x.dtype))
 
 
-def _embed(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """LN_pre([cls; patches] + pos): the start of the residual stream, [B, T, W]."""
+def _embed(visual: nn.Module, images: torch.Tensor, mixed: bool = False) -> torch.Tensor:
+    """LN_pre([cls; patches] + pos): the start of the residual stream, [B, T, W].
+
+    ``mixed``: only the patch convolution runs under the surrounding autocast; the sum with
+    the class and position embeddings and LN_pre are float32."""
     conv = visual.conv1
     x = F.conv2d(
         images,
@@ -301,12 +308,19 @@ def _embed(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         padding=conv.padding,
     )
     x = x.flatten(2).transpose(1, 2)  # [B, grid², W]
+    if mixed:
+        with _full_precision(x.device):
+            return _embed_tokens(visual, x.float(), images.shape)
+    return _embed_tokens(visual, x, images.shape)
+
+
+def _embed_tokens(visual: nn.Module, x: torch.Tensor, image_shape: torch.Size) -> torch.Tensor:
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
     pos = visual.positional_embedding
     if pos.shape[0] != x.shape[1]:
         raise ValueError(
-            f"images of size {tuple(images.shape[-2:])} give {x.shape[1]} tokens but the model "
+            f"images of size {tuple(image_shape[-2:])} give {x.shape[1]} tokens but the model "
             f"has {pos.shape[0]} positional embeddings (image_size={visual.image_size}); "
             "use the model's preprocess transform"
         )
@@ -333,14 +347,32 @@ def _normalise_spatial(
 # ----------------------------------------------------------------------------- public API
 
 
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context of a ``precision`` (a no-op for float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def _prepare(
-    model: nn.Module, images: torch.Tensor, dtype: torch.dtype
+    model: nn.Module, images: torch.Tensor, dtype: torch.dtype, precision: str = "float32"
 ) -> tuple[nn.Module, torch.Tensor]:
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(
-            f"dtype={dtype} not supported: the decomposition runs in float32 (or float64 for "
-            "checks); half precision breaks the Σ ĉ = ê invariant (METHODS §1.6)"
+            f"dtype={dtype} not supported: the decomposition's parts and sums are float32 (or "
+            "float64 for checks); for half-precision matmuls use precision='float16' or "
+            "'bfloat16' (METHODS §1.6)"
         )
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision != "float32" and dtype != torch.float32:
+        raise ValueError(f"precision={precision!r} needs dtype=torch.float32, got {dtype}")
     visual = get_vision_transformer(model)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a preprocessed [N, 3, S, S] tensor, got {images.shape}")
@@ -357,24 +389,35 @@ def residual_parts(
     *,
     spatial_heads: Iterable[tuple[int, int]] | None = None,
     dtype: torch.dtype = torch.float32,
+    precision: str = "float32",
 ) -> ResidualParts:
     """Unprojected split of the final CLS residual (METHODS §1.2), one forward pass.
 
     Mostly useful for verification; :func:`decompose` is the function to use.
     """
-    visual, x = _prepare(model, images, dtype)
-    return _residual_parts(visual, x, spatial_heads)
+    visual, x = _prepare(model, images, dtype, precision)
+    with _autocast(x.device, precision):
+        return _residual_parts(visual, x, spatial_heads, mixed=precision != "float32")
 
 
 def _residual_parts(
-    visual: nn.Module, images: torch.Tensor, spatial_heads: Iterable[tuple[int, int]] | None
+    visual: nn.Module,
+    images: torch.Tensor,
+    spatial_heads: Iterable[tuple[int, int]] | None,
+    mixed: bool = False,
 ) -> ResidualParts:
+    """One pass over the blocks. ``mixed`` (inside an autocast context): the matmuls run in
+    half precision, but the residual stream, the CLS-row head terms and every stored part
+    stay float32: the CLS query's attention is recomputed in float32 from the half-precision
+    q, k, v, and the CLS row of each attention update is the float32 sum of its head terms,
+    so the parts still sum exactly (to float32 rounding) to the residual the pass used; the
+    non-CLS rows and the MLPs carry the half-precision error into later layers."""
     blocks = visual.transformer.resblocks
     n_layers = len(blocks)
     n_heads = blocks[0].attn.num_heads
     spatial_by_layer = _normalise_spatial(spatial_heads, n_layers, n_heads)
 
-    x = _embed(visual, images)
+    x = _embed(visual, images, mixed)
     cls = x[:, 0].clone()
     heads, mlps = [], []
     spatial: dict[tuple[int, int], torch.Tensor] = {}
@@ -384,14 +427,30 @@ def _residual_parts(
         out, z, q, k, v = _attention(blk.attn, u, cls_only=last)
         if last:
             x = x[:, :1]  # only the CLS row feeds the output
-        x = x + _layer_scale(blk.ls_1, out)
-        heads.append(_layer_scale(blk.ls_1, _head_terms(blk.attn, z)))
+        if mixed:
+            with _full_precision(x.device):
+                # the CLS query's attention again in float32 (from the half-precision q, k, v):
+                # one query row, cheap next to the full attention, and consistent with the
+                # float32 token-level terms
+                q, k, v = q.float(), k.float(), v.float()
+                z = F.scaled_dot_product_attention(q[:, :, :1], k, v)[:, :, 0]
+                terms = _layer_scale(blk.ls_1, _head_terms(blk.attn, z))
+                update = _layer_scale(blk.ls_1, out.float())
+                update = torch.cat([terms.sum(1, keepdim=True), update[:, 1:]], dim=1)
+            x = x + update
+            heads.append(terms)
+        else:
+            x = x + _layer_scale(blk.ls_1, out)
+            heads.append(_layer_scale(blk.ls_1, _head_terms(blk.attn, z)))
         if layer in spatial_by_layer:
             wanted = spatial_by_layer[layer]
-            terms = _layer_scale(blk.ls_1, _token_terms(blk.attn, q, k, v, wanted))
+            with _full_precision(x.device) if mixed else contextlib.nullcontext():
+                terms = _layer_scale(blk.ls_1, _token_terms(blk.attn, q, k, v, wanted))
             for i, h in enumerate(wanted):
                 spatial[(layer, h)] = terms[:, i]
         m = _layer_scale(blk.ls_2, _mlp(blk, _layer_norm(blk.ln_2, x)))
+        if mixed:
+            m = m.float()  # exactly the values added to the (float32) residual
         mlps.append(m[:, 0])
         x = x + m
     return ResidualParts(
@@ -410,6 +469,7 @@ def decompose(
     spatial_heads: Iterable[tuple[int, int]] | None = None,
     centring: str = "shared",
     dtype: torch.dtype = torch.float32,
+    precision: str = "float32",
 ) -> Decomposition:
     """Decompose the normalised image embeddings of ``images`` (METHODS §1).
 
@@ -419,13 +479,24 @@ def decompose(
     terms are returned in ``.spatial``. ``centring``: ``"shared"`` (reference scheme, default)
     or ``"self"``. ``dtype``: compute dtype, float32 (default) or float64; outputs are CPU
     tensors of that dtype. Runs under ``torch.inference_mode()``.
+
+    ``precision``: ``"float32"`` (default), or ``"float16"`` / ``"bfloat16"`` to run the
+    patch embedding, attention and MLP matmuls under ``torch.autocast`` (mixed precision, for
+    GPUs). The residual stream, every stored part, LN_post and the projection stay float32
+    and the CLS row is updated with the float32 sum of its head terms, so Σ ĉ_k = ê still
+    holds to float32 rounding for the embedding this pass computes; that embedding differs
+    from the float32 one by the half-precision error (docs/DESIGN.md gives the measured
+    tolerances). On CUDA the outputs are copied into pinned host memory without blocking
+    per tensor.
     """
     if centring not in CENTRINGS:
         raise ValueError(f"centring must be one of {CENTRINGS}, got {centring!r}")
     with torch.inference_mode():
-        visual, x = _prepare(model, images, dtype)
-        parts = _residual_parts(visual, x, spatial_heads)
-        dec = _project(visual, parts, centring)
+        visual, x = _prepare(model, images, dtype, precision)
+        with _autocast(x.device, precision):
+            parts = _residual_parts(visual, x, spatial_heads, mixed=precision != "float32")
+        with _full_precision(x.device):
+            dec = _project(visual, parts, centring)
     return _to_cpu(dec)
 
 
@@ -481,10 +552,21 @@ def _project(visual: nn.Module, parts: ResidualParts, centring: str) -> Decompos
 def _to_cpu(dec: Decomposition) -> Decomposition:
     """Move to the CPU as ordinary tensors (inference tensors reject later in-place edits)."""
 
+    cuda = []
+
     def cpu(t: torch.Tensor) -> torch.Tensor:
-        return t.clone() if t.device.type == "cpu" else t.cpu()
+        if t.device.type == "cpu":
+            return t.clone()
+        if t.device.type == "cuda":  # pinned target: the copies queue up without blocking
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out.copy_(t, non_blocking=True)
+            cuda.append(t.device)
+            return out
+        return t.cpu()
 
     for name in ("cls", "mlp", "heads", "embedding", "norm", "ln_mu", "ln_sigma"):
         setattr(dec, name, cpu(getattr(dec, name)))
     dec.spatial = {k: cpu(v) for k, v in dec.spatial.items()}
+    for device in set(cuda):
+        torch.cuda.synchronize(device)  # the host buffers are complete before anyone reads
     return dec

@@ -84,27 +84,50 @@ def image_batches(
     preprocess,
     batch_size: int,
     num_workers: int = 0,
+    pin_memory: bool | None = None,
     boxes: Sequence | None = None,
 ) -> Iterator[torch.Tensor]:
     """Preprocessed [B, 3, S, S] batches in index order (``boxes``: crop box per row or None).
 
     With ``num_workers`` > 0, worker processes decode and resize the next batches while the
     model works on the current one (what keeps a GPU busy); 0 loads in this process.
+    ``pin_memory`` (default: when CUDA is available) returns page-locked batches, so the
+    host-to-GPU copy can be asynchronous (``.to(device, non_blocking=True)``).
     """
+    pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
     if num_workers <= 0:
         for b in range(0, len(paths), batch_size):
             sl = slice(b, b + batch_size)
-            yield load_images(root, paths[sl], preprocess, None if boxes is None else boxes[sl])
+            batch = load_images(root, paths[sl], preprocess, None if boxes is None else boxes[sl])
+            yield batch.pin_memory() if pin else batch
         return
     loader = torch.utils.data.DataLoader(
         _Images(root, paths, preprocess, boxes),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin,
         prefetch_factor=2,
     )
     yield from loader
+
+
+#: Largest |Σ_k ĉ_k − ê| allowed per batch (METHODS §1.5 test 1, float32). It holds for every
+#: ``precision`` because the parts and their sum are float32 in mixed precision too.
+SUM_TOLERANCE = 1e-4
+
+
+def check_sum(dec, tolerance: float = SUM_TOLERANCE) -> float:
+    """Max |Σ ĉ_k − ê| of a :class:`~clipbias.decompose.Decomposition` batch; raises if it
+    exceeds ``tolerance`` (the stored features would not sum to the embedding)."""
+    err = float((dec.total() - dec.embedding).abs().max()) if len(dec.embedding) else 0.0
+    if not err <= tolerance:
+        raise RuntimeError(
+            f"decomposition sum check failed: max |sum of parts - embedding| = {err:.3g} > "
+            f"{tolerance:g} (METHODS §1.5). Set features.precision: float32 and re-run; if it "
+            "persists, the model is not decomposed correctly (report it with the model name)."
+        )
+    return err
 
 
 def default_workers(threads: int | None, device: torch.device) -> int:
@@ -126,11 +149,15 @@ def extract_shard(
     batch_size: int = 64,
     extra_meta: dict[str, Any] | None = None,
     num_workers: int = 0,
+    precision: str = "float32",
 ) -> int:
     """Decompose the images of one index shard and write the Parquet shard atomically.
 
     ``num_workers``: image loader processes (see :func:`image_batches`); the output does not
-    depend on it. Returns the number of rows written.
+    depend on it. ``precision``: compute precision of :func:`clipbias.decompose.decompose`
+    (``float32``; ``float16``/``bfloat16`` autocast). Every batch's parts are checked to sum
+    to its embedding (:func:`check_sum`). On CUDA, batches are pinned and copied without
+    blocking. Returns the number of rows written.
     """
     from clipbias.decompose import decompose
 
@@ -157,6 +184,7 @@ def extract_shard(
         "head_dim": width // n_heads,
         "dim": int(visual.output_dim),
         "dtype": dtype,
+        "precision": precision,
         "centring": "shared",
         **(extra_meta or {}),
     }
@@ -164,6 +192,8 @@ def extract_shard(
     not_stored = [l for l in range(n_layers) if l not in stored]
     heads_out, rest_out, emb_out, norm_out, mu_out, sig_out = [], [], [], [], [], []
     t0 = time.perf_counter()
+    max_err = 0.0
+    cuda = loaded.device.type == "cuda"
     with tqdm(total=len(part), unit="img", desc=f"shard {shard}", mininterval=2.0) as bar:
         boxes = crop_boxes(part)
         batches = image_batches(
@@ -172,10 +202,14 @@ def extract_shard(
             loaded.preprocess,
             batch_size,
             num_workers,
+            cuda,
             None if boxes is None else [tuple(b) for b in boxes.tolist()],
         )
         for images in batches:
-            dec = decompose(loaded.model, images.to(loaded.device, non_blocking=True))
+            dec = decompose(
+                loaded.model, images.to(loaded.device, non_blocking=cuda), precision=precision
+            )
+            max_err = max(max_err, check_sum(dec))
             heads = dec.heads.float().cpu().numpy()
             keep = heads[:, stored]
             rest = dec.cls.float().cpu().numpy() + dec.mlp.float().cpu().numpy().sum(1)
@@ -205,10 +239,12 @@ def extract_shard(
     write_shard(table, out_path)
     elapsed = time.perf_counter() - t0
     log.info(
-        "shard %d: %d images in %.1f s (%.1f img/s)",
+        "shard %d: %d images in %.1f s (%.1f img/s), %s, max |sum of parts - embedding| %.2g",
         shard,
         len(part),
         elapsed,
         len(part) / max(elapsed, 1e-9),
+        precision,
+        max_err,
     )
     return len(part)

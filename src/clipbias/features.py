@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,22 @@ log = logging.getLogger(__name__)
 META_KEY = b"clipbias.meta"
 INDEX_COLUMNS = ("image_id", "path", "split", "label", "group")
 DTYPES = {"float32": (np.float32, pa.float32()), "float16": (np.float16, pa.float16())}
+
+#: Raw feature bytes per Parquet row group written by :func:`write_shard` (row groups are the
+#: unit of split-statistics skipping; reads are bounded by :data:`BATCH_BYTES` either way).
+ROW_GROUP_BYTES = 64 * 2**20
+#: Memory budget of one streamed batch (Arrow decode buffers + float32 numpy arrays); the
+#: default ``batch_rows`` of :meth:`FeatureSet.iter_batches` is derived from it.
+BATCH_BYTES = 256 * 2**20
+#: Bytes held per stored value while a batch is decoded: Arrow's list reader keeps the values
+#: (and, for shards with nullable lists, their definition levels: 6-8 bytes per value in
+#: all), numpy adds the float32 copy and the ``rest`` temporary; a second batch is read ahead.
+BYTES_PER_VALUE = 16
+MAX_BATCH_ROWS = 4096
+#: Read buffer of one column chunk: with a buffered stream Arrow decodes a column chunk
+#: page by page instead of loading it whole, so memory stays O(batch) even for shards
+#: written as one row group.
+READ_BUFFER_BYTES = 1 << 20
 
 
 class FeatureError(RuntimeError):
@@ -84,10 +101,13 @@ def feature_schema(
         raise ValueError(f"features dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     value_type = DTYPES[dtype][1]
     fields = index_schema(index)
-    fields += [pa.field(head_column(l), pa.list_(value_type, n_heads * dim)) for l in layers]
     fields += [
-        pa.field("rest", pa.list_(value_type, dim)),
-        pa.field("embedding", pa.list_(value_type, dim)),
+        pa.field(head_column(l), _list_type(value_type, n_heads * dim), nullable=False)
+        for l in layers
+    ]
+    fields += [
+        pa.field("rest", _list_type(value_type, dim), nullable=False),
+        pa.field("embedding", _list_type(value_type, dim), nullable=False),
         pa.field("norm_e", pa.float32()),
         pa.field("ln_mu", pa.float32()),
         pa.field("ln_sigma", pa.float32()),
@@ -95,10 +115,18 @@ def feature_schema(
     return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
 
 
+def _list_type(value_type: pa.DataType, width: int) -> pa.DataType:
+    """Fixed-size list of non-null values: without definition levels for nulls, Arrow reads
+    such columns about 1.6x faster (features never hold nulls)."""
+    return pa.list_(pa.field("element", value_type, nullable=False), width)
+
+
 def _fixed_list(values: np.ndarray, value_type: pa.DataType) -> pa.FixedSizeListArray:
     flat = values.reshape(values.shape[0], -1)
     width = flat.shape[1]
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=value_type), width)
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(flat.reshape(-1), type=value_type), type=_list_type(value_type, width)
+    )
 
 
 def build_table(
@@ -141,11 +169,21 @@ def checksum_path(shard: str | os.PathLike) -> Path:
     return Path(f"{shard}.sha256")
 
 
+def row_bytes(schema: pa.Schema) -> int:
+    """Raw bytes of the fixed-size feature lists of one row."""
+    total = 0
+    for f in schema:
+        if pa.types.is_fixed_size_list(f.type):
+            total += f.type.list_size * f.type.value_type.byte_width
+    return total
+
+
 def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
     """Write a shard atomically (temporary sibling, then rename) and its sha256 sidecar.
 
     Returns the sha256. The sidecar records the checksum at write time, so corruption that
     happens later (truncation, bit rot, a partial copy) is detected by :func:`write_manifest`.
+    Row groups hold about :data:`ROW_GROUP_BYTES` of raw feature values each.
     """
     # Dictionary encoding only pays for the string index columns; byte-stream-split makes
     # float contributions compress (about 0.85x raw float32 instead of 1.25x).
@@ -162,6 +200,7 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
             compression="zstd",
             use_dictionary=strings,
             use_byte_stream_split=features,
+            row_group_size=max(1, ROW_GROUP_BYTES // max(row_bytes(table.schema), 1)),
         )
         digest = sha256_file(tmp)
     with atomic_path(checksum_path(path)) as tmp:
@@ -170,7 +209,8 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
 
 
 def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Record rows and sha256 of each shard; shard paths are stored relative to ``out``."""
+    """Record rows, rows per split and sha256 of each shard; shard paths are stored relative
+    to ``out``. The split counts let readers skip shards without rows of a split unopened."""
     out = Path(out)
     entries = []
     meta = None
@@ -189,7 +229,15 @@ def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) 
         md = pq.read_metadata(s)
         if meta is None:
             meta = json.loads(md.schema.to_arrow_schema().metadata[META_KEY])
-        entries.append({"file": s.name, "rows": md.num_rows, "sha256": sha256_file(s)})
+        splits = pq.read_table(s, columns=["split"]).column("split").value_counts().to_pylist()
+        entries.append(
+            {
+                "file": s.name,
+                "rows": md.num_rows,
+                "sha256": expected,
+                "splits": {str(v["values"]): int(v["counts"]) for v in splits},
+            }
+        )
     manifest = {
         "format": "clipbias-features/1",
         "clipbias_version": __version__,
@@ -206,13 +254,18 @@ def write_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) 
 class FeatureSet:
     """Read access to a verified feature folder.
 
-    ``verify=True`` (default) checks every shard's sha256 against ``manifest.json`` before
-    any data is used, so a truncated or altered shard is reported instead of read.
+    ``verify=True`` (default) checks a shard's sha256 against ``manifest.json`` before any
+    of its data is used (once per shard and FeatureSet), so a truncated or altered shard is
+    reported instead of read. Shards that a read does not need (no rows of the requested
+    split, from the manifest's per-shard split counts) are neither read nor hashed;
+    :meth:`verify_all` checks every shard at once.
     """
 
     folder: Path
     manifest: dict
     meta: dict
+    verify: bool = True
+    _verified: set[str] = dataclass_field(default_factory=set, repr=False)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, verify: bool = True) -> FeatureSet:
@@ -230,12 +283,58 @@ class FeatureSet:
                 raise FeatureError(
                     f"shard {p} listed in {mpath} is missing; rebuild with `snakemake {p}`"
                 )
-            if verify and sha256_file(p) != e["sha256"]:
-                raise FeatureError(
-                    f"shard {p} is corrupt: its sha256 differs from {mpath}. To rebuild it, "
-                    f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
-                )
-        return cls(folder, manifest, manifest["meta"])
+        return cls(folder, manifest, manifest["meta"], verify=verify)
+
+    def verify_all(self) -> None:
+        """Check every shard's sha256 against the manifest now (raises :class:`FeatureError`)."""
+        for entry in self.manifest["shards"]:
+            self._checked(entry)
+
+    def _checked(self, entry: dict) -> Path:
+        """The shard of a manifest entry, its sha256 checked first if ``verify``."""
+        p = self.folder / entry["file"]
+        if self.verify and entry["file"] not in self._verified:
+            self._check_digest(entry, sha256_file(p))
+        return p
+
+    def _shards(self, split: str | None) -> Iterator[Path]:
+        """Verified shards that may hold rows of ``split`` (all for None or old manifests).
+
+        The next shard is hashed in a background thread while the caller reads this one
+        (hashlib releases the GIL), so verification overlaps with decoding."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        entries = [
+            e
+            for e in self.manifest["shards"]
+            if split is None or e.get("splits") is None or e["splits"].get(split)
+        ]
+        if not self.verify:
+            yield from (self.folder / e["file"] for e in entries)
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = {}
+
+            def ahead(i: int) -> None:
+                if i < len(entries) and entries[i]["file"] not in self._verified:
+                    pending[i] = pool.submit(sha256_file, self.folder / entries[i]["file"])
+
+            ahead(0)
+            for i, entry in enumerate(entries):
+                ahead(i + 1)
+                if i in pending:
+                    self._check_digest(entry, pending.pop(i).result())
+                yield self.folder / entry["file"]
+
+    def _check_digest(self, entry: dict, digest: str) -> None:
+        p = self.folder / entry["file"]
+        if digest != entry["sha256"]:
+            raise FeatureError(
+                f"shard {p} is corrupt: its sha256 differs from "
+                f"{self.folder / 'manifest.json'}. To rebuild it, "
+                f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
+            )
+        self._verified.add(entry["file"])
 
     @property
     def files(self) -> list[Path]:
@@ -253,42 +352,83 @@ class FeatureSet:
     def dim(self) -> int:
         return int(self.meta["dim"])
 
-    def _dataset(self):
-        import pyarrow.dataset as ds
-
-        return ds.dataset([str(f) for f in self.files], format="parquet")
-
     def index(self, split: str | None = None) -> pd.DataFrame:
-        """The dataset-index columns (no features)."""
-        import pyarrow.dataset as ds
+        """The dataset-index columns (no features), in storage order."""
+        import pyarrow.compute as pc
 
-        d = self._dataset()
-        cols = [f.name for f in d.schema if not _is_feature(f.name)]
-        flt = ds.field("split") == split if split is not None else None
-        return d.to_table(columns=cols, filter=flt).to_pandas()
+        parts = []
+        for path in self._shards(split):
+            with pq.ParquetFile(path) as pf:
+                cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+                table = pf.read(columns=cols)
+            if split is not None:
+                table = table.filter(pc.equal(table.column("split"), split))
+            parts.append(table)
+        if not parts:  # an empty frame with the index columns of the first shard
+            pf = pq.ParquetFile(self.files[0])
+            cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+            return pf.schema_arrow.empty_table().select(cols).to_pandas()
+        return pa.concat_tables(parts).to_pandas()
+
+    def batch_rows(self, layers: Sequence[int] | None = None, rest: bool = True) -> int:
+        """Default rows per streamed batch: :data:`BATCH_BYTES` over the bytes a row of
+        ``layers`` (and the embedding, for ``rest``) takes while decoded; at most
+        :data:`MAX_BATCH_ROWS`. ViT-H-14: 31 rows with all 32 layers, 252 with the last 4."""
+        n_layers = len(self._check_layers(layers))
+        values = n_layers * self.n_heads * self.dim + (self.dim if rest else 0)
+        return int(min(MAX_BATCH_ROWS, max(1, BATCH_BYTES // (BYTES_PER_VALUE * max(values, 1)))))
 
     def iter_batches(
         self,
         layers: Sequence[int] | None = None,
         split: str | None = None,
-        batch_rows: int = 4096,
-    ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
-        """Stream (index, heads [n, L', H, D], rest' [n, D]) in float32.
+        batch_rows: int | None = None,
+        rest: bool = True,
+    ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray | None]]:
+        """Stream (index, heads [n, L', H, D], rest' [n, D]) in float32, in storage order.
 
         Only the requested layers' columns are read (column projection). ``rest'`` is
-        ``embedding - sum(requested heads)``, so heads and rest' still sum to the embedding.
-        """
-        import pyarrow.dataset as ds
+        ``embedding - sum(requested heads)``, so heads and rest' still sum to the embedding;
+        with ``rest=False`` the embedding is not read and ``None`` is yielded instead.
 
+        Memory is O(batch): shards are read one at a time through a buffered stream (Arrow
+        decodes each column chunk page by page), row groups without rows of ``split`` are
+        skipped from their statistics, and ``batch_rows`` (default :meth:`batch_rows`, from
+        :data:`BATCH_BYTES`) bounds the decoded rows. One background thread reads (and
+        verifies) the next Arrow batch while this one is converted and used, so at most two
+        batches are in flight.
+        """
         layers = self._check_layers(layers)
-        d = self._dataset()
-        idx_cols = [f.name for f in d.schema if not _is_feature(f.name)]
-        cols = idx_cols + [head_column(l) for l in layers] + ["embedding"]
-        flt = ds.field("split") == split if split is not None else None
-        for batch in d.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
-            if batch.num_rows == 0:
-                continue
-            yield self._decode(batch, idx_cols, layers)
+        if batch_rows is None:
+            batch_rows = self.batch_rows(layers, rest)
+        if batch_rows < 1:
+            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        for batch, idx_cols in _prefetched(self._record_batches(layers, split, batch_rows, rest)):
+            yield self._decode(batch, idx_cols, layers, rest)
+
+    def _record_batches(
+        self, layers: list[int], split: str | None, batch_rows: int, rest: bool
+    ) -> Iterator[tuple[pa.RecordBatch, list[str]]]:
+        """Arrow batches of ``split`` (only the needed columns) and the index column names."""
+        import pyarrow.compute as pc
+
+        for path in self._shards(split):
+            with pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES) as pf:
+                idx_cols = [n for n in pf.schema_arrow.names if not _is_feature(n)]
+                cols = [*idx_cols, *map(head_column, layers), *(["embedding"] if rest else [])]
+                groups = _row_groups_with(pf, "split", split)
+                if not groups:
+                    continue
+                for batch in pf.iter_batches(batch_rows, row_groups=groups, columns=cols):
+                    if split is not None:
+                        keep = pc.equal(batch.column("split"), split)
+                        n_keep = pc.sum(keep).as_py() or 0
+                        if n_keep == 0:
+                            continue
+                        if n_keep < batch.num_rows:
+                            batch = batch.filter(keep)
+                    if batch.num_rows:
+                        yield batch, idx_cols
 
     def load(
         self, layers: Sequence[int] | None = None, split: str | None = None
@@ -307,7 +447,7 @@ class FeatureSet:
         layers = self._check_layers(layers)
         total = np.zeros((len(layers), self.n_heads, self.dim), dtype=np.float64)
         n = 0
-        for _, heads, _ in self.iter_batches(layers, split):
+        for _, heads, _ in self.iter_batches(layers, split, rest=False):
             total += heads.sum(0, dtype=np.float64)
             n += heads.shape[0]
         if n == 0:
@@ -323,7 +463,7 @@ class FeatureSet:
         """How often each head has the largest projection on ``direction`` [D] (streamed)."""
         layers = self._check_layers(layers)
         counts = np.zeros((len(layers), self.n_heads), dtype=np.int64)
-        for _, heads, _ in self.iter_batches(layers, split):
+        for _, heads, _ in self.iter_batches(layers, split, rest=False):
             proj = heads @ direction.astype(np.float32)
             flat = proj.reshape(proj.shape[0], -1).argmax(1)
             np.add.at(counts.reshape(-1), flat, 1)
@@ -340,15 +480,91 @@ class FeatureSet:
             )
         return list(layers)
 
-    def _decode(self, batch: pa.RecordBatch, idx_cols: list[str], layers: list[int]):
+    def _decode(
+        self, batch: pa.RecordBatch, idx_cols: list[str], layers: list[int], rest: bool = True
+    ):
         n = batch.num_rows
         idx = pa.Table.from_batches([batch.select(idx_cols)]).to_pandas()
         heads = np.empty((n, len(layers), self.n_heads, self.dim), dtype=np.float32)
-        for k, l in enumerate(layers):
-            heads[:, k] = _values(batch.column(head_column(l))).reshape(n, self.n_heads, self.dim)
+        for k, l in enumerate(layers):  # float16 is widened (exactly) by this assignment
+            raw = _raw_values(batch.column(head_column(l)))
+            heads[:, k] = raw.reshape(n, self.n_heads, self.dim)
+        if not rest:
+            return idx, heads, None
         emb = _values(batch.column("embedding")).reshape(n, self.dim)
-        rest = emb - heads.sum((1, 2))
-        return idx, heads, rest
+        return idx, heads, emb - heads.sum((1, 2))
+
+
+_DONE = object()
+
+
+def _prefetched(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    Arrow's Parquet decoding and hashlib release the GIL, so reading the next batch
+    overlaps with the caller's numpy work on this one. Exceptions are re-raised here; when
+    the caller stops early, the thread stops at its next item.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as e:  # handed to the consumer
+            put((None, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="clipbias-feature-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _row_groups_with(pf: pq.ParquetFile, column: str, value: str | None) -> list[int]:
+    """Row groups of ``pf`` that may hold rows with ``column == value`` (all if ``value`` is
+    None or a row group has no min/max statistics)."""
+    n = pf.metadata.num_row_groups
+    if value is None:
+        return list(range(n))
+    j = pf.schema_arrow.get_field_index(column)
+    out = []
+    for i in range(n):
+        rg = pf.metadata.row_group(i)
+        if rg.num_rows == 0:
+            continue
+        st = rg.column(j).statistics if j >= 0 else None
+        if st is not None and st.has_min_max and not (st.min <= value <= st.max):
+            continue
+        out.append(i)
+    return out
 
 
 def _is_feature(name: str) -> bool:
@@ -361,10 +577,15 @@ def _is_feature(name: str) -> bool:
     )
 
 
-def _values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def _raw_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The flat values of a fixed-size-list column in their stored dtype (zero-copy)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return col.flatten().to_numpy(zero_copy_only=False)
+
+
+def _values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return _raw_values(col).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------- classifier

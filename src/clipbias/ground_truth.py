@@ -78,10 +78,34 @@ def head_attribute_table(
     attribute = np.asarray(attribute).astype(np.int64)
     if attribute.shape != labels.shape:
         raise ValueError("labels and attribute must have the same shape [N]")
-    n_layers, n_heads = heads.shape[1], heads.shape[2]
+    n_layers = heads.shape[1]
     if len(layers) != n_layers:
         raise ValueError(f"{len(layers)} layer numbers for {n_layers} stored layers")
-    margins = head_margins(heads, classifier, labels).astype(np.float64)
+    margins = head_margins(heads, classifier, labels)
+    return head_attribute_table_from_margins(
+        margins, layers, labels, attribute, n_boot=n_boot, seed=seed
+    )
+
+
+def head_attribute_table_from_margins(
+    margins: np.ndarray,
+    layers: list[int],
+    labels: np.ndarray,
+    attribute: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """:func:`head_attribute_table` from the margins [N, L, H] of :func:`head_margins`
+    (result-sized; computed batch by batch by :func:`clipbias.streaming.map_batches`)."""
+    margins = np.asarray(margins).astype(np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    attribute = np.asarray(attribute).astype(np.int64)
+    if attribute.shape != labels.shape or margins.shape[:1] != labels.shape:
+        raise ValueError("margins, labels and attribute must have the same length N")
+    n_layers, n_heads = margins.shape[1], margins.shape[2]
+    if len(layers) != n_layers:
+        raise ValueError(f"{len(layers)} layer numbers for {n_layers} stored layers")
 
     cells = []
     for c in np.unique(labels):

@@ -43,3 +43,10 @@ def classifier_labels(labels: Sequence[int] | np.ndarray, meta: Mapping[str, Any
         mapping = np.asarray(meta["imagenet_1k_indices"], dtype=np.int64)
         return mapping[labels]
     return labels
+
+
+def label_map(meta: Mapping[str, Any]) -> np.ndarray | None:
+    """Dataset label -> classifier column as an array, or None when they coincide."""
+    if _space(meta) == "imagenet_1k":
+        return np.asarray(meta["imagenet_1k_indices"], dtype=np.int64)
+    return None

@@ -177,7 +177,7 @@ def test_corrupted_shard_is_reported_with_rebuild_command(tiny_run, tmp_path):
     assert rc == 0, out[-5000:]
     from clipbias.features import FeatureSet
 
-    FeatureSet.open(work / FEAT)  # verifies every checksum
+    FeatureSet.open(work / FEAT).verify_all()  # every checksum
 
 
 def test_transient_failure_succeeds_on_retry(tiny_run, tmp_path):

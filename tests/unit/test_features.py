@@ -133,9 +133,11 @@ def test_corrupt_shard_is_detected_by_manifest(tmp_path):
     paths, _ = _write_set(tmp_path)
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) // 2])
-    with pytest.raises(FeatureError) as e:
-        FeatureSet.open(tmp_path)
-    assert str(paths[1]) in str(e.value) and "rerun" in str(e.value)
+    fs = FeatureSet.open(tmp_path)  # shards are checked before their data is first used
+    for read in (fs.load, fs.index, fs.verify_all):
+        with pytest.raises(FeatureError) as e:
+            read()
+        assert str(paths[1]) in str(e.value) and "rerun" in str(e.value)
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):

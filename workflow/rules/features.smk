@@ -77,6 +77,7 @@ rule extract_features:
         n_shards=shard_count,
         layers=config["features"]["layers"],
         dtype=config["features"]["dtype"],
+        precision=config["features"]["precision"],
         batch_size=config["features"]["batch_size"],
         device=config["device"],
         code_version=CODE_VERSION,

@@ -20,6 +20,7 @@ extract_features(
     n_shards=snakemake.params.n_shards,
     layers=snakemake.params.layers,
     dtype=snakemake.params.dtype,
+    precision=snakemake.params.precision,
     batch_size=snakemake.params.batch_size,
     device=snakemake.params.device,
     hf_home=snakemake.params.hf_home or None,

@@ -57,7 +57,7 @@ class MethodContext:
     texts: Mapping[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
     text_spec: Mapping[str, Any] = field(default_factory=dict)
     located: Mapping[str, Any] = field(default_factory=dict)
-    batch_rows: int = 4096
+    batch_rows: int | None = None  # None: from the row width (FeatureSet.batch_rows)
     eval_splits: Sequence[str] = ()
     _features: FeatureSet | None = field(default=None, repr=False)
     _means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -185,7 +185,7 @@ def open_context(
     texts: str | os.PathLike | None = None,
     text_spec: Mapping[str, Any] | None = None,
     located: Mapping[str, Any] | None = None,
-    batch_rows: int = 4096,
+    batch_rows: int | None = None,
     eval_splits: Sequence[str] = (),
 ) -> MethodContext:
     """A context on ``feature_dir`` (its ``classifier.parquet``; ``texts`` = texts.parquet)."""

@@ -213,15 +213,38 @@ def locate_ltc(
          "n_samples": N, "baseline_accuracy": acc of the zero-shot predictions on all N}
 
     ``kappa`` is ``None`` (JSON null) when no head is active. Use :func:`located_heads` to
-    get ``[(layer, head), ...]`` back.
+    get ``[(layer, head), ...]`` back. :func:`locate_from_winners` does the counting from
+    per-sample winners, so the margins can be computed batch by batch
+    (:func:`clipbias.streaming.ltc_samples`).
     """
     heads = np.asarray(heads)
     _, n_layers, n_heads, _ = heads.shape
     if len(layers) != n_layers:
         raise ValueError(f"{len(layers)} layer numbers for {n_layers} stored layers")
-    heads_all = all_heads(layers, n_heads)
     delta, preds, _ = head_margins(heads, rest, classifier, labels, candidates)
-    winners = top_heads(delta)
+    return locate_from_winners(
+        top_heads(delta), preds, labels, layers, n_heads, groups, minority_groups, variant,
+        sample_mask,
+    )  # fmt: skip
+
+
+def locate_from_winners(
+    winners: np.ndarray,
+    preds: np.ndarray,
+    labels: np.ndarray,
+    layers: Sequence[int],
+    n_heads: int,
+    groups: np.ndarray | None = None,
+    minority_groups: Iterable[int] | None = (1, 2),
+    variant: str = "groups",
+    sample_mask: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The counting, threshold and selection of :func:`locate_ltc` (METHODS §4.4-4.5) from
+    per-sample results: ``winners`` [N] flat top-1 head ids (:func:`top_heads`) and
+    ``preds`` [N] zero-shot predictions. Same return value as :func:`locate_ltc`."""
+    heads_all = all_heads(layers, n_heads)
+    winners = np.asarray(winners, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
     mask_c, mask_w = select_samples(preds, labels, groups, minority_groups, variant, sample_mask)
     n_c, n_w = int(mask_c.sum()), int(mask_w.sum())
     if n_c == 0 or n_w == 0:
@@ -514,6 +537,7 @@ __all__ = [
     "head_means",
     "infer_groups",
     "insight_basis",
+    "locate_from_winners",
     "locate_ltc",
     "locate_noncontrastive",
     "located_heads",

@@ -22,11 +22,15 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .heads import head_str
+
+if TYPE_CHECKING:
+    from clipbias.streaming import HeadMoments
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,16 @@ def _right_singular(C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     C = np.asarray(C, dtype=np.float64)
     if C.shape[0] >= C.shape[1]:
-        w, v = np.linalg.eigh(C.T @ C)
-        order = np.argsort(w)[::-1]
-        return np.clip(w[order], 0.0, None), v[:, order]
+        return _gram_eig(C.T @ C)
     _, s, vt = np.linalg.svd(C, full_matrices=False)
     return s**2, vt.T
+
+
+def _gram_eig(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors of a Gram matrix C^T C."""
+    w, v = np.linalg.eigh(gram)
+    order = np.argsort(w)[::-1]
+    return np.clip(w[order], 0.0, None), v[:, order]
 
 
 def _rank_from_energy(e: np.ndarray, energy: float) -> int:
@@ -80,7 +89,9 @@ class TextSpanResult:
     ``indices`` [m'] chosen text indices in order (m' <= m; shorter only when no remaining
     text carries variance, e.g. m > rank: the reference would then pick noise-level texts); ``ve`` [m'] per-text share VE_i; ``cum_ve`` [m'] cumulative VE;
     ``reconstruction`` [K, D] = mean + sum_i a_i u_i (float32) or None; ``total_variance`` V0;
-    ``rank`` the subspace rank used.
+    ``rank`` the subspace rank used; ``mean`` [D] and ``directions`` [m', D] (the deflated
+    texts u_i, mutually orthogonal) let :meth:`reconstruct` rebuild Ĉ for any rows, e.g. in
+    a second streamed pass after :func:`textspan_from_moments`.
     """
 
     indices: np.ndarray
@@ -89,6 +100,24 @@ class TextSpanResult:
     reconstruction: np.ndarray | None
     total_variance: float
     rank: int
+    mean: np.ndarray | None = None
+    directions: np.ndarray | None = None
+
+    def reconstruct(self, contributions: np.ndarray) -> np.ndarray:
+        """Ĉ = μ_C + Σ_i a_i u_i for rows ``contributions`` [K, D] (float32).
+
+        The chosen u_i are mutually orthogonal (each text is deflated by the earlier ones),
+        so a_i = (C - μ_C) u_i / <u_i, u_i> and Ĉ is μ_C plus the projection of the centred
+        rows onto span(u_1..u_m'), the same as :func:`textspan`'s reconstruction.
+        """
+        if self.mean is None or self.directions is None:
+            raise ValueError("this TextSpanResult has no mean/directions to reconstruct from")
+        C = np.asarray(contributions, dtype=np.float64)
+        out = np.broadcast_to(self.mean, C.shape).copy()
+        if len(self.directions):
+            U = self.directions
+            out += ((C - self.mean) @ U.T / np.sum(U**2, axis=1)) @ U
+        return out.astype(np.float32)
 
 
 def textspan(
@@ -179,6 +208,99 @@ def textspan(
         reconstruction=recon,
         total_variance=v0,
         rank=r,
+        mean=mu,
+        directions=np.stack(dirs, axis=0) @ V.T if dirs else np.zeros((0, C.shape[1])),
+    )
+
+
+def textspan_from_moments(
+    mean: np.ndarray,
+    gram: np.ndarray,
+    centred_gram: np.ndarray,
+    count: int,
+    text_emb: np.ndarray,
+    m: int = DEFAULT_M,
+    rank: int | None = DEFAULT_RANK,
+    energy: float = 0.999,
+    normalize_texts: bool = True,
+) -> TextSpanResult:
+    """:func:`textspan` from the head's sufficient statistics instead of its rows.
+
+    ``mean`` [D] = μ_C, ``gram`` [D, D] = C^T C (uncentred), ``centred_gram`` [D, D] =
+    C_c^T C_c, ``count`` = K (all float64, accumulated in one streamed pass by
+    :class:`clipbias.streaming.HeadMoments`). The subspace of step 1 is the top eigenspace
+    of C^T C (the right singular vectors of the uncentred C); the greedy criterion of step 3
+    is r_j^T (C_c^T C_c) r_j / (K - 1), and deflating C_c by the chosen u turns its Gram
+    matrix into P G P with P = I - u u^T / <u, u>; V0 = trace(C_c^T C_c). So the texts and
+    VE equal :func:`textspan`'s (to rounding). ``reconstruction`` is None: call
+    :meth:`TextSpanResult.reconstruct` on the rows (a second pass) when Ĉ is needed.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    G = np.asarray(gram, dtype=np.float64)
+    Gc_full = np.asarray(centred_gram, dtype=np.float64)
+    R = np.asarray(text_emb, dtype=np.float64)
+    K = int(count)
+    D = mean.shape[0]
+    if G.shape != (D, D) or Gc_full.shape != (D, D) or R.ndim != 2 or R.shape[1] != D:
+        raise ValueError(
+            f"shape mismatch: mean {mean.shape}, gram {G.shape}, centred {Gc_full.shape}, "
+            f"texts {R.shape}"
+        )
+    if K < 1:
+        raise ValueError("TextSpan needs at least one row (count = 0)")
+    if normalize_texts:
+        nrm = np.linalg.norm(R, axis=1, keepdims=True)
+        R = R / np.where(nrm > 0, nrm, 1.0)
+
+    # 1. subspace of the uncentred contributions
+    e, vecs = _gram_eig(G)
+    r = _rank_from_energy(e, energy) if rank is None else int(rank)
+    r = max(1, min(r, K, D))
+    V = vecs[:, :r]
+    Rr = R @ V
+
+    # 2. centre: the centred rows in subspace coordinates have Gram V^T Gc V
+    v0 = float(np.trace(Gc_full))
+    Gc = V.T @ Gc_full @ V
+    Gc = (Gc + Gc.T) / 2
+
+    # 3. greedy loop on the Gram matrix
+    chosen: list[int] = []
+    ve: list[float] = []
+    dirs: list[np.ndarray] = []
+    denom = max(K - 1, 1)
+    uu_tol = 1e-20 * max(float(np.max(np.sum(Rr**2, axis=1), initial=0.0)), 1e-300)
+    var_tol = 1e-16 * max(float(np.trace(Gc)) / denom, 1e-300)
+    for _ in range(int(m)):
+        var = np.sum((Rr @ Gc) * Rr, axis=1) / denom
+        j = int(np.argmax(var))
+        u = Rr[j].copy()
+        uu = float(u @ u)
+        if uu <= uu_tol or var[j] <= var_tol:
+            log.warning(
+                "TextSpan stopped after %d of %d texts: no remaining text carries variance",
+                len(chosen), m,
+            )  # fmt: skip
+            break
+        gu = Gc @ u
+        ugu = float(u @ gu)
+        # ||a||^2 uu = u^T Gc u / uu with a = C_c u / uu
+        ve.append(ugu / uu / v0 if v0 > 0 else 0.0)
+        Gc = Gc - (np.outer(gu, u) + np.outer(u, gu)) / uu + np.outer(u, u) * (ugu / uu**2)
+        Gc = (Gc + Gc.T) / 2
+        Rr -= np.outer(Rr @ u / uu, u)
+        chosen.append(j)
+        dirs.append(u)
+    ve_arr = np.asarray(ve, dtype=np.float64)
+    return TextSpanResult(
+        indices=np.asarray(chosen, dtype=np.int64),
+        ve=ve_arr,
+        cum_ve=np.cumsum(ve_arr),
+        reconstruction=None,
+        total_variance=v0,
+        rank=r,
+        mean=mean,
+        directions=np.stack(dirs, axis=0) @ V.T if dirs else np.zeros((0, D)),
     )
 
 
@@ -223,20 +345,67 @@ def textspan_heads(
             energy=energy,
             reconstruct=return_reconstructions,
         )
-        hid = head_str((layers[li], h))
-        log.info(
-            "TextSpan %s: rank %d, %d texts, VE %.3f",
-            hid,
-            res.rank,
-            len(res.indices),
-            res.cum_ve[-1] if len(res.cum_ve) else 0.0,
-        )
-        for pos, (j, v, cv) in enumerate(zip(res.indices, res.ve, res.cum_ve, strict=True)):
-            rows.append((layers[li], h, hid, pos + 1, int(j), texts[int(j)], v, cv))
+        rows += _table_rows(res, layers[li], h, texts)
         if recon is not None:
             recon[:, li, h, :] = res.reconstruction
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return (table, recon) if return_reconstructions else table
+
+
+def _table_rows(res: TextSpanResult, layer: int, h: int, texts: Sequence[str]) -> list[tuple]:
+    hid = head_str((layer, h))
+    log.info(
+        "TextSpan %s: rank %d, %d texts, VE %.3f",
+        hid,
+        res.rank,
+        len(res.indices),
+        res.cum_ve[-1] if len(res.cum_ve) else 0.0,
+    )
+    return [
+        (layer, h, hid, pos + 1, int(j), texts[int(j)], v, cv)
+        for pos, (j, v, cv) in enumerate(zip(res.indices, res.ve, res.cum_ve, strict=True))
+    ]
+
+
+def textspan_heads_from_moments(
+    moments: HeadMoments,
+    text_emb: np.ndarray,
+    texts: Sequence[str],
+    m: int = DEFAULT_M,
+    rank: int | None = DEFAULT_RANK,
+    energy: float = 0.999,
+    select: Iterable[tuple[int, int]] | None = None,
+) -> tuple[pd.DataFrame, dict[tuple[int, int], TextSpanResult]]:
+    """:func:`textspan_heads` from streamed per-head moments (one pass over the rows,
+    memory O(batch + L·H·D²); :func:`clipbias.streaming.head_moments`).
+
+    Returns the same table, plus every head's :class:`TextSpanResult` by ``(layer, head)``
+    (``reconstruct`` them in a second pass if needed).
+    """
+    if len(texts) != len(text_emb):
+        raise ValueError(f"{len(texts)} texts but {len(text_emb)} text embeddings")
+    layers = [int(x) for x in moments.layers]
+    wanted = (
+        [(li, h) for li in range(len(layers)) for h in range(moments.n_heads)]
+        if select is None
+        else [(layers.index(int(lyr)), int(h)) for lyr, h in select]
+    )
+    rows: list[tuple] = []
+    results: dict[tuple[int, int], TextSpanResult] = {}
+    for li, h in wanted:
+        res = textspan_from_moments(
+            moments.mean(li, h),
+            moments.gram(li, h),
+            moments.centred_gram(li, h),
+            moments.count,
+            text_emb,
+            m=m,
+            rank=rank,
+            energy=energy,
+        )
+        rows += _table_rows(res, layers[li], h, texts)
+        results[(layers[li], h)] = res
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS), results
 
 
 # ---------------------------------------------------------------------------------------------

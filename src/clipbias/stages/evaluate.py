@@ -318,20 +318,21 @@ def planted_ground_truth(
 ) -> None:
     """Per-head dependence of the class-margin contribution on the planted attribute."""
     from clipbias.features import FeatureSet, read_classifier
-    from clipbias.ground_truth import head_attribute_table
+    from clipbias.ground_truth import head_attribute_table_from_margins
     from clipbias.io import read_json
-    from clipbias.labels import classifier_labels
+    from clipbias.labels import label_map
+    from clipbias.streaming import ground_truth_margins
 
     meta = read_json(dataset_meta)
     attr = meta["spurious_attribute"]
     _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     fs = FeatureSet.open(feature_dir)
-    idx, heads, _ = fs.load(split=split)
-    table = head_attribute_table(
-        heads,
+    # streamed: only the per-head margins [N, L, H] are kept
+    idx, margins = ground_truth_margins(fs, classifier, split, label_map=label_map(meta))
+    table = head_attribute_table_from_margins(
+        margins,
         fs.layers,
-        classifier,
-        classifier_labels(idx["label"].to_numpy(), meta),
+        idx["label"].to_numpy() if label_map(meta) is None else label_map(meta)[idx["label"]],
         idx[f"attr_{attr}"].to_numpy(),
         n_boot=n_boot,
         seed=seed,

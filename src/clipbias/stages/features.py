@@ -80,10 +80,12 @@ def extract_features(
     threads: int | None = None,
     dataset: str | None = None,
     hf_home: str | None = None,
+    precision: str = "float32",
 ) -> int:
     """Decompose one shard of the dataset index into ``out`` (Parquet, written atomically).
 
-    ``dataset`` (the grid's dataset name) is recorded in the shard metadata."""
+    ``dataset`` (the grid's dataset name) is recorded in the shard metadata; ``precision``:
+    compute precision of the decomposition (``float32``, ``float16``, ``bfloat16``)."""
     from clipbias.extract import default_workers, extract_shard
 
     set_torch_threads(threads)
@@ -97,6 +99,7 @@ def extract_features(
         n_shards,
         layers=layers,
         dtype=dtype,
+        precision=precision,
         batch_size=batch_size,
         extra_meta={"dataset": dataset} if dataset else None,
         num_workers=default_workers(threads, loaded.device),

@@ -50,16 +50,18 @@ def textspan(
     from clipbias.features import FeatureSet
     from clipbias.io import atomic_path
     from clipbias.methods.texts import read_method_texts, unit_rows
-    from clipbias.methods.textspan import textspan_heads
+    from clipbias.methods.textspan import textspan_heads_from_moments
+    from clipbias.streaming import head_moments
 
     limit_blas_threads(threads)
     fs = FeatureSet.open(feature_dir)
     n_layers = int(fs.meta["n_layers"])
     keep = [layer for layer in fs.layers if layer >= n_layers - last_layers]
-    _, heads, _ = fs.load(layers=keep, split=split)
     pool_texts, pool_emb = read_method_texts(texts)["pool"]
     r = textspan_rank(fs.meta, rank)
-    table = textspan_heads(heads, keep, unit_rows(pool_emb), pool_texts, m=m, rank=r)
+    # one streamed pass: per-head mean and Gram matrices (memory O(batch + L*H*D^2))
+    moments = head_moments(fs, keep, split)
+    table, _ = textspan_heads_from_moments(moments, unit_rows(pool_emb), pool_texts, m=m, rank=r)
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     log.info(
@@ -123,65 +125,73 @@ def locate_ltc(
     use_group_labels: bool = True,
     threads: int | None = None,
 ) -> None:
-    """LTC locate (METHODS §4.3-4.5, §4.8) on the locate split; both variants."""
+    """LTC locate (METHODS §4.3-4.5, §4.8) on the locate split; both variants.
+
+    Streamed: one pass keeps only each sample's top-1 head and prediction. Labels are
+    compared in the classifier's class space (``clipbias.labels``); per-image candidate sets
+    (``dataset.json`` ``candidate_columns``) restrict each sample's classes; a dataset's
+    ``ltc_locate`` policy ``worst_gender`` (GenderBias-VL, §4.4) selects the worse gender of
+    its most biased occupations instead of minority groups."""
     from clipbias.features import FeatureSet, read_classifier
     from clipbias.io import read_json, write_json
-    from clipbias.labels import classifier_labels
+    from clipbias.labels import label_map
     from clipbias.methods import ltc
     from clipbias.methods.texts import read_method_texts, unit_rows
+    from clipbias.streaming import ltc_samples
 
     limit_blas_threads(threads)
     meta = read_json(dataset_meta)
     _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     fs = FeatureSet.open(feature_dir)
-    idx, heads, rest = fs.load(split=split)
-    labels = classifier_labels(idx["label"].to_numpy(), meta)
-    groups = idx["group"].to_numpy()
-    attr_acc = None
+    attr_emb = None
     if not use_group_labels:
         attr_emb = unit_rows(read_method_texts(texts)["attribute"][1])
         if not len(attr_emb):
             raise ValueError(
                 "locating without group labels needs attribute_prompts in the dataset text file"
             )
-        emb = heads.sum((1, 2)) + rest
-        groups, s_hat = ltc.infer_groups(emb, attr_emb.T, labels)
+    policy = meta.get("ltc_locate") or {}
+    if policy and policy.get("policy") != "worst_gender":
+        raise ValueError(f"dataset.json ltc_locate policy {policy!r} is not supported")
+    lmap = label_map(meta)
+    # one streamed pass over all stored layers: per-sample top-1 head and prediction
+    samples = ltc_samples(
+        fs,
+        classifier,
+        split,
+        attr_emb=attr_emb,
+        candidate_columns=meta.get("candidate_columns"),
+        label_map=lmap,
+    )
+    idx = samples.index
+    labels = idx["label"].to_numpy() if lmap is None else lmap[idx["label"].to_numpy()]
+    groups = idx["group"].to_numpy()
+    attr_acc = None
+    if not use_group_labels:
+        groups = samples.groups_hat
         true_attr = idx[f"attr_{meta['spurious_attribute']}"].to_numpy()
-        attr_acc = float(np.mean(s_hat == true_attr))
+        attr_acc = float(np.mean(samples.attr_hat == true_attr))
         log.info("inferred spurious attribute accuracy on %s: %.3f", split, attr_acc)
     minority = meta.get("minority_groups", [1, 2])
-    cand = (
-        np.stack([idx[c].to_numpy(dtype=np.int64) for c in meta["candidate_columns"]], axis=1)
-        if meta.get("candidate_columns")
-        else None
-    )
     variants = [("groups", out, None), ("full", out_full, None)]
-    policy = meta.get("ltc_locate") or {}
-    if policy.get("policy") == "worst_gender":
-        # GenderBias-VL (METHODS §4.4): the worse gender of the top_k most biased occupations
-        from clipbias.metrics import predict
-
-        preds = predict(heads.sum((1, 2)) + rest, classifier, cand)
+    if policy:
         mask = ltc.worst_gender_mask(
-            preds == labels,
+            samples.preds == labels,
             idx["label"].to_numpy(),
             idx[f"attr_{policy.get('attribute', 'gender')}"].to_numpy(),
             int(policy.get("top_k", 10)),
         )
         variants[0] = ("full", out, mask)
-    elif policy:
-        raise ValueError(f"dataset.json ltc_locate policy {policy!r} is not supported")
     for variant, path, mask in variants:
-        res = ltc.locate_ltc(
-            heads,
-            rest,
-            classifier,
+        res = ltc.locate_from_winners(
+            samples.winners,
+            samples.preds,
             labels,
             fs.layers,
+            fs.n_heads,
             groups=groups,
             minority_groups=minority,
             variant=variant,
-            candidates=cand,
             sample_mask=mask,
         )
         if mask is not None:
