@@ -279,3 +279,18 @@ def test_ltc_correct_matches_manual_composition():
     )
     with pytest.raises(ValueError):
         ltc.ltc_correct(heads, rest, [7, 8], S, [], None, None)  # mean ablation needs means
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_accept_in_subspace_equals_the_sequential_update(scale):
+    """s * v + Q d reproduces the K sequential steps of accept_update (METHODS §4.7)."""
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((50, 16)) * rng.uniform(0.01, 3.0, (50, 1))
+    v[3] = 0.0  # zero rows stay zero
+    q = ltc.insight_basis(rng.standard_normal((5, 16)), rng.standard_normal((5, 16)))
+    s, d, b = ltc.accept_in_subspace(v, q, scale)
+    np.testing.assert_allclose(b, v @ q, atol=1e-12)
+    np.testing.assert_allclose(s[:, None] * v + d @ q.T, ltc.accept_update(v, q, scale), atol=1e-10)
+    assert s[3] == 0 and not d[3].any()
+    with pytest.raises(ValueError, match="orthonormal"):
+        ltc.accept_in_subspace(v, 2 * q)

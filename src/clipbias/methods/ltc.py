@@ -441,6 +441,54 @@ def accept_update(v: np.ndarray, q_basis: np.ndarray, scale_preserving: bool = F
     return out.astype(np.asarray(v).dtype if np.asarray(v).dtype.kind == "f" else np.float64)
 
 
+def accept_in_subspace(
+    v: np.ndarray, q_basis: np.ndarray, scale_preserving: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`accept_update` for an orthonormal ``q_basis`` Q [D, K], in K dimensions.
+
+    Every step moves ``v`` only along one column of Q and rescales it, so the result is
+    ``s * v + Q @ d`` with a per-row scale ``s`` [...] and coefficients ``d`` [..., K]:
+    the component of ``v`` outside span(Q) is only rescaled. Computing ``s`` and ``d`` needs
+    ``b = v Q`` and the norms once (O(D K) per row) instead of K passes over D. Returns
+    ``(s, d, b)``; ``b`` lets callers reuse the projections (e.g. logit changes
+    ``(s - 1) (v W) + d (Q^T W)`` without forming the vectors). Zero rows give ``s = 0``.
+    """
+    q = np.asarray(q_basis, dtype=np.float64)
+    gram = q.T @ q
+    if not np.allclose(gram, np.eye(q.shape[1]), atol=1e-8):
+        raise ValueError("accept_in_subspace needs an orthonormal basis (insight_basis)")
+    v = np.asarray(v, dtype=np.float64)
+    b = v @ q  # [..., K]
+    s, d = accept_coefficients(b, np.sum(v * v, axis=-1), scale_preserving)
+    return s, d, b
+
+
+def accept_coefficients(
+    b: np.ndarray, n0_sq: np.ndarray, scale_preserving: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The K sequential accept steps on the projections ``b = v Q`` [..., K] and squared
+    norms ``n0_sq = |v|^2`` [...] (see :func:`accept_in_subspace`): returns ``(s, d)`` with
+    ``accept(v) = s * v + Q @ d``."""
+    b = np.asarray(b, dtype=np.float64)
+    n0_sq = np.asarray(n0_sq, dtype=np.float64)
+    perp_sq = np.maximum(n0_sq - np.sum(b * b, axis=-1), 0.0)
+    s = np.ones_like(n0_sq)
+    c = b.copy()
+    norm_sq = n0_sq.copy()
+    for k in range(b.shape[-1]):
+        nv = np.sqrt(norm_sq)
+        cos = np.divide(c[..., k], nv, out=np.zeros_like(nv), where=nv > 0)
+        c[..., k] += cos
+        norm_sq = s * s * perp_sq + np.sum(c * c, axis=-1)
+        inv = np.divide(1.0, np.sqrt(norm_sq), out=np.zeros_like(norm_sq), where=norm_sq > 0)
+        s, c = s * inv, c * inv[..., None]
+        norm_sq = np.where(norm_sq > 0, 1.0, 0.0)
+    if scale_preserving:
+        n0 = np.sqrt(n0_sq)
+        s, c = s * n0, c * n0[..., None]
+    return s, c - s[..., None] * b
+
+
 def reject_update(v: np.ndarray, q_basis: np.ndarray) -> np.ndarray:
     """RoboShot "reject" update: for each q in order ``v <- v - cos(v, q) q; v <- v/||v||``."""
     vin = np.asarray(v)

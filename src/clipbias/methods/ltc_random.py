@@ -20,7 +20,7 @@ import pandas as pd
 
 from clipbias import metrics
 from clipbias.methods.heads import HeadId, all_heads, head_position, head_str, parse_head
-from clipbias.methods.ltc import _ablation_values, accept_update
+from clipbias.methods.ltc import _ablation_values, accept_coefficients, accept_in_subspace
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +67,41 @@ def _batch_draw_predictions(
     scale_preserving: bool,
     candidates: np.ndarray | None,
 ) -> np.ndarray:
-    """[n_draws, n] predictions of every draw on one batch (see module doc)."""
+    """[n_draws, n] predictions of every draw on one batch (see module doc).
+
+    A head's accept projection changes the logits by ``(s - 1) (v W) + d (Q^T W)``
+    (:func:`clipbias.methods.ltc.accept_in_subspace`), so one product of the head with
+    ``[W | Q]`` gives its ablation and projection changes."""
     w = np.asarray(classifier, dtype=np.float64)
     base = (heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, np.float64)) @ w
     pos = {h: k for k, h in enumerate(pool)}
     need_y = any(ry for _, ry in sets)
     values = _ablation_values(heads, means, ablation) if any(rs for rs, _ in sets) else None
     n, c = base.shape
+    if need_y:
+        q = np.asarray(q_basis, dtype=np.float64)
+        wq = np.concatenate([w, q], axis=1)  # [D, C + K]
+        qw = q.T @ w  # [K, C]
+    else:
+        wq = w
     d_abl = np.zeros((len(pool), n, c))
     d_acc = np.zeros((len(pool), n, c))
     d_both = np.zeros((len(pool), 1, c))
     for h, k in pos.items():
         li, hh = head_position(h, layers)
-        cur = heads[:, li, hh, :].astype(np.float64)
+        v = heads[:, li, hh, :].astype(np.float64)
+        proj = v @ wq  # [n, C (+ K)]: logits and insight projections of the head
+        vw = proj[:, :c]
         if values is not None:
-            d_abl[k] = (values[li, hh].astype(np.float64) - cur) @ w
+            val = values[li, hh].astype(np.float64)
+            d_abl[k] = val @ w - vw
         if need_y:
-            d_acc[k] = (accept_update(cur, q_basis, scale_preserving) - cur) @ w
+            s_, d_ = accept_coefficients(proj[:, c:], np.einsum("nd,nd->n", v, v), scale_preserving)
+            d_acc[k] = (s_[:, None] - 1.0) * vw + d_ @ qw
             if values is not None:
-                v = values[li, hh].astype(np.float64)
                 # ablated, then projected from its ablated value: accept(v) - v on top
-                d_both[k, 0] = (accept_update(v[None], q_basis, scale_preserving)[0] - v) @ w
+                sv, dv, _ = accept_in_subspace(val[None], q, scale_preserving)
+                d_both[k, 0] = (sv[0] - 1.0) * (val @ w) + dv[0] @ qw
     out = np.empty((len(sets), n), dtype=np.int64)
     for j, (rs, ry) in enumerate(sets):
         logit = base.copy()
