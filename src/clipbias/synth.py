@@ -24,7 +24,10 @@ correlations equal the configured ones up to rounding.
 
 **Latents, rendering and twins.** Each image is fully described by one row of latent
 parameters (:data:`LATENT_COLUMNS`: shape, place, colour, object radius, centre, rotation,
-colour jitter, light direction, global gain and a per-image render seed). The latents of a
+colour jitter, light direction, global gain, two texture features of the place and a
+per-image render seed). The texture features (:data:`TEXTURE_WORDS`, each present with
+probability 1/2) are visible elements of the background with their own words: soil patches /
+tall grass, tree trunks (bark) / moss, foam / big waves, a sandy shore / ripples. The latents of a
 split are drawn first from one ``numpy.random.Generator`` seeded with ``(seed, split
 number)``; every image is then rendered from its row alone (:func:`render_images`): the
 background texture from ``default_rng([render_seed, 0])``, the pixel noise from
@@ -49,9 +52,10 @@ sees them.
 **Caption language** (``captions.parquet``, train split only). Captions describe shape
 properties (round, curved edge, pointed, three corners, four sides, straight edges, a hole,
 arms, long and thin, ...), colour, size (small / large, from the object radius), position
-(left, right, top, bottom, centre, from the object centre), and background textures and
-scenes per place (grass, soil, meadow / leaves, bark, moss / waves, foam, surf / ripples,
-shore, sand, ...) over many sentence templates. Caption kinds (weights ``caption_mix``):
+(left, right, top, bottom, centre, from the object centre), and background scenes per
+place (grass, a field, a meadow / a forest, leaves, trees / the sea, waves / a lake, a pond)
+and the texture features present in the image (soil, tall grass / bark, moss / foam, big
+waves / sand, the shore, ripples) over many sentence templates. Caption kinds (weights ``caption_mix``):
 ``class`` ("a photo of a [colour ]{class}" and close variants, so the zero-shot class prompt
 works), ``object`` (descriptions of the object: shape features, size, position, colour),
 ``object_background`` (object and background) and ``background`` (background only).
@@ -126,6 +130,8 @@ LATENT_COLUMNS = (
     "light_x",
     "light_y",
     "gain",
+    "texture_a",
+    "texture_b",
     "render_seed",
 )
 
@@ -229,25 +235,21 @@ POSITION_PHRASES = {
     "bottom": "at the bottom",
     "centre": "in the centre",
 }
-# per place: (noun phrases for {bg}, adjective-like words for {bga}); the family word
+# per place: (generic noun phrases for {bg}, adjective-like words for {bga}); the family word
 # (land / water) is one of them
 PLACE_WORDS = {
-    "grass": (
-        ("land", "grass", "a field", "a meadow", "a lawn", "soil", "green grass"),
-        ("land", "grass", "grassy", "meadow"),
-    ),
-    "forest": (
-        ("land", "a forest", "the woods", "leaves", "bark", "trees", "moss"),
-        ("land", "forest", "leafy", "woodland"),
-    ),
-    "ocean": (
-        ("water", "the ocean", "the sea", "waves", "foam", "surf", "blue water"),
-        ("water", "ocean", "sea", "wavy"),
-    ),
-    "lake": (
-        ("water", "a lake", "ripples", "a pond", "the shore", "sand", "calm water"),
-        ("water", "lake", "rippled", "pond"),
-    ),
+    "grass": (("land", "grass", "a field", "a meadow", "green grass"), ("land", "grass", "grassy")),
+    "forest": (("land", "a forest", "the woods", "leaves", "trees"), ("land", "forest", "leafy")),
+    "ocean": (("water", "the ocean", "the sea", "waves", "blue water"), ("water", "ocean", "wavy")),
+    "lake": (("water", "a lake", "a pond", "lake water"), ("water", "lake", "pond")),
+}
+# per place: two visual texture features (latents texture_a, texture_b, each present with
+# probability 1/2) and the noun phrases that name them; captions use them only when present
+TEXTURE_WORDS = {
+    "grass": (("soil", "bare soil"), ("tall grass",)),  # brown soil patches; strong blades
+    "forest": (("bark", "tree trunks"), ("moss",)),  # dark vertical trunks; light moss patches
+    "ocean": (("foam", "sea foam"), ("big waves", "surf")),  # white crests; long high waves
+    "lake": (("sand", "the shore"), ("ripples",)),  # a sandy shore strip; fine ripples
 }
 
 
@@ -270,8 +272,10 @@ def vocabulary(
     """Words and templates of the caption language (module doc), for building method texts.
 
     Keys: ``class_prompt``, ``class_words`` {class: word}, ``background_prompt``,
-    ``background_words`` {land/water: [noun phrases]}, ``place_words`` {place: [noun
-    phrases]}, ``background_adjectives`` {place: [...]}, ``colour_words`` {colour: word},
+    ``background_words`` {land/water: [noun phrases]}, ``place_words`` {place: [generic noun
+    phrases]}, ``background_adjectives`` {place: [...]}, ``texture_words`` {place:
+    {"texture_a": [...], "texture_b": [...]}} (named only when the texture is in the image),
+    ``colour_words`` {colour: word},
     ``shape_words`` {class: {"adjectives", "features"}}, ``size_words``, ``position_words``
     {position: phrase}, ``templates`` {kind: [...]} and ``words``: the sorted set of every
     lowercase word a caption of a dataset with these classes and colours can contain.
@@ -280,7 +284,7 @@ def vocabulary(
     colours = list(colours)
     background_words: dict[str, list[str]] = {b: [] for b in BACKGROUNDS}
     for p, place in enumerate(PLACES):
-        for w in PLACE_WORDS[place][0]:
+        for w in (*PLACE_WORDS[place][0], *TEXTURE_WORDS[place][0], *TEXTURE_WORDS[place][1]):
             if w not in background_words[BACKGROUNDS[p // 2]]:
                 background_words[BACKGROUNDS[p // 2]].append(w)
     templates = {
@@ -300,9 +304,8 @@ def vocabulary(
             words |= _words(phrase)
     for phrase in POSITION_PHRASES.values():
         words |= _words(phrase)
-    for nouns, adjs in PLACE_WORDS.values():
-        for phrase in (*nouns, *adjs):
-            words |= _words(phrase)
+    for phrase in _place_phrases():
+        words |= _words(phrase)
     return {
         "class_prompt": CLASS_PROMPT,
         "class_words": {c: c for c in classes},
@@ -310,6 +313,10 @@ def vocabulary(
         "background_words": background_words,
         "place_words": {p: list(PLACE_WORDS[p][0]) for p in PLACES},
         "background_adjectives": {p: list(PLACE_WORDS[p][1]) for p in PLACES},
+        "texture_words": {
+            p: {"texture_a": list(TEXTURE_WORDS[p][0]), "texture_b": list(TEXTURE_WORDS[p][1])}
+            for p in PLACES
+        },
         "colour_words": {c: c for c in colours},
         "shape_words": {c: {k: list(v) for k, v in SHAPE_WORDS[c].items()} for c in classes},
         "size_words": list(SIZE_WORDS),
@@ -319,12 +326,21 @@ def vocabulary(
     }
 
 
+def _place_phrases(place: str | None = None) -> list[str]:
+    """Generic nouns, adjectives and texture phrases of one place (or of all places)."""
+    out = []
+    for p in PLACES if place is None else [place]:
+        nouns, adjs = PLACE_WORDS[p]
+        out += [*nouns, *adjs, *TEXTURE_WORDS[p][0], *TEXTURE_WORDS[p][1]]
+    return out
+
+
 def background_word_set() -> set[str]:
-    """Every single word that names a background (place nouns and adjectives, land, water)."""
+    """Every word that names a background: place nouns, adjectives and texture words
+    (land and water included), and "background"."""
     out: set[str] = {"background"}
-    for nouns, adjs in PLACE_WORDS.values():
-        for phrase in (*nouns, *adjs):
-            out |= _words(phrase)
+    for phrase in _place_phrases():
+        out |= _words(phrase)
     return out - {"a", "the"}
 
 
@@ -430,6 +446,7 @@ def _draw_latents(
     jitter = rng.uniform(-0.06, 0.06, (n, 3))
     light = rng.uniform(-0.15, 0.15, (n, 2))
     gain = rng.uniform(0.85, 1.15, n)
+    texture = (rng.random((n, 2)) < 0.5) & (place[:, None] >= 0)
     render_seed = rng.integers(0, np.iinfo(np.int64).max, n, dtype=np.int64)
     return pd.DataFrame(
         {
@@ -449,6 +466,8 @@ def _draw_latents(
             "light_x": light[:, 0],
             "light_y": light[:, 1],
             "gain": gain,
+            "texture_a": texture[:, 0].astype(np.int64),
+            "texture_b": texture[:, 1].astype(np.int64),
             "render_seed": render_seed,
         }
     )
@@ -495,11 +514,14 @@ def _waves(
     return np.sin(2 * np.pi * f * y + wobble * np.sin(2 * np.pi * f2 * x + ph2) + ph)
 
 
-def _render_place(rngs: Sequence[np.random.Generator], place: int, size: int) -> np.ndarray:
-    """[b, size, size, 3] background texture in [0, 1] (before gain and noise).
+def _render_place(
+    rngs: Sequence[np.random.Generator], place: int, texture: np.ndarray, size: int
+) -> np.ndarray:
+    """[b, size, size, 3] background in [0, 1] (before gain and noise).
 
-    ``place`` -1 is the light paper of the plain drawings. Every image draws from its own
-    generator in ``rngs``.
+    ``place`` -1 is the light paper of the plain drawings. ``texture`` [b, 2] are the 0/1
+    texture latents (:data:`TEXTURE_WORDS`). Every image draws from its own generator in
+    ``rngs``, the same numbers whether a texture is present or not.
     """
 
     def base(rgb: tuple[float, float, float], jitter: float) -> np.ndarray:
@@ -509,6 +531,13 @@ def _render_place(rngs: Sequence[np.random.Generator], place: int, size: int) ->
     def noise(grid: int) -> np.ndarray:
         return _smooth(_stack(rngs, lambda g: g.standard_normal((grid, grid))), size)
 
+    def mix(img: np.ndarray, other: np.ndarray, mask: np.ndarray, on: np.ndarray) -> np.ndarray:
+        m = (mask * on[:, None, None])[..., None]
+        return img * (1 - m) + other * m
+
+    a, b = (texture[:, k].astype(np.float64) for k in range(2))
+    yy, xx = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size,
+                         indexing="ij")  # fmt: skip
     if place == -1:
         col = _stack(rngs, lambda g: 0.90 + g.uniform(-0.06, 0.04) + g.uniform(-0.03, 0.03, 3))
         return col[:, None, None, :] * (1 + 0.03 * noise(4))[..., None]
@@ -517,24 +546,46 @@ def _render_place(rngs: Sequence[np.random.Generator], place: int, size: int) ->
         col = base((0.36, 0.58, 0.22), 0.05)
         m = _interp_matrix(size, 3)
         streaks = np.matmul(m, _stack(rngs, lambda g: g.standard_normal((3, size))))
-        lum = 0.08 * noise(4) + 0.09 * streaks
-        return col * (1 + lum[..., None])
+        amp = np.where(b > 0, 0.22, 0.07)[:, None, None]  # tall grass: strong blades
+        img = col * (1 + 0.08 * noise(4) + amp * streaks)[..., None]
+        soil = base((0.45, 0.32, 0.18), 0.04) * (1 + 0.1 * noise(6))[..., None]
+        return mix(img, soil, 1 / (1 + np.exp(-6 * (noise(3) - 0.5))), a)
     if name == "forest":
         green = base((0.17, 0.38, 0.15), 0.04)
         brown = base((0.36, 0.26, 0.13), 0.04)
-        mix = 1 / (1 + np.exp(-3 * noise(5)))
+        leaf = 1 / (1 + np.exp(-3 * noise(5)))
         lum = 0.12 * noise(9)
-        return (green * (1 - mix[..., None]) + brown * mix[..., None]) * (1 + lum[..., None])
+        img = (green * (1 - leaf[..., None]) + brown * leaf[..., None]) * (1 + lum[..., None])
+        # bark: two dark vertical trunks; moss: light yellow-green patches
+        pos = _stack(rngs, lambda g: [g.uniform(0.1, 0.9), g.uniform(0.1, 0.9),
+                                      g.uniform(0.05, 0.09), g.uniform(0.05, 0.09)])  # fmt: skip
+        trunks = np.maximum(
+            np.clip(1.5 - np.abs(xx[None] - pos[:, 0, None, None]) / pos[:, 2, None, None], 0, 1),
+            np.clip(1.5 - np.abs(xx[None] - pos[:, 1, None, None]) / pos[:, 3, None, None], 0, 1),
+        )
+        bark = base((0.22, 0.14, 0.07), 0.03) * (1 + 0.15 * noise(8))[..., None]
+        img = mix(img, bark, trunks, a)
+        moss = base((0.56, 0.62, 0.22), 0.04)
+        return mix(img, moss, 1 / (1 + np.exp(-6 * (noise(4) - 0.6))), b)
     if name == "ocean":
         col = base((0.10, 0.27, 0.58), 0.04)
-        w = _waves(rngs, size, (2.5, 4.5), 1.2)
-        crest = np.clip(w - 0.75, 0, None)[..., None] * 1.2
-        return col * (1 + 0.18 * w[..., None]) + crest * (1 - col)
+        small = _waves(rngs, size, (3.5, 5.5), 1.2)
+        big = _waves(rngs, size, (1.3, 2.2), 0.8)
+        w = np.where(b[:, None, None] > 0, big, small)
+        amp = np.where(b > 0, 0.3, 0.12)[:, None, None, None]
+        img = col * (1 + amp * w[..., None])
+        crest = np.clip(w - 0.55, 0, None)[..., None] * 2.2  # foam: white crests
+        foam = np.where(a[:, None, None, None] > 0, np.minimum(crest, 1.0), 0.0)
+        return img * (1 - foam) + 0.95 * foam
     # lake
     col = base((0.26, 0.50, 0.64), 0.05)
-    w = _waves(rngs, size, (1.2, 2.5), 0.6)
-    lum = 0.08 * w + 0.06 * noise(4)
-    return col * (1 + lum[..., None])
+    ripple = _waves(rngs, size, (6.0, 9.0), 0.4)
+    amp = np.where(b > 0, 0.12, 0.015)[:, None, None]
+    img = col * (1 + amp * ripple + 0.05 * noise(4))[..., None]
+    edge = _stack(rngs, lambda g: [g.uniform(0.62, 0.78), g.uniform(0, 2 * np.pi)])
+    shore = edge[:, 0, None, None] + 0.05 * np.sin(2 * np.pi * xx[None] + edge[:, 1, None, None])
+    sand = base((0.80, 0.70, 0.48), 0.04) * (1 + 0.06 * noise(6))[..., None]
+    return mix(img, sand, np.clip((yy[None] - shore) * size, 0, 1), a)
 
 
 def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -593,8 +644,9 @@ def _render_chunk(lat: pd.DataFrame, size: int, noise_std: float) -> np.ndarray:
     seeds = lat["render_seed"].to_numpy(np.int64)
     tex_rngs = [np.random.default_rng([int(s), 0]) for s in seeds]
     img = np.zeros((b, size, size, 3))
+    texture = lat[["texture_a", "texture_b"]].to_numpy(np.int64)
     for place, sel in lat.groupby("place", sort=True).indices.items():
-        img[sel] = _render_place([tex_rngs[i] for i in sel], int(place), size)
+        img[sel] = _render_place([tex_rngs[i] for i in sel], int(place), texture[sel], size)
 
     dx, dy, _, _ = _geometry(lat, size)
     alpha = object_alpha(lat, size)[..., None]
@@ -701,7 +753,8 @@ def _captions(
     p = np.asarray([caption_mix[k] for k in CAPTION_KINDS])
     kind = rng.choice(len(CAPTION_KINDS), size=n, p=p / p.sum())
     mention = rng.random(n) < colour_mention_prob
-    picks = rng.integers(0, 1 << 30, (n, 8))  # template, adjective, feature, bg, bg2, bga
+    picks = rng.integers(0, 1 << 30, (n, 8))  # template, adjective, feature, bg, bg2, bga, ...
+    texture = lat[["texture_a", "texture_b"]].to_numpy(np.int64)
     sizes = size_word(lat["radius"].to_numpy(), image_size, object_scale)
     positions = position_word(lat["cx"].to_numpy(), lat["cy"].to_numpy(), image_size)
     groups = (CLASS_TEMPLATES, OBJECT_TEMPLATES, OBJECT_BACKGROUND_TEMPLATES, BACKGROUND_TEMPLATES)
@@ -722,9 +775,16 @@ def _captions(
             template = DRAWING_TEMPLATES[picks[i, 0] % len(DRAWING_TEMPLATES)]
         else:
             nouns, adjs = PLACE_WORDS[PLACES[place]]
-            first = picks[i, 3] % len(nouns)
-            second = (first + 1 + picks[i, 4] % (len(nouns) - 1)) % len(nouns)
-            fill["bg"], fill["bg2"] = nouns[first], nouns[second]
+            # texture phrases only for textures in the image; half of the background
+            # mentions of such an image name a texture
+            tex = [w for k, words_k in enumerate(TEXTURE_WORDS[PLACES[place]])
+                   if texture[i, k] for w in words_k]  # fmt: skip
+            if tex and picks[i, 6] % 2 == 0:
+                fill["bg"] = tex[picks[i, 3] % len(tex)]
+            else:
+                fill["bg"] = nouns[picks[i, 3] % len(nouns)]
+            rest = [w for w in (*nouns, *tex) if w != fill["bg"]]
+            fill["bg2"] = rest[picks[i, 4] % len(rest)]
             fill["bga"] = adjs[picks[i, 5] % len(adjs)]
             group = groups[kind[i]]
             template = group[picks[i, 0] % len(group)]

@@ -17,6 +17,7 @@ from clipbias.synth import (
     PLACE_WORDS,
     PLACES,
     SHAPES,
+    TEXTURE_WORDS,
     generate,
     object_alpha,
     render_images,
@@ -265,12 +266,16 @@ def test_captions_language_matches_the_image(ds):
         for p, phrase in synth.POSITION_PHRASES.items():
             if phrase in row.caption:
                 assert p == pos, row.caption
-        # background words only name the image's own place (or its family)
+        # background words only name the image's own place (or its family), texture words
+        # only textures that are in the image
         if row.place < 0:
             assert not w & bg_words and "photo" not in w, row.caption
         else:
-            nouns, adjs = PLACE_WORDS[PLACES[row.place]]
-            own = {x for phrase in (*nouns, *adjs) for x in re.findall(r"[a-z]+", phrase)}
+            place = PLACES[row.place]
+            tex_a, tex_b = TEXTURE_WORDS[place]
+            phrases = [*PLACE_WORDS[place][0], *PLACE_WORDS[place][1]]
+            phrases += [*tex_a] * row.texture_a + [*tex_b] * row.texture_b
+            own = {x for phrase in phrases for x in re.findall(r"[a-z]+", phrase)}
             assert not (w & bg_words) - own - {"background"}, row.caption
 
 
@@ -306,6 +311,10 @@ def test_vocabulary_covers_all_shapes():
     words = set(v["words"])
     assert {"round", "pointed", "corners", "hole", "arms", "long", "thin"} <= words
     assert {"grass", "soil", "sand", "leaves", "bark", "waves", "ripples", "shore", "foam"} <= words
+    assert v["texture_words"]["lake"] == {
+        "texture_a": ["sand", "the shore"],
+        "texture_b": ["ripples"],
+    }
     assert {"left", "right", "top", "bottom", "centre", "small", "large"} <= words
     assert set(SHAPES) | set(synth.PALETTE) <= words
     assert v["shape_words"]["ring"]["features"][0] == "a hole"
@@ -429,3 +438,17 @@ def test_default_text_file_matches_generator_defaults(repo):
     assert spec["colours"] == list(params["colours"].default)
     multi = yaml.safe_load((repo / TEXT_FILES[1]).read_text())
     assert len(multi["classes"]) >= 6 and set(multi["classes"]) <= set(SHAPES)
+
+
+def test_textures_are_visible_and_named_only_when_present(ds):
+    """A texture latent changes the background pixels (same seed, texture switched off)."""
+    lat = pd.read_parquet(ds / "latents.parquet")
+    with_tex = lat[(lat["place"] >= 0) & (lat["texture_a"] == 1)].head(20)
+    without = with_tex.assign(texture_a=0)
+    a, b = render_images(with_tex, 32), render_images(without, 32)
+    outside = object_alpha(with_tex, 32) <= 0
+    diff = np.abs(a.astype(int) - b)[outside].mean(-1)
+    assert np.mean(diff > 10) > 0.05  # a visible share of the background changes
+    assert (lat.loc[lat["place"] < 0, ["texture_a", "texture_b"]] == 0).all().all()
+    scene = lat[lat["place"] >= 0]
+    assert scene["texture_a"].mean() == pytest.approx(0.5, abs=0.06)
