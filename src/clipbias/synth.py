@@ -26,11 +26,11 @@ correlations equal the configured ones up to rounding.
 parameters (:data:`LATENT_COLUMNS`: shape, place, colour, object radius, centre, rotation,
 colour jitter, light direction, global gain, two texture features of the place and a
 per-image render seed). The texture features (:data:`TEXTURE_WORDS`, each present with
-probability 1/2) are visible elements of the background with their own words: soil patches /
-tall grass, tree trunks (bark) / moss, foam / big waves, a sandy shore / ripples. The latents of a
-split are drawn first from one ``numpy.random.Generator`` seeded with ``(seed, split
-number)``; every image is then rendered from its row alone (:func:`render_images`): the
-background texture from ``default_rng([render_seed, 0])``, the pixel noise from
+probability 1/2) are visible elements of the background with their own words: soil
+patches / tall grass, tree trunks (bark) / moss, foam / big waves, a sandy shore / ripples.
+The latents of a split are drawn first from one ``numpy.random.Generator`` seeded with
+``(seed, split number)``; every image is then rendered from its row alone
+(:func:`render_images`): the background texture from ``default_rng([render_seed, 0])``, the pixel noise from
 ``default_rng([render_seed, 1])``. So the same seed gives byte-identical PNGs, and an image
 re-rendered from ``latents.parquet`` equals the stored one.
 
@@ -49,19 +49,19 @@ own (changed) attributes and group, images under ``images/twin_<kind>/<source id
 Plain drawings have no background twin. No caption is written for twins, so training never
 sees them.
 
-**Caption language** (``captions.parquet``, train split only). Captions describe shape
-properties (round, curved edge, pointed, three corners, four sides, straight edges, a hole,
-arms, long and thin, ...; in the captions of the plain drawings only, so that these words
-are not tied to the correlated background), colour, size (small / large, from the object
-radius), position
-(left, right, top, bottom, centre, from the object centre), and background scenes per
-place (grass, a field, a meadow / a forest, leaves, trees / the sea, waves / a lake, a pond)
-and the texture features present in the image (soil, tall grass / bark, moss / foam, big
-waves / sand, the shore, ripples) over many sentence templates. Caption kinds (weights ``caption_mix``):
-``class`` ("a photo of a [colour ]{class}" and close variants, so the zero-shot class prompt
-works), ``object`` (descriptions of the object: shape features, size, position, colour),
-``object_background`` (object and background) and ``background`` (background only).
-:func:`vocabulary` exposes every word and template, for building method texts.
+**Caption language** (``captions.parquet``, train split only). Captions describe the
+object's shape properties (round, curved edge, pointed, three corners, four sides, straight
+edges, a hole, arms, long and thin, ...), colour, size (small / large, from the object
+radius) and position (left, right, top, bottom, centre, from the object centre), and the
+background: scenes per place (grass, a field, a meadow / a forest, leaves, trees / the sea,
+waves / a lake, a pond) and the texture features present in the image (soil, tall grass /
+bark, moss / foam, big waves / sand, the shore, ripples), over many sentence templates.
+Scene captions come in four kinds (weights ``caption_mix``): ``class`` ("a photo of a
+[colour ]{class}" and close variants, so the zero-shot class prompt works), ``object``
+(class or "shape" with size, position, colour), ``object_background`` and ``background``.
+Shape properties are described in the captions of the plain drawings only: in scene
+captions the text tower tied them to the correlated background. :func:`vocabulary` exposes
+every word and template, for building method texts.
 
 Shapes are not equal-area (circle radius r, triangle circumradius r): the area difference is
 a low-level cue the contrastive training can bootstrap from; it is class-determined, not
