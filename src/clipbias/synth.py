@@ -30,9 +30,9 @@ probability 1/2) are visible elements of the background with their own words: so
 patches / tall grass, tree trunks (bark) / moss, foam / big waves, a sandy shore / ripples.
 The latents of a split are drawn first from one ``numpy.random.Generator`` seeded with
 ``(seed, split number)``; every image is then rendered from its row alone
-(:func:`render_images`): the background texture from ``default_rng([render_seed, 0])``, the pixel noise from
-``default_rng([render_seed, 1])``. So the same seed gives byte-identical PNGs, and an image
-re-rendered from ``latents.parquet`` equals the stored one.
+(:func:`render_images`): the background texture from ``default_rng([render_seed, 0])``,
+the pixel noise from ``default_rng([render_seed, 1])``. So the same seed gives
+byte-identical PNGs, and an image re-rendered from ``latents.parquet`` equals the stored one.
 
 For every image of the ``twin_splits`` (default ``test``) two *counterfactual twins* are
 rendered from the same row with one latent changed:
