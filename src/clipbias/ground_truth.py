@@ -40,7 +40,8 @@ class x {associated, not} cell (associative), ``numpy.random.default_rng(seed)``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -414,3 +415,120 @@ def head_attribute_table(
     effect, lo, hi = _cell_effects(margins, cells, n_boot, seed)
     df = _head_frame(effect, lo, hi, layers, "", "associative")
     return df[["layer", "head", "head_id", "effect", "abs_effect", "ci_low", "ci_high", "rank"]]
+
+
+# ----------------------------------------------------------------------- planted tables
+
+TWIN_ATTRIBUTE_KEYS = {
+    # twin kind -> (dataset.json key naming the attribute, key of the per-class values)
+    "background": ("spurious_attribute", "majority_background"),
+    "protected": ("protected_attribute", "associated_colour"),
+}
+
+
+def associated_values(meta: Mapping[str, Any], kind: str) -> tuple[str, list[int]]:
+    """(attribute name, associated value index per class) of a twin ``kind`` from dataset.json.
+
+    ``background``: the spurious attribute and ``majority_background``; ``protected``: the
+    protected attribute and ``associated_colour`` (clipbias.synth metadata).
+    """
+    if kind not in TWIN_ATTRIBUTE_KEYS:
+        raise ValueError(f"kind must be one of {sorted(TWIN_ATTRIBUTE_KEYS)}, got {kind!r}")
+    attr_key, assoc_key = TWIN_ATTRIBUTE_KEYS[kind]
+    attr = meta.get(attr_key)
+    per_class = meta.get(assoc_key)
+    if attr is None or per_class is None:
+        raise ValueError(
+            f"dataset.json lacks '{attr_key}' or '{assoc_key}': regenerate the planted dataset "
+            "with this version of clipbias.synth"
+        )
+    values = list(meta["attributes"][attr])
+    return attr, [values.index(per_class[c]) for c in meta["classes"]]
+
+
+def planted_ground_truth_tables(
+    index: pd.DataFrame,
+    heads: np.ndarray,
+    rest: np.ndarray,
+    layers: Sequence[int],
+    classifier: np.ndarray,
+    meta: Mapping[str, Any],
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every ground-truth table of the planted benchmark (docs/DESIGN.md) in one call.
+
+    ``index`` rows (reset positions) align with ``heads`` [N, L, H, D] and ``rest`` [N, D]
+    (feature-shard layout) and must hold the rows of ``split`` and of the twin splits
+    ``twin_background`` / ``twin_protected`` (either may be absent). Returns
+    ``(heads_table, total_table)``: per head, the causal effect of each twin kind present
+    (pairs whose original is in ``split``) and the associative statistic of both attributes
+    on ``split``; and the causal total-margin rows. Columns :data:`GT_COLUMNS`.
+    """
+    index = index.reset_index(drop=True)
+    heads = np.asarray(heads)
+    rest = np.asarray(rest)
+    if len(index) != len(heads) or len(rest) != len(heads):
+        raise ValueError(f"{len(index)} index rows, {len(heads)} heads, {len(rest)} rest rows")
+    labels = index["label"].to_numpy(np.int64)
+    base = np.flatnonzero(index["split"].astype(str).to_numpy() == split)
+    if len(base) == 0:
+        raise ValueError(f"no rows of split {split!r}")
+    emb = heads.sum((1, 2)) + rest
+    head_tables, totals = [], []
+    for kind in TWIN_ATTRIBUTE_KEYS:
+        attr, assoc = associated_values(meta, kind)
+        values = index[f"attr_{attr}"].to_numpy(np.int64)
+        head_tables.append(
+            associative_head_table(
+                heads[base],
+                layers,
+                classifier,
+                labels[base],
+                values[base],
+                assoc,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+        if not (index["split"] == f"twin_{kind}").any():
+            continue
+        orig, twin = twin_pairs(index, kind)
+        in_split = index["split"].to_numpy()[orig] == split
+        orig, twin = orig[in_split], twin[in_split]
+        orient = twin_orientation(values[orig], values[twin], labels[orig], assoc)
+        head_tables.append(
+            causal_head_table(
+                heads[orig],
+                heads[twin],
+                layers,
+                classifier,
+                labels[orig],
+                orient,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+        totals.append(
+            causal_total_effect(
+                emb[orig],
+                emb[twin],
+                classifier,
+                labels[orig],
+                orient,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+    kinds_order = {"causal": 0, "associative": 1}
+    table = pd.concat(head_tables, ignore_index=True)
+    table = table.sort_values(
+        ["kind", "attribute", "rank"], key=lambda c: c.map(kinds_order) if c.name == "kind" else c
+    ).reset_index(drop=True)
+    total = pd.concat(totals, ignore_index=True) if totals else pd.DataFrame(columns=GT_COLUMNS)
+    return table[GT_COLUMNS], total[GT_COLUMNS]

@@ -10,6 +10,7 @@ from clipbias.ground_truth import (
     head_attribute_table,
     head_margins,
     margin_directions,
+    planted_ground_truth_tables,
     true_class_margins,
     twin_orientation,
     twin_pairs,
@@ -272,3 +273,71 @@ def test_associative_three_values_associated_vs_rest():
     # class 0 margins (e0 - e1): 3, 1, -1 -> 3 - mean(1, -1) = 3; class 1 skipped
     df = associative_head_table(heads, [0], classifier, labels, values, [2, 0], n_boot=10)
     assert df["effect"].item() == pytest.approx(3.0)
+
+
+def _planted_meta():
+    return {
+        "classes": ["circle", "triangle"],
+        "attributes": {"background": ["land", "water"], "colour": ["red", "yellow"]},
+        "spurious_attribute": "background",
+        "protected_attribute": "colour",
+        "majority_background": {"circle": "land", "triangle": "water"},
+        "associated_colour": {"circle": "red", "triangle": "yellow"},
+    }
+
+
+def test_planted_ground_truth_tables_from_index():
+    """4 test images, their background and colour twins (index order shuffled). Head 0 adds
+    0.5 d_y when the background is class y's majority background, head 1 when the colour is
+    y's associated colour; the rest adds 0.1 d_y for the colour too."""
+    meta = _planted_meta()
+    d = margin_directions(np.eye(2)).T  # [C, D]
+    base = pd.DataFrame(
+        {
+            "image_id": [f"t{i}" for i in range(4)],
+            "split": "test",
+            "label": [0, 0, 1, 1],
+            "attr_background": [0, 1, 0, 1],
+            "attr_colour": [1, 0, 0, 1],
+        }
+    )
+    bg = base.assign(
+        image_id=base["image_id"] + "|background",
+        split="twin_background",
+        attr_background=1 - base["attr_background"],
+    )
+    col = base.assign(
+        image_id=base["image_id"] + "|protected",
+        split="twin_protected",
+        attr_colour=1 - base["attr_colour"],
+    )
+    index = pd.concat([col, base, bg]).sample(frac=1, random_state=0).reset_index(drop=True)
+    y = index["label"].to_numpy()
+    heads = np.zeros((len(index), 1, 3, 2))
+    heads[:, 0, 0] = 0.5 * d[y] * (index["attr_background"].to_numpy() == y)[:, None]
+    heads[:, 0, 1] = 0.5 * d[y] * (index["attr_colour"].to_numpy() == y)[:, None]
+    heads[:, 0, 2] = 0.2
+    rest = 0.1 * d[y] * (index["attr_colour"].to_numpy() == y)[:, None]
+    table, total = planted_ground_truth_tables(index, heads, rest, [11], np.eye(2), meta, n_boot=20)
+    assert list(table.columns) == GT_COLUMNS and list(total.columns) == GT_COLUMNS
+    causal = table[table["kind"] == "causal"].set_index(["attribute", "head_id"])["effect"]
+    # the associated side has margin 0.5 * |d_y|^2 = 1 for the carrying head
+    np.testing.assert_allclose(causal["background"][["L11H0", "L11H1", "L11H2"]], [1, 0, 0])
+    np.testing.assert_allclose(causal["colour"][["L11H0", "L11H1", "L11H2"]], [0, 1, 0])
+    tot = total.set_index("attribute")["effect"]
+    assert tot["background"] == pytest.approx(1.0) and tot["colour"] == pytest.approx(1.2)
+    assoc = table[table["kind"] == "associative"]
+    assert set(assoc["attribute"]) == {"background", "colour"} and len(assoc) == 6
+    # each (kind, attribute) block is ranked on its own
+    for _, g in table.groupby(["kind", "attribute"]):
+        assert sorted(g["rank"]) == [1, 2, 3]
+    assert table["kind"].tolist()[:6] == ["causal"] * 6
+    # without twins only the associative rows remain
+    only = index[index["split"] == "test"]
+    keep = only.index.to_numpy()
+    t2, tot2 = planted_ground_truth_tables(only, heads[keep], rest[keep], [11], np.eye(2), meta)
+    assert set(t2["kind"]) == {"associative"} and len(tot2) == 0
+    with pytest.raises(ValueError, match="regenerate"):
+        planted_ground_truth_tables(
+            index, heads, rest, [11], np.eye(2), {**meta, "associated_colour": None}
+        )
