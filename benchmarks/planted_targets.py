@@ -76,16 +76,19 @@ CONFIGS = {
     "multiclass": {
         "synth": {
             "image_size": 32,
-            "n_train": 12000,
+            "n_train": 24000,
             "n_val": 6000,
-            "n_test": 2400,
-            # similar shapes (circle / ring, square / cross) get different associated colours
+            "n_test": 3600,
+            # with colours[c % 3] and majority background c % 2 the six classes cover all six
+            # colour x background associations, and the shapes most often confused with
+            # each other (circle / square, triangle / bar, cross / triangle) differ in colour
             "classes": ["circle", "ring", "square", "cross", "triangle", "bar"],
-            "colours": ["red", "yellow"],
-            "spurious_correlation": 0.95,
-            "protected_correlation": 0.9,
+            "colours": ["red", "yellow", "purple"],
+            "spurious_correlation": 0.9,
+            "protected_correlation": 0.8,
+            "plain_fraction": 0.4,
         },
-        "train": {"epochs": 8, "batch_size": 64, "lr": 0.001},
+        "train": {"epochs": 10, "batch_size": 64, "lr": 0.001},
         "model": "planted-vit-tiny",
         "texts": "config/texts/planted_multiclass.yaml",
     },
