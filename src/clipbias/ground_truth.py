@@ -1,58 +1,382 @@
-"""Per-head planted ground truth: how much each head's class-margin contribution depends on
-the spurious attribute with the class held fixed.
+"""Per-head planted ground truth: causal (counterfactual twins) and associative.
 
-For head (l, h) and image i with label y_i, the head's direct contribution to the class
-margin is
+Notation (docs/DESIGN.md "Array conventions"): ``heads`` [N, L, H, D] are the head
+contributions ĉ_{l,h}(x) of the decomposition (METHODS §1.3), ``classifier`` [D, C] the unit
+class text embeddings t_c, ``labels`` [N] the true classes y. The *true-class margin
+direction* of class y is ``d_y = t_y - mean_{c != y} t_c`` (= ``t_y - t_other`` for C = 2) and
+a head's *direct contribution to the true-class margin* is ``m_{l,h}(x) = <ĉ_{l,h}(x), d_y>``.
+Summed over all components (heads, MLPs, embedding term) it is the total margin
+``<ê(x), d_y>``.
 
-* binary classes (C = 2): ``m_i = <c_{l,h}(x_i), t_1 - t_0>`` (the same direction for
-  every image, so positive = pushes towards class 1);
-* C > 2: ``m_i = <c_{l,h}(x_i), t_{y_i} - mean_{c != y_i} t_c>`` (margin of the true class
-  over the mean of the others, positive = supports the true class).
+Every class y has an *associated* value of the attribute: its majority background
+(spurious attribute) or its associated colour (protected attribute), ``dataset.json``
+``majority_background`` / ``associated_colour``.
 
-``c_{l,h}`` are the head contributions of the decomposition (docs/DESIGN.md, ``heads``
-[N, L, H, D]) and ``t_c`` the unit class text embeddings (``classifier`` [D, C] columns).
+**Causal effect** (:func:`causal_head_table`, kind ``causal``). For each pair (original x,
+twin x') that differ only in the attribute, exactly one side of which has the associated
+value of y, the orientation ``o = +1`` if the twin has the associated value and ``-1`` if the
+original has it (pairs where neither or both have it get ``o = 0`` and are left out). Then
 
-The effect of a head is the mean over classes of
-``mean(m | y = c, a = 1) - mean(m | y = c, a = 0)`` where ``a`` is the binary spurious
-attribute. Classes lacking either attribute value are skipped. The 95 % percentile
-bootstrap CI resamples images with replacement within every class x attribute cell.
+    effect_{l,h} = mean over pairs of  o · (m_{l,h}(x') - m_{l,h}(x)),
+
+the mean change of the head's direct contribution to the true-class margin when the
+attribute goes from a class-non-associated value to the class-associated value, all else
+(object, position, size, rotation, shading, noise draw) fixed. Positive = the head pushes
+towards the biased prediction (it supports the class more when the attribute agrees with the
+class's stereotype). The effect includes everything the attribute change does upstream of
+the head (it is the head's *total* response, read at its direct path). The total effect
+(:func:`causal_total_effect`) is the same on the total margin.
+
+**Associative statistic** (:func:`associative_head_table`, kind ``associative``): from one
+set of images without twins, per class y with both kinds of images present,
+``mean(m | a = assoc(y)) - mean(m | a != assoc(y))``, averaged over classes. With binary
+classes and attribute and ``assoc(y) = y`` this equals the earlier statistic of
+:func:`head_attribute_table`. It mixes the head's response to the attribute with any other
+difference between the two image sets.
+
+CIs: 95 % percentile bootstrap, resampling image pairs (causal) or images within every
+class x {associated, not} cell (associative), ``numpy.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+GT_COLUMNS = [
+    "head_id",
+    "layer",
+    "head",
+    "attribute",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "abs_effect",
+    "rank",
+    "kind",
+]
+KINDS = ("causal", "associative")
 
-def head_margins(heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[N, L, H] direct contribution of every head to the class margin (see module doc)."""
-    heads = np.asarray(heads)
-    w = np.asarray(classifier, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.int64)
+
+def _check(heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
     if heads.ndim != 4:
         raise ValueError(f"heads must be [N, L, H, D], got shape {heads.shape}")
     n, _, _, d = heads.shape
-    if w.ndim != 2 or w.shape[0] != d:
-        raise ValueError(f"classifier must be [D={d}, C], got shape {w.shape}")
-    c = w.shape[1]
+    if classifier.ndim != 2 or classifier.shape[0] != d:
+        raise ValueError(f"classifier must be [D={d}, C], got shape {classifier.shape}")
+    c = classifier.shape[1]
     if c < 2:
         raise ValueError("need at least 2 classes")
     if labels.shape != (n,):
         raise ValueError(f"labels must be [N={n}], got shape {labels.shape}")
-    if labels.min() < 0 or labels.max() >= c:
+    if n and (labels.min() < 0 or labels.max() >= c):
         raise ValueError(f"labels must be in [0, {c})")
-    if c == 2:
-        direction = w[:, 1] - w[:, 0]
-        return np.einsum("nlhd,d->nlh", heads, direction)
-    # t_y - mean_{c != y} t_c = (C t_y - sum_c t_c) / (C - 1)
-    dirs = (c * w - w.sum(1, keepdims=True)) / (c - 1)  # [D, C], column y
+    return n, c
+
+
+def margin_directions(classifier: np.ndarray) -> np.ndarray:
+    """[D, C] true-class margin directions ``d_y = t_y - mean_{c != y} t_c`` (column y)."""
+    w = np.asarray(classifier, dtype=np.float64)
+    c = w.shape[1]
+    return (c * w - w.sum(1, keepdims=True)) / (c - 1)
+
+
+def true_class_margins(heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N, L, H] direct contribution of every head to the true-class margin ⟨ĉ, d_y⟩."""
+    heads = np.asarray(heads)
+    labels = np.asarray(labels).astype(np.int64)
+    _check(heads, np.asarray(classifier), labels)
+    dirs = margin_directions(classifier)  # [D, C]
     proj = np.einsum("nlhd,dc->nlhc", heads, dirs)
     return np.take_along_axis(proj, labels[:, None, None, None], axis=3)[..., 0]
 
 
-def _effect(margins: np.ndarray, cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """[L, H] mean over classes of (mean m | a = 1) - (mean m | a = 0)."""
+def head_margins(heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[N, L, H] margins of the earlier associative statistic.
+
+    Binary classes: ``<ĉ, t_1 - t_0>`` for every image (positive = towards class 1);
+    C > 2: the true-class margin (:func:`true_class_margins`).
+    """
+    heads = np.asarray(heads)
+    w = np.asarray(classifier, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    _, c = _check(heads, w, labels)
+    if c == 2:
+        return np.einsum("nlhd,d->nlh", heads, w[:, 1] - w[:, 0])
+    return true_class_margins(heads, w, labels)
+
+
+def _head_frame(
+    effect: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    layers: Sequence[int],
+    attribute: str,
+    kind: str,
+) -> pd.DataFrame:
+    n_layers, n_heads = effect.shape
+    ll, hh = np.meshgrid(np.asarray(layers, dtype=np.int64), np.arange(n_heads), indexing="ij")
+    df = pd.DataFrame(
+        {
+            "head_id": [f"L{int(a)}H{int(b)}" for a, b in zip(ll.ravel(), hh.ravel(), strict=True)],
+            "layer": ll.ravel(),
+            "head": hh.ravel(),
+            "attribute": attribute,
+            "effect": effect.ravel(),
+            "ci_low": lo.ravel(),
+            "ci_high": hi.ravel(),
+            "abs_effect": np.abs(effect).ravel(),
+        }
+    )
+    order = np.lexsort(
+        (df["head"].to_numpy(), df["layer"].to_numpy(), -df["abs_effect"].to_numpy())
+    )
+    rank = np.empty(len(df), dtype=np.int64)
+    rank[order] = np.arange(1, len(df) + 1)
+    df["rank"] = rank
+    df["kind"] = kind
+    return df[GT_COLUMNS]
+
+
+def _percentiles(boot: np.ndarray, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(boot) == 0:
+        nan = np.full_like(like, np.nan, dtype=np.float64)
+        return nan, nan.copy()
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- twins
+
+
+def twin_pairs(index: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned row positions ``(originals, twins)`` of the ``kind`` twins in ``index``.
+
+    Twins are the rows with ``split == "twin_<kind>"`` and ``image_id == "<id>|<kind>"``
+    (clipbias.synth); ``originals[i]`` is the position of the source row of the twin at
+    position ``twins[i]``. Positions are 0-based into ``index`` as given (not its labels).
+    """
+    ids = index["image_id"].astype(str).to_numpy()
+    split = index["split"].astype(str).to_numpy()
+    twins = np.flatnonzero(split == f"twin_{kind}")
+    if len(twins) == 0:
+        raise ValueError(
+            f"no rows with split 'twin_{kind}'; generate the dataset with twin_splits and "
+            "extract the twin splits too"
+        )
+    suffix = f"|{kind}"
+    pos = {v: i for i, v in enumerate(ids)}
+    originals = np.empty(len(twins), dtype=np.int64)
+    for k, t in enumerate(twins):
+        tid = ids[t]
+        if not tid.endswith(suffix) or tid[: -len(suffix)] not in pos:
+            raise ValueError(f"twin {tid!r} has no source row {tid[: -len(suffix)]!r} in index")
+        originals[k] = pos[tid[: -len(suffix)]]
+    return originals, twins
+
+
+def twin_orientation(
+    original_values: np.ndarray,
+    twin_values: np.ndarray,
+    labels: np.ndarray,
+    associated: Sequence[int],
+) -> np.ndarray:
+    """[P] +1 / -1 / 0: does the pair go non-associated -> associated (twin associated, +1),
+    the other way (original associated, -1), or neither (0)?
+
+    ``associated[y]`` is class y's associated attribute value (value index).
+    """
+    a = np.asarray(associated, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(a)):
+        raise ValueError(f"labels must index 'associated' (length {len(a)})")
+    assoc = a[labels]
+    o_assoc = np.asarray(original_values) == assoc
+    t_assoc = np.asarray(twin_values) == assoc
+    return t_assoc.astype(np.int64) - o_assoc.astype(np.int64)
+
+
+def _pair_effects(
+    deltas: np.ndarray, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over pairs of ``deltas`` [P, ...] and its 95 % bootstrap CI over pairs."""
+    effect = deltas.mean(0)
+    rng = np.random.default_rng(seed)
+    p = len(deltas)
+    boot = np.empty((n_boot, *deltas.shape[1:]))
+    for b in range(n_boot):
+        boot[b] = deltas[rng.integers(0, p, p)].mean(0)
+    lo, hi = _percentiles(boot, effect)
+    return effect, lo, hi
+
+
+def _oriented(orientation: np.ndarray, n: int) -> np.ndarray:
+    o = np.asarray(orientation, dtype=np.int64)
+    if o.shape != (n,):
+        raise ValueError(f"orientation must be [N={n}], got shape {o.shape}")
+    if not np.isin(o, (-1, 0, 1)).all():
+        raise ValueError("orientation values must be -1, 0 or +1 (see twin_orientation)")
+    keep = np.flatnonzero(o != 0)
+    if len(keep) == 0:
+        raise ValueError(
+            "no pair goes between a class-associated and a non-associated attribute value "
+            "(all orientations are 0)"
+        )
+    return keep
+
+
+def causal_head_table(
+    heads: np.ndarray,
+    twin_heads: np.ndarray,
+    layers: Sequence[int],
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    orientation: np.ndarray,
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Causal per-head effect of ``attribute`` on the true-class margin (module doc).
+
+    ``heads`` / ``twin_heads`` [N, L, H, D]: contributions of the originals and of their
+    twins, row i of one paired with row i of the other (:func:`twin_pairs`); ``layers`` the
+    L layer numbers; ``classifier`` [D, C]; ``labels`` [N] (shared by a pair);
+    ``orientation`` [N] from :func:`twin_orientation` (pairs with 0 are left out).
+    Returns :data:`GT_COLUMNS` with ``kind = "causal"``; ``rank`` 1 = largest
+    ``abs_effect`` (ties by layer, head); CI = bootstrap over pairs.
+    """
+    heads = np.asarray(heads)
+    twin_heads = np.asarray(twin_heads)
+    labels = np.asarray(labels).astype(np.int64)
+    if twin_heads.shape != heads.shape:
+        raise ValueError(f"twin_heads {twin_heads.shape} must match heads {heads.shape}")
+    n, _ = _check(heads, np.asarray(classifier), labels)
+    if len(layers) != heads.shape[1]:
+        raise ValueError(f"{len(layers)} layer numbers for {heads.shape[1]} stored layers")
+    keep = _oriented(orientation, n)
+    o = np.asarray(orientation, dtype=np.float64)[keep, None, None]
+    delta = true_class_margins(twin_heads[keep], classifier, labels[keep])
+    delta -= true_class_margins(heads[keep], classifier, labels[keep])
+    effect, lo, hi = _pair_effects(o * delta, n_boot, seed)
+    return _head_frame(effect, lo, hi, layers, attribute, "causal")
+
+
+def causal_total_effect(
+    embedding: np.ndarray,
+    twin_embedding: np.ndarray,
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    orientation: np.ndarray,
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """The causal effect on the total true-class margin ⟨ê, d_y⟩ (all components summed).
+
+    ``embedding`` / ``twin_embedding`` [N, D] = ``heads.sum((1, 2)) + rest`` of originals and
+    twins. One row with :data:`GT_COLUMNS`: ``head_id = "total"``, ``layer = head = -1``,
+    ``rank = 0``, ``kind = "causal"``.
+    """
+    e = np.asarray(embedding, dtype=np.float64)
+    e2 = np.asarray(twin_embedding, dtype=np.float64)
+    if e.ndim != 2 or e2.shape != e.shape:
+        raise ValueError(f"embeddings must both be [N, D], got {e.shape} and {e2.shape}")
+    labels = np.asarray(labels).astype(np.int64)
+    n, _ = _check(e[:, None, None, :], np.asarray(classifier), labels)
+    keep = _oriented(orientation, n)
+    dirs = margin_directions(classifier)[:, labels[keep]].T  # [P, D]
+    delta = np.sum((e2[keep] - e[keep]) * dirs, axis=1)
+    o = np.asarray(orientation, dtype=np.float64)[keep]
+    effect, lo, hi = _pair_effects(o * delta, n_boot, seed)
+    return pd.DataFrame(
+        [
+            {
+                "head_id": "total",
+                "layer": -1,
+                "head": -1,
+                "attribute": attribute,
+                "effect": float(effect),
+                "ci_low": float(lo),
+                "ci_high": float(hi),
+                "abs_effect": abs(float(effect)),
+                "rank": 0,
+                "kind": "causal",
+            }
+        ]
+    )[GT_COLUMNS]
+
+
+# ------------------------------------------------------------------------- associative
+
+
+def associative_head_table(
+    heads: np.ndarray,
+    layers: Sequence[int],
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    values: np.ndarray,
+    associated: Sequence[int],
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Associative per-head statistic (module doc) with the columns of the causal table.
+
+    ``values`` [N] attribute value indices (negative = unknown, ignored); ``associated[y]``
+    class y's associated value. Per class with images of both kinds:
+    ``mean(m | value = associated) - mean(m | value != associated)`` of the true-class
+    margin m, averaged over classes. ``kind = "associative"``.
+    """
+    heads = np.asarray(heads)
+    labels = np.asarray(labels).astype(np.int64)
+    values = np.asarray(values).astype(np.int64)
+    if values.shape != labels.shape:
+        raise ValueError("labels and values must have the same shape [N]")
+    _check(heads, np.asarray(classifier), labels)
+    if len(layers) != heads.shape[1]:
+        raise ValueError(f"{len(layers)} layer numbers for {heads.shape[1]} stored layers")
+    assoc = np.asarray(associated, dtype=np.int64)
+    if labels.size and labels.max() >= len(assoc):
+        raise ValueError(f"labels must index 'associated' (length {len(assoc)})")
+    margins = true_class_margins(heads, classifier, labels)
+    cells = []
+    for c in np.unique(labels):
+        known = (labels == c) & (values >= 0)
+        i1 = np.flatnonzero(known & (values == assoc[c]))
+        i0 = np.flatnonzero(known & (values != assoc[c]))
+        if len(i0) and len(i1):
+            cells.append((i0, i1))
+    if not cells:
+        raise ValueError("no class has images with both associated and other attribute values")
+    effect, lo, hi = _cell_effects(margins, cells, n_boot, seed)
+    return _head_frame(effect, lo, hi, layers, attribute, "associative")
+
+
+def _cell_effect(margins: np.ndarray, cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """[L, H] mean over classes of (mean m | cell 1) - (mean m | cell 0)."""
     return np.mean([margins[i1].mean(0) - margins[i0].mean(0) for i0, i1 in cells], axis=0)
+
+
+def _cell_effects(
+    margins: np.ndarray, cells: list[tuple[np.ndarray, np.ndarray]], n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    effect = _cell_effect(margins, cells)
+    rng = np.random.default_rng(seed)
+    boot = np.empty((n_boot, *effect.shape))
+    for b in range(n_boot):
+        resampled = [
+            (rng.choice(i0, size=len(i0), replace=True), rng.choice(i1, size=len(i1), replace=True))
+            for i0, i1 in cells
+        ]
+        boot[b] = _cell_effect(margins, resampled)
+    lo, hi = _percentiles(boot, effect)
+    return effect, lo, hi
 
 
 def head_attribute_table(
@@ -65,13 +389,12 @@ def head_attribute_table(
     n_boot: int = 1000,
     seed: int = 42,
 ) -> pd.DataFrame:
-    """One row per head: ``layer, head, head_id, effect, abs_effect, ci_low, ci_high, rank``.
+    """Earlier associative table: ``layer, head, head_id, effect, abs_effect, ci_low, ci_high,
+    rank`` (the current ``ground_truth/head_attribute.csv``).
 
-    ``heads`` [N, L, H, D], ``layers`` the L layer numbers, ``classifier`` [D, C] unit
-    columns, ``labels`` [N] class indices, ``attribute`` [N] binary spurious attribute
-    (0/1; other values, e.g. -1 = unknown, are ignored). ``rank`` 1 = largest ``abs_effect``
-    (ties broken by layer, head). CIs: percentile 95 % over ``n_boot`` bootstrap resamples
-    within each class x attribute cell, ``numpy.random.default_rng(seed)``.
+    Effect = mean over classes of ``mean(m | a = 1) - mean(m | a = 0)`` with the margins of
+    :func:`head_margins` and a binary ``attribute`` (other values ignored). For two classes
+    whose associated values are 0 and 1 this equals :func:`associative_head_table`.
     """
     heads = np.asarray(heads)
     labels = np.asarray(labels).astype(np.int64)
@@ -115,37 +438,123 @@ def head_attribute_table_from_margins(
             cells.append((i0, i1))
     if not cells:
         raise ValueError("no class has images with both attribute values")
-    effect = _effect(margins, cells)
+    effect, lo, hi = _cell_effects(margins, cells, n_boot, seed)
+    df = _head_frame(effect, lo, hi, layers, "", "associative")
+    return df[["layer", "head", "head_id", "effect", "abs_effect", "ci_low", "ci_high", "rank"]]
 
-    rng = np.random.default_rng(seed)
-    boot = np.empty((n_boot, n_layers, n_heads))
-    for b in range(n_boot):
-        resampled = [
-            (rng.choice(i0, size=len(i0), replace=True), rng.choice(i1, size=len(i1), replace=True))
-            for i0, i1 in cells
-        ]
-        boot[b] = _effect(margins, resampled)
-    if n_boot > 0:
-        lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
-    else:
-        lo = hi = np.full_like(effect, np.nan)
 
-    ll, hh = np.meshgrid(np.asarray(layers, dtype=np.int64), np.arange(n_heads), indexing="ij")
-    df = pd.DataFrame(
-        {
-            "layer": ll.ravel(),
-            "head": hh.ravel(),
-            "head_id": [f"L{int(a)}H{int(b)}" for a, b in zip(ll.ravel(), hh.ravel(), strict=True)],
-            "effect": effect.ravel(),
-            "abs_effect": np.abs(effect).ravel(),
-            "ci_low": lo.ravel(),
-            "ci_high": hi.ravel(),
-        }
-    )
-    order = np.lexsort(
-        (df["head"].to_numpy(), df["layer"].to_numpy(), -df["abs_effect"].to_numpy())
-    )
-    rank = np.empty(len(df), dtype=np.int64)
-    rank[order] = np.arange(1, len(df) + 1)
-    df["rank"] = rank
-    return df
+# ----------------------------------------------------------------------- planted tables
+
+TWIN_ATTRIBUTE_KEYS = {
+    # twin kind -> (dataset.json key naming the attribute, key of the per-class values)
+    "background": ("spurious_attribute", "majority_background"),
+    "protected": ("protected_attribute", "associated_colour"),
+}
+
+
+def associated_values(meta: Mapping[str, Any], kind: str) -> tuple[str, list[int]]:
+    """(attribute name, associated value index per class) of a twin ``kind`` from dataset.json.
+
+    ``background``: the spurious attribute and ``majority_background``; ``protected``: the
+    protected attribute and ``associated_colour`` (clipbias.synth metadata).
+    """
+    if kind not in TWIN_ATTRIBUTE_KEYS:
+        raise ValueError(f"kind must be one of {sorted(TWIN_ATTRIBUTE_KEYS)}, got {kind!r}")
+    attr_key, assoc_key = TWIN_ATTRIBUTE_KEYS[kind]
+    attr = meta.get(attr_key)
+    per_class = meta.get(assoc_key)
+    if attr is None or per_class is None:
+        raise ValueError(
+            f"dataset.json lacks '{attr_key}' or '{assoc_key}': regenerate the planted dataset "
+            "with this version of clipbias.synth"
+        )
+    values = list(meta["attributes"][attr])
+    return attr, [values.index(per_class[c]) for c in meta["classes"]]
+
+
+def planted_ground_truth_tables(
+    index: pd.DataFrame,
+    heads: np.ndarray,
+    rest: np.ndarray,
+    layers: Sequence[int],
+    classifier: np.ndarray,
+    meta: Mapping[str, Any],
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every ground-truth table of the planted benchmark (docs/DESIGN.md) in one call.
+
+    ``index`` rows (reset positions) align with ``heads`` [N, L, H, D] and ``rest`` [N, D]
+    (feature-shard layout) and must hold the rows of ``split`` and of the twin splits
+    ``twin_background`` / ``twin_protected`` (either may be absent). Returns
+    ``(heads_table, total_table)``: per head, the causal effect of each twin kind present
+    (pairs whose original is in ``split``) and the associative statistic of both attributes
+    on ``split``; and the causal total-margin rows. Columns :data:`GT_COLUMNS`.
+    """
+    index = index.reset_index(drop=True)
+    heads = np.asarray(heads)
+    rest = np.asarray(rest)
+    if len(index) != len(heads) or len(rest) != len(heads):
+        raise ValueError(f"{len(index)} index rows, {len(heads)} heads, {len(rest)} rest rows")
+    labels = index["label"].to_numpy(np.int64)
+    base = np.flatnonzero(index["split"].astype(str).to_numpy() == split)
+    if len(base) == 0:
+        raise ValueError(f"no rows of split {split!r}")
+    emb = heads.sum((1, 2)) + rest
+    head_tables, totals = [], []
+    for kind in TWIN_ATTRIBUTE_KEYS:
+        attr, assoc = associated_values(meta, kind)
+        values = index[f"attr_{attr}"].to_numpy(np.int64)
+        head_tables.append(
+            associative_head_table(
+                heads[base],
+                layers,
+                classifier,
+                labels[base],
+                values[base],
+                assoc,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+        if not (index["split"] == f"twin_{kind}").any():
+            continue
+        orig, twin = twin_pairs(index, kind)
+        in_split = index["split"].to_numpy()[orig] == split
+        orig, twin = orig[in_split], twin[in_split]
+        orient = twin_orientation(values[orig], values[twin], labels[orig], assoc)
+        head_tables.append(
+            causal_head_table(
+                heads[orig],
+                heads[twin],
+                layers,
+                classifier,
+                labels[orig],
+                orient,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+        totals.append(
+            causal_total_effect(
+                emb[orig],
+                emb[twin],
+                classifier,
+                labels[orig],
+                orient,
+                attribute=attr,
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+    kinds_order = {"causal": 0, "associative": 1}
+    table = pd.concat(head_tables, ignore_index=True)
+    table = table.sort_values(
+        ["kind", "attribute", "rank"], key=lambda c: c.map(kinds_order) if c.name == "kind" else c
+    ).reset_index(drop=True)
+    total = pd.concat(totals, ignore_index=True) if totals else pd.DataFrame(columns=GT_COLUMNS)
+    return table[GT_COLUMNS], total[GT_COLUMNS]

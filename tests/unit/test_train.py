@@ -57,6 +57,7 @@ def test_train_one_epoch_and_load(setup):
         assert rec["epochs"][0][key] > 0
     for key in ("wall_seconds", "seed", "config", "device", "torch_version", "open_clip_version"):
         assert key in rec
+    assert 0 < rec["cpu_seconds"]  # CPU time of all threads (steadier than wall time)
     assert rec["seed"] == 5 and rec["device"] == "cpu" and rec["n_images"] == 256
     assert rec["config"]["model_name"] == NAME
 
