@@ -258,10 +258,36 @@ def causal_head_table(
     if len(layers) != heads.shape[1]:
         raise ValueError(f"{len(layers)} layer numbers for {heads.shape[1]} stored layers")
     keep = _oriented(orientation, n)
+    m_orig = np.zeros(heads.shape[:3])
+    m_twin = np.zeros(heads.shape[:3])
+    m_orig[keep] = true_class_margins(heads[keep], classifier, labels[keep])
+    m_twin[keep] = true_class_margins(twin_heads[keep], classifier, labels[keep])
+    return causal_table_from_margins(
+        m_orig, m_twin, layers, orientation, attribute=attribute, n_boot=n_boot, seed=seed
+    )
+
+
+def causal_table_from_margins(
+    margins: np.ndarray,
+    twin_margins: np.ndarray,
+    layers: Sequence[int],
+    orientation: np.ndarray,
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """:func:`causal_head_table` from the true-class margins [P, L, H] of originals and twins
+    (:func:`true_class_margins`; result-sized, so a stage can compute them batch by batch)."""
+    m = np.asarray(margins, dtype=np.float64)
+    m2 = np.asarray(twin_margins, dtype=np.float64)
+    if m.ndim != 3 or m2.shape != m.shape:
+        raise ValueError(f"margins must both be [P, L, H], got {m.shape} and {m2.shape}")
+    if len(layers) != m.shape[1]:
+        raise ValueError(f"{len(layers)} layer numbers for {m.shape[1]} stored layers")
+    keep = _oriented(orientation, len(m))
     o = np.asarray(orientation, dtype=np.float64)[keep, None, None]
-    delta = true_class_margins(twin_heads[keep], classifier, labels[keep])
-    delta -= true_class_margins(heads[keep], classifier, labels[keep])
-    effect, lo, hi = _pair_effects(o * delta, n_boot, seed)
+    effect, lo, hi = _pair_effects(o * (m2[keep] - m[keep]), n_boot, seed)
     return _head_frame(effect, lo, hi, layers, attribute, "causal")
 
 
@@ -288,11 +314,35 @@ def causal_total_effect(
         raise ValueError(f"embeddings must both be [N, D], got {e.shape} and {e2.shape}")
     labels = np.asarray(labels).astype(np.int64)
     n, _ = _check(e[:, None, None, :], np.asarray(classifier), labels)
-    keep = _oriented(orientation, n)
-    dirs = margin_directions(classifier)[:, labels[keep]].T  # [P, D]
-    delta = np.sum((e2[keep] - e[keep]) * dirs, axis=1)
+    dirs = margin_directions(classifier)[:, labels].T  # [N, D]
+    return causal_total_from_margins(
+        np.sum(e * dirs, axis=1),
+        np.sum(e2 * dirs, axis=1),
+        orientation,
+        attribute=attribute,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def causal_total_from_margins(
+    total: np.ndarray,
+    twin_total: np.ndarray,
+    orientation: np.ndarray,
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """:func:`causal_total_effect` from the total true-class margins [P] ``⟨ê, d_y⟩`` of
+    originals and twins."""
+    t = np.asarray(total, dtype=np.float64)
+    t2 = np.asarray(twin_total, dtype=np.float64)
+    if t.ndim != 1 or t2.shape != t.shape:
+        raise ValueError(f"total margins must both be [P], got {t.shape} and {t2.shape}")
+    keep = _oriented(orientation, len(t))
     o = np.asarray(orientation, dtype=np.float64)[keep]
-    effect, lo, hi = _pair_effects(o * delta, n_boot, seed)
+    effect, lo, hi = _pair_effects(o * (t2[keep] - t[keep]), n_boot, seed)
     return pd.DataFrame(
         [
             {
@@ -341,10 +391,40 @@ def associative_head_table(
     _check(heads, np.asarray(classifier), labels)
     if len(layers) != heads.shape[1]:
         raise ValueError(f"{len(layers)} layer numbers for {heads.shape[1]} stored layers")
+    return associative_table_from_margins(
+        true_class_margins(heads, classifier, labels),
+        layers,
+        labels,
+        values,
+        associated,
+        attribute=attribute,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
+def associative_table_from_margins(
+    margins: np.ndarray,
+    layers: Sequence[int],
+    labels: np.ndarray,
+    values: np.ndarray,
+    associated: Sequence[int],
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """:func:`associative_head_table` from the true-class margins [N, L, H]."""
+    margins = np.asarray(margins, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    values = np.asarray(values).astype(np.int64)
+    if margins.ndim != 3 or margins.shape[:1] != labels.shape or values.shape != labels.shape:
+        raise ValueError("margins [N, L, H], labels [N] and values [N] must share N")
+    if len(layers) != margins.shape[1]:
+        raise ValueError(f"{len(layers)} layer numbers for {margins.shape[1]} stored layers")
     assoc = np.asarray(associated, dtype=np.int64)
     if labels.size and labels.max() >= len(assoc):
         raise ValueError(f"labels must index 'associated' (length {len(assoc)})")
-    margins = true_class_margins(heads, classifier, labels)
     cells = []
     for c in np.unique(labels):
         known = (labels == c) & (values >= 0)
@@ -426,7 +506,7 @@ def head_attribute_table_from_margins(
     attribute = np.asarray(attribute).astype(np.int64)
     if attribute.shape != labels.shape or margins.shape[:1] != labels.shape:
         raise ValueError("margins, labels and attribute must have the same length N")
-    n_layers, n_heads = margins.shape[1], margins.shape[2]
+    n_layers = margins.shape[1]
     if len(layers) != n_layers:
         raise ValueError(f"{len(layers)} layer numbers for {n_layers} stored layers")
 
@@ -499,19 +579,45 @@ def planted_ground_truth_tables(
     if len(index) != len(heads) or len(rest) != len(heads):
         raise ValueError(f"{len(index)} index rows, {len(heads)} heads, {len(rest)} rest rows")
     labels = index["label"].to_numpy(np.int64)
+    margins = true_class_margins(heads, classifier, labels)
+    dirs = margin_directions(classifier)[:, labels].T  # [N, D]
+    total = np.sum((heads.sum((1, 2)) + rest) * dirs, axis=1)
+    return planted_tables_from_margins(
+        index, margins, total, layers, meta, split=split, n_boot=n_boot, seed=seed
+    )
+
+
+def planted_tables_from_margins(
+    index: pd.DataFrame,
+    margins: np.ndarray,
+    total: np.ndarray,
+    layers: Sequence[int],
+    meta: Mapping[str, Any],
+    *,
+    split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`planted_ground_truth_tables` from the per-row true-class margins [N, L, H] of
+    every head and of the total embedding [N] (:func:`true_class_margins`), aligned with
+    ``index`` (computed batch by batch by the ground-truth stage)."""
+    index = index.reset_index(drop=True)
+    margins = np.asarray(margins, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    if len(index) != len(margins) or total.shape != (len(margins),):
+        raise ValueError(f"{len(index)} index rows, {len(margins)} margins, {total.shape} totals")
+    labels = index["label"].to_numpy(np.int64)
     base = np.flatnonzero(index["split"].astype(str).to_numpy() == split)
     if len(base) == 0:
         raise ValueError(f"no rows of split {split!r}")
-    emb = heads.sum((1, 2)) + rest
     head_tables, totals = [], []
     for kind in TWIN_ATTRIBUTE_KEYS:
         attr, assoc = associated_values(meta, kind)
         values = index[f"attr_{attr}"].to_numpy(np.int64)
         head_tables.append(
-            associative_head_table(
-                heads[base],
+            associative_table_from_margins(
+                margins[base],
                 layers,
-                classifier,
                 labels[base],
                 values[base],
                 assoc,
@@ -527,12 +633,10 @@ def planted_ground_truth_tables(
         orig, twin = orig[in_split], twin[in_split]
         orient = twin_orientation(values[orig], values[twin], labels[orig], assoc)
         head_tables.append(
-            causal_head_table(
-                heads[orig],
-                heads[twin],
+            causal_table_from_margins(
+                margins[orig],
+                margins[twin],
                 layers,
-                classifier,
-                labels[orig],
                 orient,
                 attribute=attr,
                 n_boot=n_boot,
@@ -540,16 +644,9 @@ def planted_ground_truth_tables(
             )  # fmt: skip
         )
         totals.append(
-            causal_total_effect(
-                emb[orig],
-                emb[twin],
-                classifier,
-                labels[orig],
-                orient,
-                attribute=attr,
-                n_boot=n_boot,
-                seed=seed,
-            )  # fmt: skip
+            causal_total_from_margins(
+                total[orig], total[twin], orient, attribute=attr, n_boot=n_boot, seed=seed
+            )
         )
     kinds_order = {"causal": 0, "associative": 1}
     table = pd.concat(head_tables, ignore_index=True)
@@ -558,3 +655,203 @@ def planted_ground_truth_tables(
     ).reset_index(drop=True)
     total = pd.concat(totals, ignore_index=True) if totals else pd.DataFrame(columns=GT_COLUMNS)
     return table[GT_COLUMNS], total[GT_COLUMNS]
+
+
+# --------------------------------------------------------------------- locator scoring
+
+#: Columns of ``ground_truth/{cell}/locator_scores.csv`` (:func:`score_locators`).
+SCORE_COLUMNS = [
+    "locator",
+    "variant",
+    "attribute",
+    "kind",
+    "layers_searched",
+    "n_selected",
+    "selected",
+    "truth_top",
+    "precision_at_k",
+    "top1_head",
+    "contains_top1",
+    "spearman",
+    "spearman_p",
+    "n_scored",
+    "score",
+]
+
+
+def truth_view(table: pd.DataFrame, attribute: str) -> tuple[pd.DataFrame, str]:
+    """(per-head rows, kind) of ``attribute`` in a ground-truth heads table: the causal rows
+    when the table has them (a dataset with twins), otherwise the associative ones; sorted by
+    rank. The total-margin row is never included."""
+    rows = table[(table["attribute"] == attribute) & (table["head_id"] != "total")]
+    if rows.empty:
+        known = sorted(set(table["attribute"]))
+        raise ValueError(f"no ground truth for attribute {attribute!r}; the table has {known}")
+    kind = "causal" if (rows["kind"] == "causal").any() else "associative"
+    return rows[rows["kind"] == kind].sort_values("rank").reset_index(drop=True), kind
+
+
+def score_selection(
+    truth: pd.DataFrame,
+    selected: Sequence[str],
+    scores: Mapping[str, float] | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    truth_column: str = "abs_effect",
+) -> dict[str, Any]:
+    """Score one locator's output against one per-head ground truth (:func:`truth_view`).
+
+    ``precision_at_k`` = |S ∩ T_k| / |S| with T_k the k = |S| heads of largest
+    ``abs_effect`` among the searched ``layers`` (all layers when None): NaN when S is
+    empty. ``contains_top1``: S holds the head of largest ``abs_effect`` over all layers.
+    ``spearman`` (``scipy.stats.spearmanr``) between the locator's ``scores`` of the searched
+    heads and ``truth_column`` (``effect`` when the score is signed the same way as the
+    effect, e.g. LTC's F_W − F_C against the pro-bias effect); NaN without scores or with
+    fewer than 3 scored heads.
+    """
+    from scipy.stats import spearmanr
+
+    selected = [str(h) for h in selected]
+    searched = truth if layers is None else truth[truth["layer"].isin(list(layers))]
+    searched = searched.sort_values(["abs_effect", "layer", "head"], ascending=[False, True, True])
+    k = len(selected)
+    top = searched["head_id"].head(k).tolist()
+    unknown = sorted(set(selected) - set(truth["head_id"]))
+    if unknown:
+        raise ValueError(f"selected heads {unknown} are not in the ground truth")
+    top1 = truth.sort_values(["abs_effect", "layer", "head"], ascending=[False, True, True])
+    top1_head = str(top1["head_id"].iloc[0])
+    rho = p = np.nan
+    n_scored = 0
+    if scores:
+        common = [h for h in searched["head_id"] if h in scores]
+        n_scored = len(common)
+        if n_scored >= 3:
+            x = np.array([scores[h] for h in common], dtype=np.float64)
+            y = searched.set_index("head_id").loc[common, truth_column].to_numpy(np.float64)
+            if np.ptp(x) > 0 and np.ptp(y) > 0:
+                res = spearmanr(x, y)
+                rho, p = float(res.statistic), float(res.pvalue)
+    return {
+        "layers_searched": "all"
+        if layers is None
+        else ";".join(str(int(x)) for x in sorted(layers)),
+        "n_selected": k,
+        "selected": ";".join(selected),
+        "truth_top": ";".join(top),
+        "precision_at_k": len(set(selected) & set(top)) / k if k else np.nan,
+        "top1_head": top1_head,
+        "contains_top1": top1_head in selected,
+        "spearman": rho,
+        "spearman_p": p,
+        "n_scored": n_scored,
+    }
+
+
+def locator_selections(name: str, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The head selections of one located-heads file, each as ``{"variant", "attribute"
+    (None = the spurious attribute), "selected", "scores", "layers", "truth_column",
+    "score"}``.
+
+    ``ltc`` / ``ltc_full``: S with F_W − F_C of every head (signed like the pro-bias effect);
+    ``audit``: per protected attribute and variant the top-k and greedy sets, searched in
+    the audit's candidate layers; ``refineclip`` (a phase-1 file): S* with the scores of the
+    list it came from.
+    """
+    out: list[dict[str, Any]] = []
+    method = spec.get("method", "")
+    if "spurious" in spec and "frequencies" in spec:
+        scores = {
+            f["head"]: float(f["f_wrong"]) - float(f["f_correct"]) for f in spec["frequencies"]
+        }
+        out.append(
+            {
+                "variant": spec.get("variant", name),
+                "attribute": None,
+                "selected": [h["head"] for h in spec["spurious"]],
+                "scores": scores,
+                "layers": None,
+                "truth_column": "effect",
+                "score": "F_W - F_C",
+            }
+        )
+    elif method == "fairness_audit":
+        for attr, entry in spec["attributes"].items():
+            for variant, sets in entry.items():
+                if not isinstance(sets, Mapping) or "top_k" not in sets:
+                    continue
+                for which in ("top_k", "greedy"):
+                    out.append(
+                        {
+                            "variant": f"{variant}/{which}",
+                            "attribute": attr,
+                            "selected": list(sets[which]),
+                            "scores": None,
+                            "layers": list(spec["layers"]),
+                            "truth_column": "abs_effect",
+                            "score": "",
+                        }
+                    )
+    elif method == "refineclip_phase1":
+        sel = spec["selected"]
+        scores = None
+        col = f"DE_{sel.get('score')}" if sel.get("score") else None
+        if col and spec.get("scores"):
+            scores = {
+                r["head"]: float(r[col])
+                for r in spec["scores"]
+                if r["direction"] == sel.get("direction") and r.get(col) is not None
+            }
+        out.append(
+            {
+                "variant": name,
+                "attribute": None,
+                "selected": list(sel["heads"]),
+                "scores": scores,
+                "layers": list(spec["score_layers"])
+                if isinstance(spec.get("score_layers"), list)
+                else None,
+                "truth_column": "abs_effect",
+                "score": col or "",
+            }
+        )
+    else:
+        raise ValueError(f"{name}: not a located-heads file this function knows ({method!r})")
+    return out
+
+
+def score_locators(
+    truth_table: pd.DataFrame,
+    located: Mapping[str, Mapping[str, Any]],
+    spurious_attribute: str = "background",
+) -> pd.DataFrame:
+    """Every selection of every located-heads file in ``located`` ({name: parsed json})
+    scored against the ground truth (:func:`score_selection`); :data:`SCORE_COLUMNS`.
+    Attributes without ground truth (e.g. an audit attribute the dataset does not plant)
+    are left out."""
+    rows = []
+    have = set(truth_table["attribute"])
+    for name, spec in located.items():
+        for sel in locator_selections(name, spec):
+            attr = sel["attribute"] or spurious_attribute
+            if attr not in have:
+                continue
+            truth, kind = truth_view(truth_table, attr)
+            res = score_selection(
+                truth,
+                sel["selected"],
+                sel["scores"],
+                layers=sel["layers"],
+                truth_column=sel["truth_column"],
+            )
+            rows.append(
+                {
+                    "locator": name,
+                    "variant": sel["variant"],
+                    "attribute": attr,
+                    "kind": kind,
+                    **res,
+                    "score": sel["score"],
+                }
+            )
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)

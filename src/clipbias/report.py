@@ -748,3 +748,96 @@ def refineclip_edit_table(
             row[col] = f"{100 * float(sub[k]):.{digits}f}" if k in sub.index else "n/a"
         rows.append(row)
     return pd.DataFrame(rows, columns=["Method", *keys.values()])
+
+
+# ---------------------------------------------------------------------------------------------
+# Planted ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+def planted_truth(
+    path: str | os.PathLike, attribute: str = "background"
+) -> tuple[pd.DataFrame, str]:
+    """Per-head ground truth of ``attribute`` from ``ground_truth/{cell}/heads.csv`` (causal
+    rows when the dataset has twins, else associative; :func:`clipbias.ground_truth.truth_view`)
+    and its kind."""
+    from clipbias.ground_truth import truth_view
+
+    return truth_view(pd.read_csv(path), attribute)
+
+
+def mentions(text: str, words: Sequence[str]) -> bool:
+    """Does ``text`` contain one of ``words`` as a whole word (case-insensitive)?"""
+    tokens = set(text.lower().replace(",", " ").replace(".", " ").split())
+    return bool(tokens & {w.lower() for w in words})
+
+
+def textspan_completeness(
+    textspan_df: pd.DataFrame,
+    truth: pd.DataFrame,
+    words: Sequence[str],
+    n_heads: int = 3,
+    top_k: int = 5,
+) -> pd.DataFrame:
+    """METHODS §3.5 completeness check on the planted benchmark: among the heads TextSpan
+    described, the ``n_heads`` with the largest and the ``n_heads`` with the smallest
+    |ground-truth effect| (``truth`` from :func:`planted_truth`), and the share of their first
+    ``top_k`` TextSpan texts that name one of ``words`` (the dataset's ``spurious_words``).
+    Columns ``Heads`` (top / bottom), ``Head ids``, ``Texts``, ``Naming a background word``
+    (fraction)."""
+    described = set(textspan_df["head_id"])
+    ranked = truth[truth["head_id"].isin(described)].sort_values(
+        ["abs_effect", "layer", "head"], ascending=[False, True, True]
+    )
+    if len(ranked) < 2 * n_heads:
+        raise ValueError(
+            f"{len(ranked)} described heads with ground truth; need {2 * n_heads} for the check"
+        )
+    rows = []
+    for label, ids in (
+        (f"top {n_heads} by |effect|", ranked["head_id"].head(n_heads).tolist()),
+        (f"bottom {n_heads} by |effect|", ranked["head_id"].tail(n_heads).tolist()),
+    ):
+        texts = [
+            t
+            for h in ids
+            for t in textspan_df[textspan_df["head_id"] == h]
+            .sort_values("rank")["text"]
+            .head(top_k)
+        ]
+        rows.append(
+            {
+                "Heads": label,
+                "Head ids": ", ".join(ids),
+                "Texts": len(texts),
+                "Naming a background word": sum(mentions(t, words) for t in texts) / len(texts)
+                if texts
+                else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def locator_scores_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Display version of ``locator_scores.csv``."""
+    rows = []
+    for _, r in scores.iterrows():
+        rows.append(
+            {
+                "Locator": f"{r['locator']} ({r['variant']})"
+                if r["variant"] != r["locator"]
+                else r["locator"],
+                "Attribute": f"{r['attribute']} ({r['kind']})",
+                "Layers": str(r["layers_searched"]),
+                "Selected": str(r["selected"]) if isinstance(r["selected"], str) else "(none)",
+                "Truth top-|S|": str(r["truth_top"]) if isinstance(r["truth_top"], str) else "",
+                "Precision@|S|": "n/a"
+                if not np.isfinite(r["precision_at_k"])
+                else f"{r['precision_at_k']:.2f}",
+                "Has top-1": f"{'yes' if bool(r['contains_top1']) else 'no'} ({r['top1_head']})",
+                "Spearman": "n/a"
+                if not np.isfinite(r["spearman"])
+                else f"{r['spearman']:.2f} (p={r['spearman_p']:.2g}, n={int(r['n_scored'])})",
+            }
+        )
+    return pd.DataFrame(rows)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipbias.ground_truth import GT_COLUMNS, score_locators
+from clipbias.io import read_json
 from clipbias.methods.ltc import contrastive_selection
 from clipbias.methods.ltc_random import random_control_summary, random_metric_rows
 from clipbias.metrics import evaluate_predictions
@@ -255,6 +257,15 @@ def ground_truth_table(rng, planted):
     rank = np.empty(len(df), dtype=np.int64)
     rank[order] = np.arange(1, len(df) + 1)
     df["rank"] = rank
+    df["attribute"] = "background"
+    df["kind"] = "causal"
+    return df
+
+
+def colour_truth_table(rng, planted):
+    """Causal colour effects in the ground-truth layout (colour carried by ``planted``)."""
+    df = ground_truth_table(rng, planted)
+    df["attribute"] = "colour"
     return df
 
 
@@ -559,12 +570,23 @@ def main() -> None:
         write_csv(paired, metrics_dir / "paired.csv")
     summarize_seeds(metric_files, OUT / "metrics" / DATASET / MODEL / "summary_over_seeds.csv")
 
-    write_csv(
-        ground_truth_table(rng, planted_s), OUT / "ground_truth" / cell / "head_attribute.csv"
+    truth = pd.concat(
+        [
+            ground_truth_table(rng, planted_s),
+            # own generator: the files written after this keep their numbers
+            colour_truth_table(np.random.default_rng(SEED + 2), ["L3H1", "L2H3"]),
+        ],
+        ignore_index=True,
     )
+    truth = truth[GT_COLUMNS]
+    write_csv(truth, OUT / "ground_truth" / cell / "heads.csv")
+    write_csv(truth.head(0), OUT / "ground_truth" / cell / "total.csv")
     write_json(train_log(rng), OUT / "models" / cell / "train_log.json")
     audit_fixture(np.random.default_rng(SEED + 1), data_dir, cell)
     refineclip_fixture()
+    heads_dir = OUT / "heads" / cell
+    located = {n: read_json(heads_dir / f"{n}.json") for n in ("ltc", "ltc_full", "audit")}
+    write_csv(score_locators(truth, located), OUT / "ground_truth" / cell / "locator_scores.csv")
     (OUT / "README.md").write_text(README)
     print(f"wrote {OUT}")  # noqa: T201 - command-line script
 

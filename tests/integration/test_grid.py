@@ -1,7 +1,8 @@
 """An experiment grid end to end: 2 small models x 2 planted datasets (spurious correlation
-0.95 and 0.8) x every registered method x 2 seeds (tests/config/grid.yaml), result tables
-only (`snakemake tables`). Every expected table exists, and the cell the tiny run computes
-alone (tests/config/tiny.yaml) has byte-identical tables inside the grid."""
+0.95 and 0.8) x 2 seeds (tests/config/grid.yaml), every registered method on the first
+dataset and the LTC family on the second, result tables only (`snakemake tables`). Every
+expected table exists, and the cell the tiny run computes alone (tests/config/tiny.yaml) has
+byte-identical tables inside the grid."""
 
 from __future__ import annotations
 
@@ -34,19 +35,27 @@ def grid_run(tmp_path_factory):
 
 def test_every_table_of_the_grid_exists(grid_run):
     root = grid_run / "results/grid"
+    ltc_family = set(registry.names()[: registry.names().index("ltc_random") + 1])
+    methods = {"planted": set(registry.names()), "planted_c80": ltc_family}
     for d, m, s in itertools.product(DATASETS, MODELS, SEEDS):
         cell = root / "metrics" / d / m / f"seed-{s}"
         metrics = pd.read_csv(cell / "metrics.csv")
-        assert set(metrics["method"]) == set(registry.names()), (d, m, s)
-        assert len(pd.read_csv(cell / "paired.csv")) == 2 * (len(registry.names()) - 2)
+        assert set(metrics["method"]) == methods[d], (d, m, s)
+        paired = pd.read_csv(cell / "paired.csv")
+        assert set(paired["method"]) == methods[d] - {"zero_shot", "ltc_random"}
         assert len(pd.read_csv(cell / "random_draws.csv")) == 20
-        assert (root / "ground_truth" / d / m / f"seed-{s}" / "head_attribute.csv").is_file()
-        for locator in registry.LOCATORS.values():
-            assert (root / "heads" / d / m / f"seed-{s}" / locator.file).is_file()
+        truth = root / "ground_truth" / d / m / f"seed-{s}"
+        assert (truth / "heads.csv").is_file() and (truth / "locator_scores.csv").is_file()
+        heads = root / "heads" / d / m / f"seed-{s}"
+        for locator in ("ltc", "ltc_full", "textspan"):
+            assert (heads / registry.LOCATORS[locator].file).is_file()
+        if d == "planted":
+            assert (heads / "audit.json").is_file()
+            assert (heads / "refineclip" / "refineclip_star.json").is_file()
     for d, m in itertools.product(DATASETS, MODELS):
         summary = pd.read_csv(root / "metrics" / d / m / "summary_over_seeds.csv")
         assert set(summary["n_seeds"]) == {2}
-        assert set(summary["method"]) == set(registry.names())
+        assert set(summary["method"]) == methods[d]
     grid = pd.read_csv(root / "tables/grid_main.csv")
     assert len(grid.columns) == 1 + 2 * len(DATASETS) * len(MODELS)
     assert len(grid) == len(registry.names())

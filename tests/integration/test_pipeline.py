@@ -86,11 +86,18 @@ def test_every_stage_produced_its_outputs(tiny_run):
     assert (table["ci_low"] <= table["value"] + 1e-12).all()
     paired = pd.read_csv(tiny_run / METRICS / "paired.csv")
     assert set(paired["method"]) == set(registry.names()) - {"zero_shot", "ltc_random"}
-    gt = pd.read_csv(
-        tiny_run / EXP / "ground_truth/planted/planted-vit-tiny/seed-7/head_attribute.csv"
-    )
+    truth_dir = tiny_run / EXP / "ground_truth/planted/planted-vit-tiny/seed-7"
+    gt = pd.read_csv(truth_dir / "heads.csv")
     n = N_LAYERS * N_HEADS
-    assert len(gt) == n and set(gt["rank"]) == set(range(1, n + 1))
+    # causal (twins) and associative tables of the background and the colour
+    for (kind, attr), g in gt.groupby(["kind", "attribute"]):
+        assert len(g) == n and set(g["rank"]) == set(range(1, n + 1)), (kind, attr)
+    assert len(gt) == 4 * n
+    total = pd.read_csv(truth_dir / "total.csv")
+    assert set(total["attribute"]) == {"background", "colour"}
+    scores = pd.read_csv(truth_dir / "locator_scores.csv")
+    assert {"ltc", "ltc_full", "audit", "refineclip"} <= set(scores["locator"])
+    assert set(scores["kind"]) == {"causal"}
     ltc = json.loads((tiny_run / HEADS / "ltc.json").read_text())
     assert len(ltc["frequencies"]) == n
     draws = pd.read_csv(tiny_run / METRICS / "random_draws.csv")

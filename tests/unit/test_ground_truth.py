@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import clipbias.ground_truth as gt
 from clipbias.ground_truth import (
     GT_COLUMNS,
     associative_head_table,
@@ -341,3 +342,108 @@ def test_planted_ground_truth_tables_from_index():
         planted_ground_truth_tables(
             index, heads, rest, [11], np.eye(2), {**meta, "associated_colour": None}
         )
+
+
+# ------------------------------------------------------------------ locator scoring
+
+
+def _truth(kind="causal", attribute="background"):
+    # 2 layers x 2 heads; |effect| order: L1H0 (4), L0H1 (3), L1H1 (2), L0H0 (1)
+    rows = [
+        ("L0H0", 0, 0, 1.0),
+        ("L0H1", 0, 1, -3.0),
+        ("L1H0", 1, 0, 4.0),
+        ("L1H1", 1, 1, 2.0),
+    ]
+    df = pd.DataFrame(rows, columns=["head_id", "layer", "head", "effect"])
+    df["abs_effect"] = df["effect"].abs()
+    df["rank"] = df["abs_effect"].rank(ascending=False).astype(int)
+    df["attribute"] = attribute
+    df["kind"] = kind
+    df["ci_low"] = df["effect"] - 0.1
+    df["ci_high"] = df["effect"] + 0.1
+    return df[gt.GT_COLUMNS]
+
+
+def test_score_selection_by_hand():
+    truth = _truth()
+    res = gt.score_selection(truth, ["L1H0", "L1H1"])
+    # top-2 by |effect| = L1H0, L0H1: one of the two selected heads is in it
+    assert res["truth_top"] == "L1H0;L0H1"
+    assert res["precision_at_k"] == pytest.approx(0.5)
+    assert res["contains_top1"] and res["top1_head"] == "L1H0"
+    # searched only in layer 1: top-2 there is L1H0, L1H1 -> precision 1
+    res = gt.score_selection(truth, ["L1H0", "L1H1"], layers=[1])
+    assert res["precision_at_k"] == pytest.approx(1.0)
+    # scores in the order of the signed effect: Spearman 1; reversed: -1
+    signed = {"L0H0": 0.2, "L0H1": -0.5, "L1H0": 0.9, "L1H1": 0.3}
+    res = gt.score_selection(truth, ["L1H0"], signed, truth_column="effect")
+    assert res["spearman"] == pytest.approx(1.0) and res["n_scored"] == 4
+    res = gt.score_selection(
+        truth, ["L1H0"], {k: -v for k, v in signed.items()}, truth_column="effect"
+    )
+    assert res["spearman"] == pytest.approx(-1.0)
+    # empty selection: precision undefined, not 0
+    assert np.isnan(gt.score_selection(truth, [])["precision_at_k"])
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        gt.score_selection(truth, ["L9H9"])
+
+
+def test_truth_view_prefers_causal_and_drops_total():
+    table = pd.concat([_truth("associative"), _truth("causal")], ignore_index=True)
+    total = _truth().head(1).assign(head_id="total", layer=-1, head=-1, rank=0)
+    view, kind = gt.truth_view(pd.concat([table, total]), "background")
+    assert kind == "causal" and len(view) == 4 and (view["kind"] == "causal").all()
+    view, kind = gt.truth_view(_truth("associative"), "background")
+    assert kind == "associative"
+    with pytest.raises(ValueError, match="no ground truth for attribute 'colour'"):
+        gt.truth_view(table, "colour")
+
+
+def test_score_locators_reads_ltc_and_audit_files():
+    truth = pd.concat([_truth(), _truth(attribute="colour")], ignore_index=True)
+    ltc = {
+        "variant": "ltc",
+        "spurious": [{"head": "L1H0", "layer": 1, "index": 0, "score": 0.5}],
+        "salient": [],
+        "frequencies": [
+            {"head": h, "layer": int(h[1]), "index": int(h[3]), "f_correct": c, "f_wrong": w}
+            for h, c, w in [
+                ("L0H0", 0.1, 0.2),
+                ("L0H1", 0.6, 0.1),
+                ("L1H0", 0.0, 0.9),
+                ("L1H1", 0.1, 0.4),
+            ]
+        ],
+    }
+    audit = {
+        "method": "fairness_audit",
+        "layers": [1],
+        "attributes": {
+            "colour": {
+                "values": ["red", "yellow"],
+                "rank_cav": "cav",
+                "k": 1,
+                "split": {"top_k": ["L1H1"], "greedy": ["L1H0"]},
+            },  # fmt: skip
+            "gender": {
+                "values": ["a", "b"],
+                "rank_cav": "cav",
+                "k": 1,
+                "split": {"top_k": ["L1H1"], "greedy": ["L1H1"]},
+            },  # fmt: skip
+        },
+    }
+    df = gt.score_locators(truth, {"ltc": ltc, "audit": audit})
+    assert list(df.columns) == gt.SCORE_COLUMNS
+    row = df[df["locator"] == "ltc"].iloc[0]
+    assert row["attribute"] == "background" and row["precision_at_k"] == 1.0
+    # F_W - F_C = 0.1, -0.5, 0.9, 0.3: same order as the signed effect
+    assert row["spearman"] == pytest.approx(1.0)
+    aud = df[df["locator"] == "audit"].set_index("variant")
+    # gender has no planted ground truth: left out
+    assert set(aud["attribute"]) == {"colour"}
+    # in layer 1 the top-1 is L1H0: greedy hits it, top_k does not
+    assert aud.loc["split/greedy", "precision_at_k"] == 1.0
+    assert aud.loc["split/top_k", "precision_at_k"] == 0.0
+    assert aud.loc["split/greedy", "contains_top1"]

@@ -274,6 +274,7 @@ def protocol(wildcards):
 
 
 HEADS = f"{RESULTS}/heads/{{dataset}}/{{model}}/seed-{{seed}}"
+GROUND_TRUTH = f"{RESULTS}/ground_truth/{{dataset}}/{{model}}/seed-{{seed}}"
 PREDICTIONS = f"{RESULTS}/predictions/{{dataset}}/{{model}}/seed-{{seed}}"
 METRICS = f"{RESULTS}/metrics/{{dataset}}/{{model}}/seed-{{seed}}"
 
@@ -290,6 +291,23 @@ def located_files(wildcards):
     return {
         loc: f"{folder}/{registry.LOCATORS[loc].path(wildcards.method)}" for loc in spec.locators
     }
+
+
+def score_locators_inputs(wildcards):
+    """Planted ground truth and every located-heads file (JSON) the cell's methods produce."""
+    heads = HEADS.format(**wildcards)
+    files = {"ground_truth": f"{GROUND_TRUTH.format(**wildcards)}/heads.csv"}
+    files["meta"] = cell_meta(wildcards)
+    # the report always locates LTC heads (both variants)
+    for loc in ("ltc", "ltc_full"):
+        files[loc] = f"{heads}/{registry.LOCATORS[loc].file}"
+    for m in cell_methods(wildcards.dataset):
+        for loc in METHODS[m].spec.locators:
+            locator = registry.LOCATORS[loc]
+            if locator.file.endswith(".json"):
+                key = m if locator.per_method else loc
+                files[key] = f"{heads}/{locator.path(m)}"
+    return files
 
 
 def predict_inputs(wildcards):
@@ -364,6 +382,7 @@ PLANTED_TABLES = [
     "zero_shot_groups",
     "heads_table",
     "located_precision",
+    "textspan_completeness",
     "group_accuracy",
     "main_table",
     "paired_table",
@@ -456,7 +475,7 @@ def table_targets():
         folder = METRICS.format(dataset=d, model=m, seed=s)
         targets += [f"{folder}/metrics.csv", f"{folder}/paired.csv"]
         if is_planted(d):
-            targets.append(f"{RESULTS}/ground_truth/{d}/{m}/seed-{s}/head_attribute.csv")
+            targets.append(f"{GROUND_TRUTH.format(dataset=d, model=m, seed=s)}/locator_scores.csv")
     targets += [
         f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
     ]
@@ -492,7 +511,9 @@ def report_planted_inputs(wildcards):
         **report_common_inputs(wildcards),
         "images": f"{root}/images",
         "train_log": f"{RESULTS}/models/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed}/train_log.json",
-        "ground_truth": f"{RESULTS}/ground_truth/{wildcards.dataset}/{wildcards.model}/seed-{wildcards.seed}/head_attribute.csv",
+        "ground_truth": f"{GROUND_TRUTH.format(**wildcards)}/heads.csv",
+        "locator_scores": f"{GROUND_TRUTH.format(**wildcards)}/locator_scores.csv",
+        "texts_yaml": cell_texts_yaml(wildcards),
     }
 
 

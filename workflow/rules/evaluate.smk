@@ -32,7 +32,8 @@ rule planted_ground_truth:
     input:
         unpack(cell_features),
     output:
-        f"{RESULTS}/ground_truth/{{dataset}}/{{model}}/seed-{{seed}}/head_attribute.csv",
+        heads=f"{GROUND_TRUTH}/heads.csv",
+        total=f"{GROUND_TRUTH}/total.csv",
     log:
         f"logs/{EXPERIMENT}/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.log",
     conda:
@@ -47,6 +48,25 @@ rule planted_ground_truth:
         code_version=CODE_VERSION,
     script:
         "../scripts/planted_ground_truth.py"
+
+
+rule score_locators:
+    input:
+        unpack(score_locators_inputs),
+    output:
+        f"{GROUND_TRUTH}/locator_scores.csv",
+    log:
+        f"logs/{EXPERIMENT}/score_locators/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/score_locators.py"
 
 
 rule summarize_seeds:

@@ -63,6 +63,7 @@ rule report_method:
         dataset_dir="",
         train_log="",
         ground_truth="",
+        locator_scores="",
     script:
         "../scripts/report_notebook.py"
 

@@ -14,7 +14,8 @@ from clipbias.stages.evaluate import planted_ground_truth  # noqa: E402
 planted_ground_truth(
     feature_dir=Path(snakemake.input.manifest).parent,
     dataset_meta=snakemake.input.meta,
-    out=snakemake.output[0],
+    out_heads=snakemake.output.heads,
+    out_total=snakemake.output.total,
     split=snakemake.params.split,
     n_boot=snakemake.params.n_boot,
     seed=int(snakemake.wildcards.seed),

@@ -311,34 +311,81 @@ def _edit_rows(spec, meta, preds, index, split):
 def planted_ground_truth(
     feature_dir: str | os.PathLike,
     dataset_meta: str | os.PathLike,
-    out: str | os.PathLike,
+    out_heads: str | os.PathLike,
+    out_total: str | os.PathLike,
     split: str = "test",
     n_boot: int = 1000,
     seed: int = 42,
 ) -> None:
-    """Per-head dependence of the class-margin contribution on the planted attribute."""
+    """The planted ground truth (docs/DESIGN.md): per head the causal effect of the
+    background and of the protected colour (originals of ``split`` vs their counterfactual
+    twins) and the associative statistic of both on ``split``; ``out_heads`` (``heads.csv``)
+    and the causal total-margin rows ``out_total`` (``total.csv``). Streamed: only the
+    per-row true-class margins [N, L, H] of ``split`` and its twins are kept."""
+    import pandas as pd
+
     from clipbias.features import FeatureSet, read_classifier
-    from clipbias.ground_truth import head_attribute_table_from_margins
+    from clipbias.ground_truth import (
+        margin_directions,
+        planted_tables_from_margins,
+        true_class_margins,
+    )
     from clipbias.io import read_json
-    from clipbias.labels import label_map
-    from clipbias.streaming import ground_truth_margins
+    from clipbias.streaming import map_batches
 
     meta = read_json(dataset_meta)
-    attr = meta["spurious_attribute"]
     _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     fs = FeatureSet.open(feature_dir)
-    # streamed: only the per-head margins [N, L, H] are kept
-    idx, margins = ground_truth_margins(fs, classifier, split, label_map=label_map(meta))
-    table = head_attribute_table_from_margins(
-        margins,
-        fs.layers,
-        idx["label"].to_numpy() if label_map(meta) is None else label_map(meta)[idx["label"]],
-        idx[f"attr_{attr}"].to_numpy(),
-        n_boot=n_boot,
-        seed=seed,
+    dirs = margin_directions(classifier)
+
+    def per_batch(idx, heads, rest):
+        labels = idx["label"].to_numpy()
+        total = np.sum((heads.sum((1, 2)) + rest) * dirs[:, labels].T, axis=1)
+        return true_class_margins(heads, classifier, labels), total
+
+    present = set(fs.index()["split"].astype(str))
+    parts = []
+    for s in [split, "twin_background", "twin_protected"]:
+        if s not in present:
+            if s == split:
+                raise ValueError(f"no rows of split {split!r} in {feature_dir}")
+            log.warning("no %s rows in the features: no causal table for them", s)
+            continue
+        parts.append(map_batches(fs, per_batch, split=s))
+    index = pd.concat([p[0] for p in parts], ignore_index=True)
+    margins = np.concatenate([p[1][0] for p in parts])
+    total = np.concatenate([p[1][1] for p in parts])
+    heads, totals = planted_tables_from_margins(
+        index, margins, total, fs.layers, meta, split=split, n_boot=n_boot, seed=seed
     )
+    _write_csv(heads, out_heads)
+    _write_csv(totals, out_total)
+    for (kind, attr), g in heads.groupby(["kind", "attribute"], sort=False):
+        log.info("%s %s ground truth, top heads:\n%s", kind, attr, g.head(5).to_string(index=False))
+    if len(totals):
+        log.info("causal total effects:\n%s", totals.to_string(index=False))
+
+
+def score_locators(
+    ground_truth: str | os.PathLike,
+    located: Mapping[str, str | os.PathLike],
+    dataset_meta: str | os.PathLike,
+    out: str | os.PathLike,
+) -> None:
+    """``locator_scores.csv``: every located-heads file of the cell ({name: path}) scored
+    against the planted ground truth (precision@|S|, top-1 head, Spearman;
+    :func:`clipbias.ground_truth.score_locators`)."""
+    import pandas as pd
+
+    from clipbias.ground_truth import score_locators as score
+    from clipbias.io import read_json
+
+    meta = read_json(dataset_meta)
+    truth = pd.read_csv(ground_truth)
+    specs = {name: read_json(path) for name, path in located.items()}
+    table = score(truth, specs, spurious_attribute=meta.get("spurious_attribute", "background"))
     _write_csv(table, out)
-    log.info("ground truth, top heads:\n%s", table.head(8).to_string(index=False))
+    log.info("locators vs ground truth:\n%s", table.to_string(index=False))
 
 
 def summarize_seeds(
