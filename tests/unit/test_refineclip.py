@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from clipbias.methods import refineclip as rc
@@ -408,3 +409,28 @@ def test_edit_metrics_by_hand():
     assert all(r["method"] == "refineclip" and r["split"] == "test" for r in rows)
     with pytest.raises(ValueError, match="target"):
         rc.edit_metrics(preds, labels, target_classes=[])
+
+
+def test_group_balanced_shots_by_hand():
+    from clipbias.methods.fewshot import group_balanced_shots, shot_index
+
+    # class 0: groups 0 (3 samples) and 1 (one sample, index 3); class 1: groups 2, 3
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    groups = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3])
+    for seed in range(5):
+        idx = group_balanced_shots(labels, groups, 2, seed=seed)
+        assert len(idx) == 4 and 3 in idx  # the only bias-conflicting sample of class 0
+        for c in (0, 1):
+            assert sorted(groups[idx][labels[idx] == c]) == [2 * c, 2 * c + 1]
+    # 3 shots over 2 groups: the first group gets the extra one
+    idx = group_balanced_shots(labels, groups, 3, seed=0)
+    assert sorted(groups[idx][labels[idx] == 1]) == [2, 2, 3]
+    with pytest.raises(ValueError, match="group 1 has 1 samples for 2"):
+        group_balanced_shots(labels, groups, 4, seed=0)
+    index = pd.DataFrame(
+        {"image_id": [f"i{k}" for k in range(9)], "label": labels, "group": groups}
+    )
+    shots = shot_index(index, 2, 0, "val", "group_balanced")
+    assert "i3" in set(shots["image_id"])
+    with pytest.raises(ValueError, match="shot_sampling must be one of"):
+        shot_index(index, 2, 0, "val", "stratified")

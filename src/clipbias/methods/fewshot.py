@@ -33,6 +33,8 @@ __all__ = [
     "parse_shots",
     "predict_logits",
     "resolve_tau",
+    "SHOT_SAMPLING",
+    "group_balanced_shots",
     "shot_index",
     "shot_rows",
     "shots_record",
@@ -40,17 +42,72 @@ __all__ = [
 ]
 
 
-def shot_index(index: pd.DataFrame, n_per_class: int, seed: int, split: str = "") -> pd.DataFrame:
+SHOT_SAMPLING = ("random", "group_balanced")
+
+
+def group_balanced_shots(
+    labels: np.ndarray, groups: np.ndarray, n_per_class: int, seed: int = 42
+) -> np.ndarray:
+    """Indices of ``n_per_class`` samples per class spread as evenly as possible over the
+    class's groups (the groups of that class present; the first ``n % g`` of them in
+    increasing order get one more), each drawn without replacement. Classes and groups are
+    visited in increasing order with one seeded generator. Returns the sorted indices.
+
+    [RECON] RefineCLIP's editor "has K₁ correctly predicted and K₂ misclassified samples"
+    of a class (METHODS §5.1); a draw from a split where the spurious attribute agrees with
+    the class 95 % of the time holds almost no misclassified sample, so the edit has
+    nothing to learn from. Spreading the shots over groups puts bias-conflicting samples in
+    the few-shot set, as an editor collecting failure cases would."""
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ")
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        in_class = labels == c
+        gs = np.unique(groups[in_class])
+        quota = np.full(len(gs), n_per_class // len(gs))
+        quota[: n_per_class % len(gs)] += 1
+        for g, q in zip(gs, quota, strict=True):
+            pool = np.flatnonzero(in_class & (groups == g))
+            if q > len(pool):
+                raise ValueError(
+                    f"class {int(c)}, group {int(g)} has {len(pool)} samples for {int(q)} "
+                    "group-balanced shots; lower n_per_class or use shot_sampling: random"
+                )
+            if q:
+                chosen.append(rng.choice(pool, size=int(q), replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def shot_index(
+    index: pd.DataFrame,
+    n_per_class: int,
+    seed: int,
+    split: str = "",
+    sampling: str = "random",
+) -> pd.DataFrame:
     """The shots among ``index`` (the rows of one split, feature-store order): ``n_per_class``
-    per class present, drawn by :func:`~clipbias.methods.refineclip.sample_shots` with ``seed``.
-    Rows stay in store order."""
+    per class present, drawn with ``seed`` by :func:`~clipbias.methods.refineclip.sample_shots`
+    (``sampling="random"``, the paper's draw) or :func:`group_balanced_shots`
+    (``"group_balanced"``). Rows stay in store order."""
+    if sampling not in SHOT_SAMPLING:
+        raise ValueError(f"shot_sampling must be one of {SHOT_SAMPLING}, got {sampling!r}")
     if len(index) == 0:
         raise ValueError(
             f"split {split!r} has no rows in the feature store; set the method's shots_split to "
             "a split of the dataset (e.g. train or val)"
         )
     try:
-        pos = sample_shots(index["label"].to_numpy(), int(n_per_class), seed=int(seed))
+        if sampling == "group_balanced":
+            pos = group_balanced_shots(
+                index["label"].to_numpy(), index["group"].to_numpy(), int(n_per_class), int(seed)
+            )
+        else:
+            pos = sample_shots(index["label"].to_numpy(), int(n_per_class), seed=int(seed))
     except ValueError as err:
         raise ValueError(f"few-shot sampling on split {split!r}: {err}") from None
     return index.iloc[pos].reset_index(drop=True)
@@ -89,17 +146,21 @@ def shot_rows(
     n_per_class: int,
     seed: int,
     layers: Sequence[int] | None = None,
+    sampling: str = "random",
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """:func:`shot_index` then :func:`load_rows`: the shots' index, heads and rest."""
-    shots = shot_index(fs.index(split=split), n_per_class, seed, split)
+    shots = shot_index(fs.index(split=split), n_per_class, seed, split, sampling)
     return load_rows(fs, split, shots["image_id"], layers)
 
 
-def shots_record(index: pd.DataFrame, split: str, n_per_class: int, seed: int) -> dict[str, Any]:
+def shots_record(
+    index: pd.DataFrame, split: str, n_per_class: int, seed: int, sampling: str = "random"
+) -> dict[str, Any]:
     """What the phase-1 file stores about its shots (so later stages reuse exactly them)."""
     return {
         "split": split,
         "n_per_class": int(n_per_class),
+        "sampling": sampling,
         "seed": int(seed),
         "image_ids": [str(x) for x in index["image_id"]],
         "labels": [int(x) for x in index["label"]],

@@ -28,6 +28,7 @@ def check_phase1(
     score_layers: int,
     similarity: str,
     selection: str,
+    shot_sampling: str = "random",
     **_: Any,
 ) -> Mapping[str, Any]:
     """``result`` if it was made with these parameters and seed; a clear error otherwise (a
@@ -37,6 +38,7 @@ def check_phase1(
         "seed": shots.get("seed"),
         "n_per_class": shots.get("n_per_class"),
         "shots_split": shots.get("split"),
+        "shot_sampling": shots.get("sampling", "random"),
         "T": result.get("T"),
         "score_layers": len(result.get("score_layers") or []),
         "similarity": result.get("similarity"),
@@ -46,6 +48,7 @@ def check_phase1(
         "seed": int(seed),
         "n_per_class": int(n_per_class),
         "shots_split": shots_split,
+        "shot_sampling": shot_sampling,
         "T": int(T),
         "score_layers": min(int(score_layers), len(result.get("layers") or [])),
         "similarity": similarity,

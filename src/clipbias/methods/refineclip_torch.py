@@ -88,6 +88,7 @@ def predict_tip_adapter_f(
     ctx: MethodContext,
     n_per_class: int = 10,
     shots_split: str = "train",
+    shot_sampling: str = "random",
     alpha: float = 1.0,
     beta: float = 5.5,
     tau: float | str | None = None,
@@ -97,7 +98,9 @@ def predict_tip_adapter_f(
     """Tip-Adapter-F: learn the cache keys on the shots, then predict the test split."""
     from clipbias.methods.tip_adapter import train_tip_adapter_f
 
-    idx, _, shot_emb = shot_rows(ctx.features, shots_split, n_per_class, ctx.seed, layers=[])
+    idx, _, shot_emb = shot_rows(
+        ctx.features, shots_split, n_per_class, ctx.seed, layers=[], sampling=shot_sampling
+    )
     t = resolve_tau(tau, ctx.feature_dir)
     model = train_tip_adapter_f(
         shot_emb, idx["label"].to_numpy(), ctx.classifier,

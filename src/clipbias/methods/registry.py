@@ -160,7 +160,10 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 # family). ``tau``: the softmax temperature of g (phase 2) / Tip-Adapter's logit scale; null or
 # "checkpoint" = the classifier's logit scale (exp(logit_scale) of the checkpoint, 100 for the
 # laion2b weights), or a number.
-_SHOTS = {"n_per_class": 10, "shots_split": "train"}
+# ``shot_sampling``: "random" (the paper: n per class uniformly) or "group_balanced" (n per
+# class spread over the class's groups, so bias-conflicting samples are among the shots;
+# clipbias.methods.fewshot.group_balanced_shots).
+_SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
 _PHASE1 = {**_SHOTS, "T": 15, "score_layers": 4, "similarity": "cosine"}
 _ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
 #: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.

@@ -17,13 +17,16 @@ def predict(
     ctx: MethodContext,
     n_per_class: int = 10,
     shots_split: str = "train",
+    shot_sampling: str = "random",
     alpha: float = 1.0,
     beta: float = 5.5,
     tau: float | str | None = None,
 ) -> MethodOutput:
     from clipbias.methods.tip_adapter import build_cache, tip_adapter_logits
 
-    idx, _, shot_emb = shot_rows(ctx.features, shots_split, n_per_class, ctx.seed, layers=[])
+    idx, _, shot_emb = shot_rows(
+        ctx.features, shots_split, n_per_class, ctx.seed, layers=[], sampling=shot_sampling
+    )
     labels = idx["label"].to_numpy()
     keys, values = build_cache(shot_emb, labels, ctx.classifier.shape[1])
     t = resolve_tau(tau, ctx.feature_dir)

@@ -40,6 +40,7 @@ def locate_refineclip(
     seed: int,
     n_per_class: int = 10,
     shots_split: str = "train",
+    shot_sampling: str = "random",
     T: int = 15,
     score_layers: int = 4,
     similarity: str = "cosine",
@@ -62,7 +63,7 @@ def locate_refineclip(
     fs = FeatureSet.open(feature_dir)
     names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     layers = sorted(fs.layers)[-int(score_layers) :]
-    idx, heads, rest = shot_rows(fs, shots_split, n_per_class, seed, layers)
+    idx, heads, rest = shot_rows(fs, shots_split, n_per_class, seed, layers, shot_sampling)
     labels = idx["label"].to_numpy()
     result = identify_then_ablate(
         heads, rest, classifier, labels, layers,
@@ -77,9 +78,10 @@ def locate_refineclip(
             vidx["group"].to_numpy(), layers,
         )  # fmt: skip
         result["validation"]["split"] = val_split
-    result["shots"] = shots_record(idx, shots_split, n_per_class, seed)
+    result["shots"] = shots_record(idx, shots_split, n_per_class, seed, shot_sampling)
     result["params"] = {
-        "n_per_class": int(n_per_class), "shots_split": shots_split, "T": int(T),
+        "n_per_class": int(n_per_class), "shots_split": shots_split,
+        "shot_sampling": shot_sampling, "T": int(T),
         "score_layers": int(score_layers), "similarity": similarity, "selection": selection,
         "val_split": val_split if selection == "validation" else None,
     }  # fmt: skip
