@@ -810,7 +810,9 @@ def textspan_completeness(
                 "Heads": label,
                 "Head ids": ", ".join(ids),
                 "Texts": len(texts),
-                "Naming a background word": sum(mentions(t, words) for t in texts) / len(texts)
+                "Naming a background word": round(
+                    sum(mentions(t, words) for t in texts) / len(texts), 3
+                )
                 if texts
                 else float("nan"),
             }

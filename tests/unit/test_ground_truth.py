@@ -447,3 +447,24 @@ def test_score_locators_reads_ltc_and_audit_files():
     assert aud.loc["split/greedy", "precision_at_k"] == 1.0
     assert aud.loc["split/top_k", "precision_at_k"] == 0.0
     assert aud.loc["split/greedy", "contains_top1"]
+
+
+def test_textspan_completeness_counts_background_words():
+    from clipbias.report import textspan_completeness
+
+    truth = _truth()  # |effect| order L1H0, L0H1, L1H1, L0H0
+    ts = pd.DataFrame(
+        [(h, r, t) for h, texts in {
+            "L1H0": ["grass field", "a circle"],
+            "L0H1": ["waves", "sand, shore"],
+            "L1H1": ["a red shape", "a circle"],
+            "L0H0": ["a triangle", "on the grass"],
+        }.items() for r, t in enumerate(texts, 1)],
+        columns=["head_id", "rank", "text"],
+    )  # fmt: skip
+    df = textspan_completeness(ts, truth, ["grass", "waves", "sand"], n_heads=2, top_k=2)
+    assert df["Head ids"].tolist() == ["L1H0, L0H1", "L1H1, L0H0"]
+    # top: 3 of 4 texts name a background word ("sand, shore" counts); bottom: 1 of 4
+    assert df["Naming a background word"].tolist() == [0.75, 0.25]
+    with pytest.raises(ValueError, match="need 6"):
+        textspan_completeness(ts, truth, ["grass"], n_heads=3)
