@@ -90,6 +90,7 @@ TABLES = {
         "zero_shot_groups",
         "heads_table",
         "located_precision",
+        "textspan_completeness",
         "group_accuracy",
         "main_table",
         "paired_table",

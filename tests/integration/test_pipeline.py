@@ -67,7 +67,8 @@ def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
 
 def test_every_stage_produced_its_outputs(tiny_run):
     manifest = json.loads((tiny_run / FEAT / "manifest.json").read_text())
-    assert manifest["n_shards"] == 2 and manifest["rows"] == 800 + 300 + 300
+    # train + val + test and the two counterfactual twin splits of test
+    assert manifest["n_shards"] == 2 and manifest["rows"] == 800 + 300 + 3 * 300
     from clipbias.features import FeatureSet
 
     fs = FeatureSet.open(tiny_run / FEAT)
