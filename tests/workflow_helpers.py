@@ -262,3 +262,17 @@ def run_through_slurm(
     if res.returncode in (-9, 137):
         pytest.fail(f"snakemake killed after {timeout} s:\n{tail(res.stderr, 80)}")
     return res
+
+
+def gpu_rules() -> tuple[str, ...]:
+    """Rules of the workflow that declare ``gpu=1`` (they go to the GPU partition)."""
+    import re
+
+    rules = []
+    for f in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for name, body in re.findall(
+            r"^rule (\w+):\n(.*?)(?=^rule |\Z)", f.read_text(), re.M | re.S
+        ):
+            if re.search(r"^\s+gpu=1,", body, re.M):
+                rules.append(name)
+    return tuple(rules)

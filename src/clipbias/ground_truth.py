@@ -611,7 +611,9 @@ def planted_tables_from_margins(
     if len(base) == 0:
         raise ValueError(f"no rows of split {split!r}")
     head_tables, totals = [], []
-    for kind in TWIN_ATTRIBUTE_KEYS:
+    for kind, (attr_key, _) in TWIN_ATTRIBUTE_KEYS.items():
+        if meta.get(attr_key) is None:
+            continue  # e.g. a dataset without a protected attribute
         attr, assoc = associated_values(meta, kind)
         values = index[f"attr_{attr}"].to_numpy(np.int64)
         head_tables.append(
@@ -647,6 +649,11 @@ def planted_tables_from_margins(
             causal_total_from_margins(
                 total[orig], total[twin], orient, attribute=attr, n_boot=n_boot, seed=seed
             )
+        )
+    if not head_tables:
+        raise ValueError(
+            f"dataset.json names no planted attribute ({sorted(TWIN_ATTRIBUTE_KEYS)} keys "
+            f"{[list(v) for v in TWIN_ATTRIBUTE_KEYS.values()]}): not a planted dataset?"
         )
     kinds_order = {"causal": 0, "associative": 1}
     table = pd.concat(head_tables, ignore_index=True)

@@ -144,3 +144,16 @@ def test_every_report_figure_and_table_has_a_caption_file():
             if not rst.is_file():
                 missing.append(rst.name)
     assert not missing, f"caption files missing in workflow/report/: {sorted(set(missing))}"
+
+
+def test_every_gpu_rule_goes_to_the_gpu_partition_on_slurm():
+    """A rule that declares gpu=1 but keeps the default (CPU) partition asks a CPU node for a
+    GPU, which sbatch rejects; every such rule needs its set-resources entry."""
+    from workflow_helpers import gpu_rules
+
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    rules = gpu_rules()
+    assert {"extract_features", "predict_torch", "adapt_refineclip"} <= set(rules)
+    for rule in rules:
+        entry = profile["set-resources"].get(rule) or {}
+        assert entry.get("slurm_partition") == "gpu" and entry.get("gpu") == 1, rule

@@ -16,12 +16,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from workflow_helpers import CONFIG, REPORT, make_workdir, result_tables, run_through_slurm, tail
+from workflow_helpers import (
+    CONFIG,
+    REPORT,
+    gpu_rules,
+    make_workdir,
+    result_tables,
+    run_through_slurm,
+    tail,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TIMEOUT = 1500  # seconds, hard limit (SIGKILL) for the whole pipeline through SLURM
-GPU_RULES = ("extract_features", "train_small_clip")
+GPU_RULES = gpu_rules()  # the test cluster has no GPU partition
 
 
 def slurm_snakemake(workdir: Path, *extra: str):

@@ -27,18 +27,19 @@ def loaded():
 
 
 def test_shard_rows_sum_and_manifest(dataset, loaded, tmp_path):
+    import pandas as pd
+
+    n_rows = len(pd.read_parquet(dataset / "index.parquet"))  # twin splits included
     paths = []
     for shard in range(3):
         out = tmp_path / f"shard-{shard:05d}.parquet"
         n = extract_shard(loaded, dataset, out, shard, 3, batch_size=7)
-        start, stop = shard_bounds(80, 3, shard)
+        start, stop = shard_bounds(n_rows, 3, shard)
         assert n == stop - start == pq.read_metadata(out).num_rows
         paths.append(out)
     write_manifest(paths, tmp_path / "manifest.json")
     fs = FeatureSet.open(tmp_path)
     idx, heads, rest = fs.load()
-    import pandas as pd
-
     expected = pd.read_parquet(dataset / "index.parquet")["image_id"].tolist()
     assert idx["image_id"].tolist() == expected  # shards in order, rows in index order
     emb = heads.sum((1, 2)) + rest

@@ -39,7 +39,7 @@ def fx(request):
                 for s in (42, 1, 2)
             ]
         ),
-        "gt": pd.read_csv(root / "ground_truth" / CELL / "head_attribute.csv"),
+        "gt": report.planted_truth(root / "ground_truth" / CELL / "heads.csv")[0],
         "train_log": root / "models" / CELL / "train_log.json",
         "group_names": report.group_names_from(
             root / "data" / "planted" / "seed-42" / "dataset.json"

@@ -13,7 +13,7 @@ import pytest
 import clipbias.features as F
 from clipbias import streaming
 from clipbias.features import FeatureSet, build_table, write_classifier, write_manifest
-from clipbias.ground_truth import head_attribute_table
+from clipbias.ground_truth import planted_ground_truth_tables
 from clipbias.methods import ltc
 from clipbias.methods.texts import write_method_texts
 from clipbias.methods.textspan import (
@@ -89,7 +89,9 @@ def store(tmp_path_factory):
     temb[15, 0], temb[16, 0] = -1.0, 1.0  # land / water along the background head
     write_method_texts(root / "texts.parquet", texts, temb)
     dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
-             "minority_groups": [1, 2], "spurious_attribute": "background"}  # fmt: skip
+             "minority_groups": [1, 2], "spurious_attribute": "background",
+             "attributes": {"background": ["land", "water"]},
+             "majority_background": {"a": "land", "b": "water"}}  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(dmeta))
     return root, index, heads, rest, cls.T
 
@@ -312,14 +314,19 @@ def test_streamed_textspan_stage_equals_whole_split(store, small_batches, tmp_pa
 
 
 def test_streamed_ground_truth_equals_whole_split(store, small_batches, tmp_path):
-    root, index, heads, _, cls = store
+    root, index, heads, rest, cls = store
     keep = (index["split"] == "test").to_numpy()
-    ref = head_attribute_table(heads[keep], LAYERS, cls, index["label"][keep].to_numpy(),
-                               index["attr_background"][keep].to_numpy(), n_boot=50, seed=1)  # fmt: skip
-    evaluate.planted_ground_truth(root, root / "dataset.json", tmp_path / "gt.csv", "test",
-                                  n_boot=50, seed=1)  # fmt: skip
+    meta = json.loads((root / "dataset.json").read_text())
+    ref, ref_total = planted_ground_truth_tables(
+        index[keep], heads[keep], rest[keep], LAYERS, cls, meta, n_boot=50, seed=1
+    )
+    evaluate.planted_ground_truth(root, root / "dataset.json", tmp_path / "gt.csv",
+                                  tmp_path / "total.csv", "test", n_boot=50, seed=1)  # fmt: skip
     got = pd.read_csv(tmp_path / "gt.csv")
+    # no twins and no protected attribute in this store: the associative background table
+    assert set(got["kind"]) == {"associative"} and set(got["attribute"]) == {"background"}
     pd.testing.assert_frame_equal(got, ref, check_exact=False, rtol=1e-12, atol=1e-14)
+    assert len(ref_total) == 0 and len(pd.read_csv(tmp_path / "total.csv")) == 0
     assert got.loc[got["rank"] == 1, "head_id"].item() == "L3H0"
 
 
