@@ -20,23 +20,10 @@ import numpy as np
 import pandas as pd
 
 from clipbias.io import read_json
+from clipbias.stages.audit import TABLE_KEYS
 
 #: CSV tables of every ``<attribute>/<variant>/`` folder (stages.audit.TABLE_KEYS + TextSpan).
-TABLES = (
-    "head_scores",
-    "stereotype_logit",
-    "ranking",
-    "greedy_trace",
-    "outcome",
-    "per_class",
-    "delta_v",
-    "random_draws",
-    "attribution",
-    "stereotyped_classes",
-    "transitions",
-    "textspan",
-    "textspan_bias",
-)
+TABLES = (*TABLE_KEYS, "textspan", "textspan_bias")
 VARIANT_LABELS = {"split": "locate / evaluate", "single_pool": "single pool"}
 CONDITION_LABELS = {
     "baseline": "Before ablation",

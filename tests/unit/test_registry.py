@@ -37,7 +37,8 @@ DATASETS_MD_TITLES = {
 DATASETS_MD_NAMES = set(DATASETS_MD_TITLES)
 # Protocol variants: another adapter setup of a dataset above, with the same files.
 PROTOCOL_VARIANTS = {"celeba_young": "celeba"}
-DATASETS_MD = Path("/work/shared/DATASETS.md")
+# the shared project notes beside the repository (../shared), when present
+DATASETS_MD = REPO.parent / "shared" / "DATASETS.md"
 
 
 @pytest.fixture(scope="module")
