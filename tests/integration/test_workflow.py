@@ -47,6 +47,35 @@ def test_dry_run_every_shipped_config(cfg, clean_copy):
     assert "extract_features" in out and "evaluate" in out, out
 
 
+def _job_counts(out: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run: rule -> number of jobs."""
+    counts, table = {}, False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif table and counts and not parts:
+            break
+    return counts
+
+
+def test_default_runs_refineclip_phase1_once_per_distinct_shots(clean_copy):
+    """refineclip, refineclip_adapt and refineclip_std_ft share their phase-1 parameters in
+    the default config, so phase 1 runs for them once (plus once for Ours*, which selects on
+    validation); the adapters still run per id."""
+    res = subprocess.run(
+        [tool("snakemake"), "-n"], cwd=clean_copy, capture_output=True, text=True, timeout=180
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    counts = _job_counts(out)
+    assert counts.get("locate_refineclip") == 2, counts
+    assert counts.get("adapt_refineclip") == 2, counts
+    assert "refineclip/refineclip_adapt.json" not in out and "refineclip/refineclip.json" in out
+
+
 def test_snakefmt_clean():
     res = subprocess.run(
         [tool("snakefmt"), "--check", "Snakefile", "workflow/rules"],

@@ -440,3 +440,42 @@ def test_registry_imports_without_numpy():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_phase1_is_shared_by_ids_with_equal_phase1_params():
+    """RefineCLIP phase 1 depends only on REFINECLIP_PHASE1_PARAMS: ids that agree on them
+    read the first such id's file; a changed shot count, split or the validation-selected
+    variant gets its own."""
+    shots = {"shots_split": "val", "shot_sampling": "group_balanced"}
+    out = registry.configured(
+        [
+            "ltc",
+            {"name": "refineclip", **shots},
+            {"name": "refineclip_star", **shots},
+            {"name": "refineclip_adapt", **shots, "steps": 20},  # phase-2 only param differs
+            {"name": "refineclip_std_ft", **shots},
+            {"name": "refineclip_adapt", "id": "adapt_n20", **shots, "n_per_class": 20},
+            {"name": "refineclip", "id": "rc_train"},
+        ]
+    )
+    owner = {m: registry.locator_owner(out, "refineclip", m) for m in out if m != "ltc"}
+    assert owner == {
+        "zero_shot": "zero_shot",  # not a reader: itself
+        "refineclip": "refineclip",
+        "refineclip_star": "refineclip_star",  # selection=validation, val_split
+        "refineclip_adapt": "refineclip",
+        "refineclip_std_ft": "refineclip",
+        "adapt_n20": "adapt_n20",
+        "rc_train": "rc_train",
+    }
+    assert registry.locator_owners(out, "refineclip") == [
+        "refineclip", "refineclip_star", "adapt_n20", "rc_train",
+    ]  # fmt: skip
+    # adapters are never shared (one per id), nor are per-cell locators redirected
+    assert registry.locator_owners(out, "refineclip_adapter") == [
+        "refineclip_adapt", "refineclip_std_ft", "adapt_n20",
+    ]  # fmt: skip
+    assert registry.locator_owner(out, "ltc", "ltc") == "ltc"
+    # phase 1 reads every parameter it is keyed on
+    spec = registry.get("refineclip_star")
+    assert set(spec.params) | set(spec.fixed) >= set(registry.REFINECLIP_PHASE1_PARAMS)

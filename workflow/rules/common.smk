@@ -288,9 +288,13 @@ def located_files(wildcards):
     """Located-heads files the method (a configured id) of a predict job reads, by locator."""
     folder = HEADS.format(**{**wildcards, "dataset": heads_source(wildcards.dataset)})
     spec = METHODS[wildcards.method].spec
-    return {
-        loc: f"{folder}/{registry.LOCATORS[loc].path(wildcards.method)}" for loc in spec.locators
-    }
+    return {loc: f"{folder}/{locator_path(loc, wildcards.method)}" for loc in spec.locators}
+
+
+def locator_path(loc, method):
+    """File of ``loc`` in the heads folder that the configured id ``method`` reads (a
+    per-method locator's output may be shared by ids with equal parameters)."""
+    return registry.LOCATORS[loc].path(registry.locator_owner(METHODS, loc, method))
 
 
 def score_locators_inputs(wildcards):
@@ -305,8 +309,10 @@ def score_locators_inputs(wildcards):
         for loc in METHODS[m].spec.locators:
             locator = registry.LOCATORS[loc]
             if locator.file.endswith(".json"):
-                key = m if locator.per_method else loc
-                files[key] = f"{heads}/{locator.path(m)}"
+                # one row per file: ids sharing a per-method output are scored once
+                owner = registry.locator_owner(METHODS, loc, m)
+                key = owner if locator.per_method else loc
+                files[key] = f"{heads}/{locator.path(owner)}"
     return files
 
 
@@ -332,8 +338,9 @@ def method_pattern(env):
 
 
 def per_method_pattern(locator):
-    """Regex of the configured method ids that read the per-method ``locator``."""
-    ids = [m for m, c in METHODS.items() if locator in c.spec.locators]
+    """Regex of the configured method ids whose output of the per-method ``locator`` is made
+    (ids sharing it with an earlier id read that id's file)."""
+    ids = registry.locator_owners(METHODS, locator)
     return "|".join(ids) if ids else "(?!)"
 
 
@@ -630,7 +637,8 @@ def sensitivity_method():
 
 
 def phase1_file(wildcards, method=None):
-    return f"{HEADS.format(**wildcards)}/refineclip/{method or wildcards.method}.json"
+    """Phase-1 JSON that the configured id ``method`` (default: the job's) reads."""
+    return f"{HEADS.format(**wildcards)}/{locator_path('refineclip', method or wildcards.method)}"
 
 
 def phase1_params(wildcards):
@@ -673,7 +681,7 @@ def export_pretrained(wildcards, input):
 
 def _report_phase1_id():
     """The phase-1 file the RefineCLIP report shows (method refineclip first, else the first)."""
-    ids = refineclip_ids("refineclip")
+    ids = registry.locator_owners(METHODS, "refineclip")
     named = [m for m in ids if METHODS[m].name == "refineclip"]
     return (named or ids or [None])[0]
 

@@ -34,9 +34,13 @@ class Locator:
     """A stage that locates heads (or fits what a method applies): its output file in the
     heads folder and the rule writing it.
 
-    A ``per_method`` locator runs once per configured method id that reads it, with that
-    method's parameters (e.g. RefineCLIP's few-shot sampling); its ``file`` contains
-    ``{method}``. Other locators run once per grid cell and serve every method.
+    A ``per_method`` locator runs with a method's own parameters (e.g. RefineCLIP's few-shot
+    sampling); its ``file`` contains ``{method}``. Other locators run once per grid cell and
+    serve every method. ``shared_on`` names the parameters a per-method locator's output
+    depends on: configured ids that agree on all of them share one output (that of the first
+    such id in config order, :func:`locator_owner`), so e.g. RefineCLIP phase 1 runs once for
+    ``refineclip``, ``refineclip_adapt`` and ``refineclip_std_ft`` when their shots agree.
+    ``None``: one output per configured id.
     """
 
     name: str
@@ -44,11 +48,18 @@ class Locator:
     rule: str
     description: str
     per_method: bool = False
+    shared_on: tuple[str, ...] | None = None
 
     def path(self, method: str) -> str:
         """File name in the heads folder for ``method`` (a configured method id)."""
         return self.file.format(method=method) if self.per_method else self.file
 
+
+#: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.
+REFINECLIP_PHASE1_PARAMS = (
+    "n_per_class", "shots_split", "shot_sampling", "T", "score_layers", "similarity",
+    "selection", "val_split",
+)  # fmt: skip
 
 LOCATORS: Mapping[str, Locator] = MappingProxyType(
     {
@@ -70,6 +81,7 @@ LOCATORS: Mapping[str, Locator] = MappingProxyType(
             "locate_refineclip",
             "RefineCLIP phase 1: shots, candidate lists (Table 4), selected heads S*",
             per_method=True,
+            shared_on=REFINECLIP_PHASE1_PARAMS,
         ),
         "refineclip_adapter": Locator(
             "refineclip_adapter",
@@ -166,8 +178,6 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 _SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
 _PHASE1 = {**_SHOTS, "T": 15, "score_layers": 4, "similarity": "cosine"}
 _ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
-#: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.
-REFINECLIP_PHASE1_PARAMS = (*_PHASE1, "selection", "val_split")
 _RC = "clipbias.methods.refineclip_ablate"
 _RC_TORCH = "clipbias.methods.refineclip_torch"
 _RC_LOCATE = ("refineclip",)
@@ -516,6 +526,34 @@ def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configur
                 f"method {c.id!r} needs {missing} in methods as well (it is compared with them)"
             )
     return out
+
+
+def locator_owner(configured: Mapping[str, Configured], locator: str, method_id: str) -> str:
+    """The configured id whose output of the per-method ``locator`` ``method_id`` reads.
+
+    With ``shared_on`` parameters (:class:`Locator`), that is the first id in config order
+    that reads ``locator`` and agrees with ``method_id`` on all of them (absent parameters
+    compare as absent, so e.g. ``val_split`` of the validation-selected variant keeps it
+    apart); otherwise ``method_id`` itself."""
+    loc = LOCATORS[locator]
+    if not loc.per_method or loc.shared_on is None:
+        return method_id
+    mine = configured[method_id]
+
+    def key(c: Configured) -> tuple:
+        return tuple((k, k in c.params, c.params.get(k)) for k in loc.shared_on)
+
+    for mid, c in configured.items():
+        if locator in c.spec.locators and key(c) == key(mine):
+            return mid
+    return method_id
+
+
+def locator_owners(configured: Mapping[str, Configured], locator: str) -> list[str]:
+    """Configured ids that own an output of the per-method ``locator`` (each runs its rule
+    once), in config order."""
+    ids = [m for m, c in configured.items() if locator in c.spec.locators]
+    return list(dict.fromkeys(locator_owner(configured, locator, m) for m in ids))
 
 
 def label(method_id: str, name: str | None = None) -> str:
