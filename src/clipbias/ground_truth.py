@@ -34,8 +34,21 @@ classes and attribute and ``assoc(y) = y`` this equals the earlier statistic of
 :func:`head_attribute_table`. It mixes the head's response to the attribute with any other
 difference between the two image sets.
 
-CIs: 95 % percentile bootstrap, resampling image pairs (causal) or images within every
-class x {associated, not} cell (associative), ``numpy.random.default_rng(seed)``.
+**Output sensitivity** (:func:`output_sensitivity_table`, kind ``output``): what a head
+*encodes* rather than what it contributes to the decision. A head can carry the background
+in directions orthogonal to every margin direction (a large change of ĉ, no change of m);
+TextSpan describes the head's whole output, so the TextSpan check ranks heads by
+
+    effect_{l,h} = mean over pairs ||ĉ_{l,h}(x') - ĉ_{l,h}(x)||^2 / (2 tr Cov(ĉ_{l,h})),
+
+the squared change under the twin swap relative to that between two independent images of
+the split (``2 tr Cov``, population covariance over the split's rows): 0 = the head ignores
+the attribute; 1 = swapping the attribute moves the head as far as swapping the whole image;
+a head that encodes only a balanced binary attribute scores 2. Unsigned; every pair counts.
+
+CIs: 95 % percentile bootstrap, resampling image pairs (causal, output; the output
+normaliser is held fixed) or images within every class x {associated, not} cell
+(associative), ``numpy.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ GT_COLUMNS = [
     "rank",
     "kind",
 ]
-KINDS = ("causal", "associative")
+KINDS = ("causal", "associative", "output")
 
 
 def _check(heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
@@ -289,6 +302,65 @@ def causal_table_from_margins(
     o = np.asarray(orientation, dtype=np.float64)[keep, None, None]
     effect, lo, hi = _pair_effects(o * (m2[keep] - m[keep]), n_boot, seed)
     return _head_frame(effect, lo, hi, layers, attribute, "causal")
+
+
+def output_sensitivity_table(
+    pair_sq: np.ndarray,
+    random_pair_sq: np.ndarray,
+    layers: Sequence[int],
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Output sensitivity (module doc, kind ``output``) from the per-pair squared output
+    changes ``pair_sq`` [P, L, H] = ||ĉ(x') - ĉ(x)||^2 and the per-head ``random_pair_sq``
+    [L, H] = 2 tr Cov(ĉ) over the split (:func:`head_spread`); both result-sized, so a stage
+    can accumulate them batch by batch."""
+    sq = np.asarray(pair_sq, dtype=np.float64)
+    norm = np.asarray(random_pair_sq, dtype=np.float64)
+    if sq.ndim != 3 or norm.shape != sq.shape[1:]:
+        raise ValueError(
+            f"pair_sq must be [P, L, H] and random_pair_sq [L, H]: {sq.shape}, {norm.shape}"
+        )
+    if len(sq) == 0:
+        raise ValueError("no twin pairs")
+    if len(layers) != sq.shape[1]:
+        raise ValueError(f"{len(layers)} layer numbers for {sq.shape[1]} stored layers")
+    ratio = sq / np.where(norm > 0, norm, np.nan)[None]
+    effect, lo, hi = _pair_effects(ratio, n_boot, seed)
+    return _head_frame(effect, lo, hi, layers, attribute, "output")
+
+
+def head_spread(sum_heads: np.ndarray, sum_sq: np.ndarray, n: int) -> np.ndarray:
+    """[L, H] ``2 tr Cov(ĉ_{l,h})`` (population) from streamed sums over n rows:
+    ``sum_heads`` [L, H, D] = Σ ĉ and ``sum_sq`` [L, H] = Σ ||ĉ||^2."""
+    if n < 1:
+        raise ValueError("no rows")
+    mean = np.asarray(sum_heads, dtype=np.float64) / n
+    return 2.0 * (np.asarray(sum_sq, dtype=np.float64) / n - np.sum(mean * mean, axis=-1))
+
+
+def output_sensitivity(
+    heads: np.ndarray,
+    twin_heads: np.ndarray,
+    layers: Sequence[int],
+    *,
+    attribute: str = "background",
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """:func:`output_sensitivity_table` from whole arrays: ``heads`` / ``twin_heads``
+    [P, L, H, D] of aligned originals and twins (the normaliser over the originals)."""
+    h = np.asarray(heads, dtype=np.float64)
+    h2 = np.asarray(twin_heads, dtype=np.float64)
+    if h.ndim != 4 or h2.shape != h.shape:
+        raise ValueError(f"heads must both be [P, L, H, D], got {h.shape} and {h2.shape}")
+    spread = head_spread(h.sum(0), np.sum(h * h, axis=(0, 3)), len(h))
+    return output_sensitivity_table(
+        np.sum((h2 - h) ** 2, axis=-1), spread, layers,
+        attribute=attribute, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
 
 
 def causal_total_effect(
@@ -597,10 +669,12 @@ def planted_tables_from_margins(
     split: str = "test",
     n_boot: int = 1000,
     seed: int = 42,
+    extra: Sequence[pd.DataFrame] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`planted_ground_truth_tables` from the per-row true-class margins [N, L, H] of
     every head and of the total embedding [N] (:func:`true_class_margins`), aligned with
-    ``index`` (computed batch by batch by the ground-truth stage)."""
+    ``index`` (computed batch by batch by the ground-truth stage). ``extra`` head tables
+    (e.g. :func:`output_sensitivity_table`) join the result in the same order."""
     index = index.reset_index(drop=True)
     margins = np.asarray(margins, dtype=np.float64)
     total = np.asarray(total, dtype=np.float64)
@@ -655,8 +729,8 @@ def planted_tables_from_margins(
             f"dataset.json names no planted attribute ({sorted(TWIN_ATTRIBUTE_KEYS)} keys "
             f"{[list(v) for v in TWIN_ATTRIBUTE_KEYS.values()]}): not a planted dataset?"
         )
-    kinds_order = {"causal": 0, "associative": 1}
-    table = pd.concat(head_tables, ignore_index=True)
+    kinds_order = {k: i for i, k in enumerate(KINDS)}
+    table = pd.concat([*head_tables, *extra], ignore_index=True)
     table = table.sort_values(
         ["kind", "attribute", "rank"], key=lambda c: c.map(kinds_order) if c.name == "kind" else c
     ).reset_index(drop=True)

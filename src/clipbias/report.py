@@ -756,14 +756,19 @@ def refineclip_edit_table(
 
 
 def planted_truth(
-    path: str | os.PathLike, attribute: str = "background"
+    path: str | os.PathLike, attribute: str = "background", kind: str | None = None
 ) -> tuple[pd.DataFrame, str]:
-    """Per-head ground truth of ``attribute`` from ``ground_truth/{cell}/heads.csv`` (causal
-    rows when the dataset has twins, else associative; :func:`clipbias.ground_truth.truth_view`)
-    and its kind."""
+    """Per-head ground truth of ``attribute`` from ``ground_truth/{cell}/heads.csv`` and its
+    kind: ``kind=None`` = the causal margin rows when the dataset has twins, else the
+    associative ones (:func:`clipbias.ground_truth.truth_view`); or exactly ``kind`` (e.g.
+    ``"output"``: empty frame when the table has none)."""
     from clipbias.ground_truth import truth_view
 
-    return truth_view(pd.read_csv(path), attribute)
+    table = pd.read_csv(path)
+    if kind is None:
+        return truth_view(table, attribute)
+    rows = table[(table["attribute"] == attribute) & (table["kind"] == kind)]
+    return rows.sort_values("rank").reset_index(drop=True), kind
 
 
 def mentions(text: str, words: Sequence[str]) -> bool:
@@ -774,49 +779,62 @@ def mentions(text: str, words: Sequence[str]) -> bool:
 
 def textspan_completeness(
     textspan_df: pd.DataFrame,
-    truth: pd.DataFrame,
+    truths: pd.DataFrame | Mapping[str, pd.DataFrame],
     words: Sequence[str],
     n_heads: int = 3,
     top_k: int = 5,
 ) -> pd.DataFrame:
-    """METHODS §3.5 completeness check on the planted benchmark: among the heads TextSpan
-    described, the ``n_heads`` with the largest and the ``n_heads`` with the smallest
-    |ground-truth effect| (``truth`` from :func:`planted_truth`), and the share of their first
-    ``top_k`` TextSpan texts that name one of ``words`` (the dataset's ``spurious_words``).
-    Columns ``Heads`` (top / bottom), ``Head ids``, ``Texts``, ``Naming a background word``
-    (fraction)."""
+    """TextSpan completeness check on the planted benchmark (issue 11): among the heads
+    TextSpan described, the ``n_heads`` with the largest and the ``n_heads`` with the smallest
+    |ground-truth effect|, and how much of their first ``top_k`` TextSpan texts name one of
+    ``words`` (the dataset's ``spurious_words``): the share of texts, and the share of the
+    variance those texts explain (``ve``; a head's later texts explain little).
+
+    ``truths``: one per-head truth (:func:`planted_truth`) or ``{ranking label: truth}`` (e.g.
+    the causal margin effect and the output sensitivity); empty truths are skipped. Columns
+    ``Ranked by``, ``Heads`` (top / bottom), ``Head ids``, ``Texts``, ``Naming a background
+    word`` (fraction of texts), ``Variance share naming one``."""
+    if isinstance(truths, pd.DataFrame):
+        truths = {"|effect|": truths}
     described = set(textspan_df["head_id"])
-    ranked = truth[truth["head_id"].isin(described)].sort_values(
-        ["abs_effect", "layer", "head"], ascending=[False, True, True]
-    )
-    if len(ranked) < 2 * n_heads:
-        raise ValueError(
-            f"{len(ranked)} described heads with ground truth; need {2 * n_heads} for the check"
-        )
     rows = []
-    for label, ids in (
-        (f"top {n_heads} by |effect|", ranked["head_id"].head(n_heads).tolist()),
-        (f"bottom {n_heads} by |effect|", ranked["head_id"].tail(n_heads).tolist()),
-    ):
-        texts = [
-            t
-            for h in ids
-            for t in textspan_df[textspan_df["head_id"] == h]
-            .sort_values("rank")["text"]
-            .head(top_k)
-        ]
-        rows.append(
-            {
-                "Heads": label,
-                "Head ids": ", ".join(ids),
-                "Texts": len(texts),
-                "Naming a background word": round(
-                    sum(mentions(t, words) for t in texts) / len(texts), 3
-                )
-                if texts
-                else float("nan"),
-            }
+    for by, truth in truths.items():
+        if truth is None or truth.empty:
+            continue
+        ranked = truth[truth["head_id"].isin(described)].sort_values(
+            ["abs_effect", "layer", "head"], ascending=[False, True, True]
         )
+        if len(ranked) < 2 * n_heads:
+            raise ValueError(
+                f"{len(ranked)} described heads with ground truth ({by}); need {2 * n_heads} "
+                "for the check"
+            )
+        for label, ids in (
+            (f"top {n_heads}", ranked["head_id"].head(n_heads).tolist()),
+            (f"bottom {n_heads}", ranked["head_id"].tail(n_heads).tolist()),
+        ):
+            top = pd.concat(
+                [
+                    textspan_df[textspan_df["head_id"] == h].sort_values("rank").head(top_k)
+                    for h in ids
+                ]
+            )
+            named = np.array([mentions(t, words) for t in top["text"]], dtype=bool)
+            ve = top["ve"].to_numpy(dtype=float) if "ve" in top else None
+            rows.append(
+                {
+                    "Ranked by": by,
+                    "Heads": label,
+                    "Head ids": ", ".join(ids),
+                    "Texts": len(top),
+                    "Naming a background word": round(float(named.mean()), 3)
+                    if len(top)
+                    else float("nan"),
+                    "Variance share naming one": round(float(ve[named].sum() / ve.sum()), 3)
+                    if ve is not None and ve.sum() > 0
+                    else float("nan"),
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -262,6 +262,19 @@ def ground_truth_table(rng, planted):
     return df
 
 
+def output_truth_table(rng, planted):
+    """Background output sensitivity (kind ``output``, unsigned, 0..2): ``planted`` high."""
+    df = ground_truth_table(rng, planted)
+    df["effect"] = np.clip(df["abs_effect"] * 2 + rng.uniform(0, 0.3, len(df)), 0, 2)
+    lo, hi = df["ci_low"] - df["ci_low"].min(), df["ci_high"] - df["ci_low"].min()
+    df["ci_low"], df["ci_high"] = df["effect"] - 0.05 * lo, df["effect"] + 0.05 * hi
+    df["abs_effect"] = df["effect"]
+    order = np.lexsort((df["head"], df["layer"], -df["abs_effect"]))
+    df.loc[df.index[order], "rank"] = np.arange(1, len(df) + 1)
+    df["kind"] = "output"
+    return df
+
+
 def colour_truth_table(rng, planted):
     """Causal colour effects in the ground-truth layout (colour carried by ``planted``)."""
     df = ground_truth_table(rng, planted)
@@ -575,6 +588,7 @@ def main() -> None:
             ground_truth_table(rng, planted_s),
             # own generator: the files written after this keep their numbers
             colour_truth_table(np.random.default_rng(SEED + 2), ["L3H1", "L2H3"]),
+            output_truth_table(np.random.default_rng(SEED + 3), planted_s),
         ],
         ignore_index=True,
     )

@@ -90,10 +90,11 @@ def test_every_stage_produced_its_outputs(tiny_run):
     truth_dir = tiny_run / EXP / "ground_truth/planted/planted-vit-tiny/seed-7"
     gt = pd.read_csv(truth_dir / "heads.csv")
     n = N_LAYERS * N_HEADS
-    # causal (twins) and associative tables of the background and the colour
+    # causal and output (twins) and associative tables of the background and the colour
     for (kind, attr), g in gt.groupby(["kind", "attribute"]):
         assert len(g) == n and set(g["rank"]) == set(range(1, n + 1)), (kind, attr)
-    assert len(gt) == 4 * n
+    assert len(gt) == 6 * n and set(gt["kind"]) == {"causal", "associative", "output"}
+    assert (gt.loc[gt["kind"] == "output", "effect"] >= 0).all()
     total = pd.read_csv(truth_dir / "total.csv")
     assert set(total["attribute"]) == {"background", "colour"}
     scores = pd.read_csv(truth_dir / "locator_scores.csv")

@@ -466,5 +466,49 @@ def test_textspan_completeness_counts_background_words():
     assert df["Head ids"].tolist() == ["L1H0, L0H1", "L1H1, L0H0"]
     # top: 3 of 4 texts name a background word ("sand, shore" counts); bottom: 1 of 4
     assert df["Naming a background word"].tolist() == [0.75, 0.25]
+    assert df["Variance share naming one"].isna().all()  # no ve column
     with pytest.raises(ValueError, match="need 6"):
         textspan_completeness(ts, truth, ["grass"], n_heads=3)
+    # two rankings, and the share of explained variance: L1H0's background text explains
+    # 0.6 of its 0.8, L0H1's both texts; bottom: L0H0's "on the grass" explains 0.1 of 0.5
+    ts["ve"] = [0.6, 0.2, 0.3, 0.1, 0.5, 0.3, 0.4, 0.1]
+    reverse = truth.assign(abs_effect=-truth["abs_effect"])
+    df = textspan_completeness(
+        ts, {"margin": truth, "output": reverse, "none": truth.iloc[:0]},
+        ["grass", "waves", "sand"], n_heads=2, top_k=2,
+    )  # fmt: skip
+    assert df["Ranked by"].tolist() == ["margin", "margin", "output", "output"]
+    assert df["Head ids"].tolist()[2:] == ["L0H0, L1H1", "L0H1, L1H0"]
+    np.testing.assert_allclose(
+        df["Variance share naming one"],
+        [(0.6 + 0.4) / 1.2, 0.1 / 1.3, 0.1 / 1.3, 1.0 / 1.2],
+        atol=1e-3,
+    )
+
+
+def test_output_sensitivity_by_hand():
+    """A head that encodes only a balanced binary background (±v, |v| = 1) moves by 2v under
+    the twin swap: ||Δ||² = 4, 2 tr Cov = 2, sensitivity 2; a head the swap leaves alone: 0;
+    a head that also carries independent noise of equal variance: 4 / (2 · 2) = 1."""
+    from clipbias.ground_truth import head_spread, output_sensitivity
+
+    bg = np.array([0, 1, 0, 1])
+    sign = (2 * bg - 1).astype(float)
+    noise = np.array([1.0, 1.0, -1.0, -1.0])  # independent of bg, variance 1
+    heads = np.zeros((4, 1, 3, 2))
+    heads[:, 0, 0, 0] = sign  # background only
+    heads[:, 0, 1, 1] = noise  # the swap does not touch it
+    heads[:, 0, 2, 0], heads[:, 0, 2, 1] = sign, noise  # background + noise
+    twins = heads.copy()
+    twins[:, 0, 0, 0] = -sign
+    twins[:, 0, 2, 0] = -sign
+    t = output_sensitivity(heads, twins, [5], n_boot=10, seed=0)
+    got = dict(zip(t["head_id"], t["effect"], strict=True))
+    assert got == pytest.approx({"L5H0": 2.0, "L5H1": 0.0, "L5H2": 1.0})
+    assert set(t["kind"]) == {"output"} and t.loc[t["rank"] == 1, "head_id"].item() == "L5H0"
+    # every pair moves head 0 by the same amount: the bootstrap CI collapses onto the effect
+    row = t[t["head_id"] == "L5H0"].iloc[0]
+    assert row["ci_low"] == pytest.approx(2.0) and row["ci_high"] == pytest.approx(2.0)
+    np.testing.assert_allclose(
+        head_spread(heads.sum(0), np.sum(heads**2, axis=(0, 3)), 4), [[2.0, 2.0, 4.0]]
+    )

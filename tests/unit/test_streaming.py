@@ -336,3 +336,84 @@ def test_map_batches_rejects_wrong_row_counts(store, small_batches):
         streaming.map_batches(fs, lambda idx, h, r: (np.zeros(1),), split="val")
     with pytest.raises(F.FeatureError, match="no rows"):
         streaming.map_batches(fs, lambda idx, h, r: (np.zeros(len(idx)),), split="train")
+
+
+@pytest.fixture(scope="module")
+def twin_store(tmp_path_factory):
+    """60 test rows and their background twins (same noise, background flipped), interleaved
+    over two shards whose boundaries split the two splits differently."""
+    root = tmp_path_factory.mktemp("twins")
+    rng = np.random.default_rng(3)
+    index, heads, rest = _rows(rng, 60, "test")
+    bg = index["attr_background"].to_numpy()
+    twin_h = heads.copy()
+    flip = (1 - 2 * bg).astype(np.float32)  # the background head's terms change sign
+    twin_h[:, 2, 0, 0] += 2.0 * flip
+    twin_h[:, 2, 0, 1] += 0.6 * flip
+    twin_idx = index.assign(
+        image_id=index["image_id"] + "|background",
+        split="twin_background",
+        attr_background=1 - bg,
+        group=2 * index["label"] + (1 - bg),
+    )
+    order = np.argsort(np.r_[np.arange(60) * 2.0, np.arange(60) * 2.0 + 1.5], kind="stable")
+    all_idx = pd.concat([index, twin_idx], ignore_index=True).iloc[order].reset_index(drop=True)
+    all_h = np.concatenate([heads, twin_h])[order]
+    all_r = np.concatenate([rest, rest])[order]
+    emb = all_h.sum((1, 2)) + all_r
+    meta = {"layers": LAYERS, "n_layers": N_LAYERS, "n_heads": N_HEADS, "dim": DIM,
+            "head_dim": 2}  # fmt: skip
+    ones = np.ones(len(all_idx), np.float32)
+    shards = []
+    for s, (a, b) in enumerate([(0, 47), (47, 120)]):
+        sl = slice(a, b)
+        table = build_table(all_idx.iloc[sl], all_h[sl], all_r[sl], emb[sl], ones[sl], ones[sl],
+                            ones[sl], LAYERS, "float32", meta)  # fmt: skip
+        F.write_shard(table, root / f"shard-{s:05d}.parquet")
+        shards.append(root / f"shard-{s:05d}.parquet")
+    write_manifest(shards, root / "manifest.json")
+    cls = np.zeros((2, DIM), np.float32)
+    cls[0, :2] = 0.6, -0.8
+    cls[1, :2] = 0.6, 0.8
+    write_classifier(root / "classifier.parquet", ["a", "b"], cls, {})
+    dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
+             "minority_groups": [1, 2], "spurious_attribute": "background",
+             "attributes": {"background": ["land", "water"]},
+             "majority_background": {"a": "land", "b": "water"}}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(dmeta))
+    return root, heads, twin_h
+
+
+def test_streamed_output_sensitivity_equals_whole_arrays(twin_store, small_batches, tmp_path):
+    """The ground-truth stage pairs each test row with its twin across batch and shard
+    boundaries (batches of 7 rows, shards cutting the splits at different rows)."""
+    from clipbias.ground_truth import output_sensitivity
+
+    root, heads, twin_h = twin_store
+    evaluate.planted_ground_truth(root, root / "dataset.json", tmp_path / "gt.csv",
+                                  tmp_path / "total.csv", "test", n_boot=30, seed=2)  # fmt: skip
+    got = pd.read_csv(tmp_path / "gt.csv")
+    assert set(got["kind"]) == {"causal", "associative", "output"}
+    out = got[got["kind"] == "output"].reset_index(drop=True)
+    ref = output_sensitivity(heads, twin_h, LAYERS, n_boot=30, seed=2)
+    ref = ref.sort_values("rank").reset_index(drop=True)
+    pd.testing.assert_frame_equal(out, ref, check_exact=False, rtol=1e-6, atol=1e-9)
+    # the background head moves most; the pure class head (L2H1) is untouched by the swap
+    assert out.loc[out["rank"] == 1, "head_id"].item() == "L3H0"
+    assert ref.set_index("head_id").loc["L2H1", "effect"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_output_sensitivity_rejects_misaligned_twins(twin_store, monkeypatch):
+    from clipbias.stages.evaluate import _output_sensitivity
+
+    root = twin_store[0]
+    fs = FeatureSet.open(root)
+
+    def reversed_twins(layers, split, rest=True, **kw):  # twins in another order
+        batches = list(FeatureSet.iter_batches(fs, layers, split, rest=rest, **kw))
+        yield from batches[::-1] if split == "twin_background" else batches
+
+    monkeypatch.setattr(fs, "iter_batches", reversed_twins)
+    meta = json.loads((root / "dataset.json").read_text())
+    with pytest.raises(ValueError, match="not aligned"):
+        _output_sensitivity(fs, meta, "test", "background", 10, 0)

@@ -326,6 +326,7 @@ def planted_ground_truth(
 
     from clipbias.features import FeatureSet, read_classifier
     from clipbias.ground_truth import (
+        TWIN_ATTRIBUTE_KEYS,
         margin_directions,
         planted_tables_from_margins,
         true_class_margins,
@@ -355,15 +356,78 @@ def planted_ground_truth(
     index = pd.concat([p[0] for p in parts], ignore_index=True)
     margins = np.concatenate([p[1][0] for p in parts])
     total = np.concatenate([p[1][1] for p in parts])
+    output = [
+        _output_sensitivity(fs, meta, split, kind, n_boot, seed)
+        for kind in TWIN_ATTRIBUTE_KEYS
+        if meta.get(TWIN_ATTRIBUTE_KEYS[kind][0]) is not None and f"twin_{kind}" in present
+    ]
     heads, totals = planted_tables_from_margins(
-        index, margins, total, fs.layers, meta, split=split, n_boot=n_boot, seed=seed
-    )
+        index, margins, total, fs.layers, meta, split=split, n_boot=n_boot, seed=seed,
+        extra=output,
+    )  # fmt: skip
     _write_csv(heads, out_heads)
     _write_csv(totals, out_total)
     for (kind, attr), g in heads.groupby(["kind", "attribute"], sort=False):
         log.info("%s %s ground truth, top heads:\n%s", kind, attr, g.head(5).to_string(index=False))
     if len(totals):
         log.info("causal total effects:\n%s", totals.to_string(index=False))
+
+
+def _rows_in_step(batches):
+    """``take(m)`` -> (image ids [m], heads [m, ...]) of the next m rows of ``batches``
+    (``iter_batches`` output), whatever the batch boundaries; fewer at the end."""
+    buf_ids, buf_h = [], []
+
+    def take(m: int):
+        have = sum(len(x) for x in buf_ids)
+        while have < m:
+            nxt = next(batches, None)
+            if nxt is None:
+                break
+            buf_ids.append(nxt[0]["image_id"].astype(str).to_numpy())
+            buf_h.append(nxt[1])
+            have += len(buf_ids[-1])
+        if not buf_ids:
+            return np.array([], dtype=str), None
+        ids, h = np.concatenate(buf_ids), np.concatenate(buf_h)
+        buf_ids[:] = [ids[m:]] if len(ids) > m else []
+        buf_h[:] = [h[m:]] if len(ids) > m else []
+        return ids[:m], h[:m]
+
+    return take
+
+
+def _output_sensitivity(fs, meta, split: str, kind: str, n_boot: int, seed: int):
+    """Output-sensitivity table (kind ``output``, :func:`clipbias.ground_truth.output_sensitivity_table`)
+    of the ``kind`` twins: one pass over ``split`` and ``twin_{kind}`` in lockstep (the
+    generator writes the twin of row i as row i of the twin split, ``"<id>|<kind>"``);
+    keeps only per-pair [L, H] squared changes and per-head sums."""
+    from clipbias.ground_truth import associated_values, head_spread, output_sensitivity_table
+
+    attr, _ = associated_values(meta, kind)
+    n_heads = (len(fs.layers), fs.n_heads)
+    s1, s2, n, pair_sq = np.zeros((*n_heads, fs.dim)), np.zeros(n_heads), 0, []
+    twins = _rows_in_step(fs.iter_batches(None, f"twin_{kind}", rest=False))
+    for idx, h, _ in fs.iter_batches(None, split, rest=False):
+        tids, th = twins(len(idx))
+        want = (idx["image_id"].astype(str) + f"|{kind}").to_numpy()
+        if len(tids) != len(want) or (tids != want).any():
+            raise ValueError(
+                f"rows of twin_{kind} are not aligned with {split} in {fs.folder}: regenerate "
+                "the planted dataset and its features (twins are written in the order of "
+                "their originals)"
+            )
+        h64 = h.astype(np.float64)
+        s1 += h64.sum(0)
+        s2 += np.einsum("nlhd,nlhd->lh", h64, h64)
+        n += len(h)
+        pair_sq.append(np.sum((th.astype(np.float64) - h64) ** 2, axis=-1))
+    if len(twins(1)[0]):
+        raise ValueError(f"twin_{kind} has more rows than {split} in {fs.folder}")
+    return output_sensitivity_table(
+        np.concatenate(pair_sq), head_spread(s1, s2, n), fs.layers,
+        attribute=attr, n_boot=n_boot, seed=seed,
+    )  # fmt: skip
 
 
 def score_locators(
