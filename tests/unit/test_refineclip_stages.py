@@ -293,6 +293,15 @@ def test_validation_counts_in_any_batches_equal_the_in_memory_selection(store, t
     _assert_same(ref, whole)
 
 
+def test_ours_star_on_a_split_without_rows_is_an_error(store, tmp_path):
+    from clipbias.features import FeatureError
+
+    root, _ = store
+    with pytest.raises(FeatureError, match="no rows for split 'holdout'"):
+        stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
+                                selection="validation", val_split="holdout")  # fmt: skip
+
+
 def test_shots_missing_from_the_store_are_an_error(store):
     root, _ = store
     with pytest.raises(ValueError, match="not in split 'train'"):
