@@ -73,6 +73,10 @@ N_LAYERS, N_HEADS, WIDTH, DIM = 32, 16, 1280, 1024
 LAYERS = [28, 29, 30, 31]
 SPURIOUS, SALIENT = (31, 3), (30, 5)
 POOL_TEXTS = 3498
+# RefineCLIP phase 1 (issue 15; run_refineclip): stage -> configured method whose phase-1
+# parameters it uses (the default config's shots: group_balanced on val)
+RC_STAGES = {"locate_refineclip": "refineclip", "locate_refineclip_star": "refineclip_star"}
+STAGES += tuple(RC_STAGES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -213,6 +217,8 @@ def run_stage(stage: str, folder: Path, threads: int) -> dict:
 
     out = folder / "out"
     out.mkdir(exist_ok=True)
+    if stage in RC_STAGES:
+        return run_refineclip(stage, folder, threads)
     meta = json.loads((folder / "dataset.json").read_text())
     n_val, n_test = meta["splits"]["val"], meta["splits"]["test"]
     rows = {"imports": 0, "locate_ltc": n_val, "textspan": n_val, "predict_zero_shot": n_test,
@@ -283,6 +289,34 @@ def warm_page_cache(folder: Path, splits: set[str]) -> tuple[float, int]:
             while chunk := fh.read(8 << 20):
                 total += len(chunk)
     return time.perf_counter() - t0, total
+
+
+def run_refineclip(stage: str, folder: Path, threads: int) -> dict:
+    """RefineCLIP phase 1 (``stages.refineclip.locate_refineclip``) with the phase-1
+    parameters rule ``locate_refineclip`` passes for the method of :data:`RC_STAGES` (10
+    group-balanced shots per class of ``val``; Ours* selects on ``val`` too). Rows = rows
+    streamed: ``val`` once for the shots, once more for Ours*'s selection."""
+    from clipbias.methods import registry
+    from clipbias.stages.refineclip import locate_refineclip
+
+    method = RC_STAGES[stage]
+    params = registry.get(method).resolve_params({"shots_split": "val",
+                                                   "shot_sampling": "group_balanced"})  # fmt: skip
+    phase1 = {k: v for k, v in params.items() if k in registry.REFINECLIP_PHASE1_PARAMS}
+    n_val = json.loads((folder / "dataset.json").read_text())["splits"]["val"]
+    t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    res = locate_refineclip(feature_dir=folder, out=folder / "out" / f"{method}.json", seed=42,
+                            threads=threads, **phase1)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"stage": stage, "seconds": seconds, "cpu_seconds": cpu,
+            "rows": n_val * (2 if res["selection"] == "validation" else 1),
+            "peak_rss_bytes": peak_rss()}  # fmt: skip
+
+
+STAGE_SPLITS.update(dict.fromkeys(RC_STAGES, {"val"}))
 
 
 def child(stage: str, folder: Path, threads: int) -> dict:

@@ -352,6 +352,87 @@ def test_validation_selection_matches_brute_force():
         rc.select_on_validation(res, vh, vr, cls, vl, np.full(len(vl), -1), layers)
 
 
+def _worst_group_case():
+    """Ten validation rows, classes t_0 = e1, t_1 = e2, groups 2·y + bg; the minorities 1
+    and 2 have one row each (rows 4 and 5), both misclassified, every other row is correct.
+    Ablating a head subtracts (1, −1) or (−1, 1) from a row, which flips its prediction:
+
+    ====  ==========================  =====  =====  =====  ======
+    set   rows flipped                WG     avg-g  acc    groups 0/1/2/3
+    ====  ==========================  =====  =====  =====  ======
+    none  --                          0      .5     .8     1, 0, 0, 1
+    H0    fix 4, 5; break 0-2, 6-8    .25    .625   .4     .25, 1, 1, .25
+    H1    fix 4                       0      .75    .9     1, 1, 0, 1
+    H2    nothing (a zero head)
+    H3    fix 4, 5; break 0-2         .25    .8125  .7     .25, 1, 1, 1
+    ====  ==========================  =====  =====  =====  ======
+    """
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    groups = np.array([0, 0, 0, 0, 1, 2, 3, 3, 3, 3])
+    emb = np.where(((labels == 0) == (groups % 3 == 0))[:, None], [1.0, 0.0], [0.0, 1.0])
+    down, up = np.array([1.0, -1.0]), np.array([-1.0, 1.0])  # ablating: toward class 1 / 0
+    h = np.zeros((10, 1, 4, 2))
+    h[[0, 1, 2, 5], 0, 0] = down
+    h[[4, 6, 7, 8], 0, 0] = up
+    h[4, 0, 1] = up
+    h[[0, 1, 2, 5], 0, 3] = down
+    h[4, 0, 3] = up
+    rest = emb - h.sum((1, 2))
+    return h, rest, np.eye(2), labels, groups
+
+
+def _phase1_with_lists(lists):
+    """A phase-1 result (one direction) whose candidate lists are ``lists`` (score, heads);
+    the utility prefers the earlier lists."""
+    items = [
+        {"score": s, "order": "descending", "heads": hs, "values": [0.0] * len(hs),
+         "utility": [1.0 - 0.1 * i] * len(hs)}
+        for i, (s, hs) in enumerate(lists)
+    ]  # fmt: skip
+    sel = {"heads": lists[0][1][:1], "t": 1, "direction": "0->1", "score": lists[0][0],
+           "utility": 1.0}  # fmt: skip
+    return {
+        "selection": "utility",
+        "selected": sel,
+        "directions": [{"key": "0->1", "lists": items}],
+    }
+
+
+@pytest.mark.parametrize("tie_break", ["avg_group_acc", "avg_acc"])
+def test_validation_selection_follows_the_worst_group(tie_break):
+    """{H1} is better on average (every group-average and overall accuracy, and the utility)
+    but leaves minority group 2 at 0; Ours* takes {H0}, whose worst group is .25. The
+    zero head H2 adds nothing, so the tie at t = 2 of the first list goes to t = 1."""
+    h, rest, cls, labels, groups = _worst_group_case()
+    res = _phase1_with_lists([("A", ["L0H1", "L0H2"]), ("C", ["L0H0"])])
+    for batches in ([(0, 10)], [(0, 3), (3, 7), (7, 10)]):
+        counts = rc.validation_counts(
+            res, ((h[a:b], rest[a:b], labels[a:b], groups[a:b]) for a, b in batches), cls, [0]
+        )
+        out = rc.select_on_validation_counts(res, counts, tie_break)
+        sel = out["selected"]
+        assert sel["heads"] == ["L0H0"] and sel["score"] == "C" and sel["t"] == 1
+        assert sel["validation_worst_group_acc"] == 0.25
+        assert sel[f"validation_{tie_break}"] == (0.625 if tie_break == "avg_group_acc" else 0.4)
+        first, second = out["directions"][0]["lists"]
+        assert first["validation_worst_group_acc"] == [0.0, 0.0]
+        want = [0.75, 0.75] if tie_break == "avg_group_acc" else [0.9, 0.9]
+        assert first[f"validation_{tie_break}"] == want
+        assert out["validation"]["no_ablation_worst_group_acc"] == 0.0
+        assert out["validation"]["n"] == 10
+    assert rc.select_on_validation(res, h, rest, cls, labels, groups, [0], tie_break) == out
+
+
+def test_validation_selection_breaks_worst_group_ties_by_average():
+    """{H0} and {H3} share the worst group (.25); {H3} has the better group average."""
+    h, rest, cls, labels, groups = _worst_group_case()
+    res = _phase1_with_lists([("A", ["L0H0"]), ("D", ["L0H3"])])
+    out = rc.select_on_validation(res, h, rest, cls, labels, groups, [0])
+    assert out["selected"]["heads"] == ["L0H3"] and out["selected"]["score"] == "D"
+    assert out["selected"]["validation_avg_group_acc"] == 0.8125
+    json.dumps(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Few-shot sampling
 # --------------------------------------------------------------------------------------------

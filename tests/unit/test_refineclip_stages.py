@@ -143,6 +143,165 @@ def test_ours_star_selects_on_the_validation_split(store, tmp_path):
             assert max(item["validation_worst_group_acc"]) <= wg + 1e-12
 
 
+# ------------------------------------------------------------ Ours*, streamed (issue 15)
+
+
+def _reference_select_on_validation(
+    result, heads, rest, classifier, labels, groups, layers, tie_break="avg_group_acc"
+):
+    """Ours* as it was before issue 15 (the whole validation split's heads in memory at
+    once), kept verbatim as the reference of the streamed selection."""
+    from clipbias.methods.heads import parse_head
+
+    def group_metrics(preds):
+        wg = metrics.worst_group_accuracy(preds, labels, groups)
+        if tie_break == "avg_group_acc":
+            return wg, metrics.avg_group_accuracy(preds, labels, groups)
+        return wg, metrics.avg_overall_accuracy(preds, labels)
+
+    heads = np.asarray(heads)
+    classifier = np.asarray(classifier, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    layers = [int(x) for x in layers]
+    emb = heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, np.float64)
+    base = emb @ classifier
+    out = {k: v for k, v in result.items() if k not in ("directions", "selected")}
+    out["directions"] = []
+    wg0, tb0 = group_metrics(np.argmax(base, axis=1))
+    best = None
+    for d in result["directions"]:
+        new_lists = []
+        for item in d["lists"]:
+            pos = [(layers.index(parse_head(h)[0]), parse_head(h)[1]) for h in item["heads"]]
+            head_logits = np.stack(
+                [heads[:, li, h].astype(np.float64) @ classifier for li, h in pos], axis=1
+            )
+            preds_t = np.argmax(base[:, None, :] - np.cumsum(head_logits, axis=1), axis=2)
+            wgs, tbs = [], []
+            for t in range(preds_t.shape[1]):
+                wg, tb = group_metrics(preds_t[:, t])
+                wgs.append(wg)
+                tbs.append(tb)
+                key = (wg, tb, -(t + 1))
+                if best is None or key > best[0]:
+                    best = (key, d["key"], item, t + 1)
+            new_lists.append(
+                dict(item, validation_worst_group_acc=wgs, **{f"validation_{tie_break}": tbs})
+            )
+        out["directions"].append(dict(d, lists=new_lists))
+    out["selection"] = "validation"
+    out["validation"] = {
+        "n": int(len(labels)),
+        "criterion": "worst_group_acc",
+        "tie_break": tie_break,
+        "no_ablation_worst_group_acc": wg0,
+        f"no_ablation_{tie_break}": tb0,
+    }
+    if best is None:
+        out["selected"] = dict(
+            result["selected"], validation_worst_group_acc=wg0, **{f"validation_{tie_break}": tb0}
+        )
+        return out
+    (wg, tb, _), key, item, t = best
+    out["selected"] = {
+        "heads": item["heads"][:t],
+        "t": int(t),
+        "direction": key,
+        "score": item["score"],
+        "utility": item["utility"][t - 1],
+        "validation_worst_group_acc": wg,
+        f"validation_{tie_break}": tb,
+    }
+    return out
+
+
+def _assert_same(a, b, where="result"):
+    """Equal JSON documents; floats within 1e-12."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert b == pytest.approx(a, abs=1e-12, rel=0), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("max_batch", [7, None])
+def test_streamed_ours_star_equals_the_in_memory_selection(store, tmp_path, monkeypatch, max_batch):
+    """The stage's Ours* file equals the pre-streaming result (the validation split's heads
+    loaded whole), whether the split comes in one batch or in batches of 7 rows; the stage
+    never loads a whole split."""
+    import clipbias.features as features
+
+    root, _ = store
+    if max_batch:
+        monkeypatch.setattr(features, "MAX_BATCH_ROWS", max_batch)
+    p1 = stage.locate_refineclip(root, tmp_path / "p1.json", seed=9, n_per_class=6, T=5)
+    fs = FeatureSet.open(root)
+    vidx, vh, vr = fs.load(layers=LAYERS, split="val")
+    _, classifier, _ = features.read_classifier(root / "classifier.parquet")
+    ref = _reference_select_on_validation(
+        p1, vh, vr, classifier, vidx["label"].to_numpy(), vidx["group"].to_numpy(), LAYERS
+    )
+    ref["validation"]["split"] = "val"
+    ref["params"] = dict(ref["params"], selection="validation", val_split="val")
+
+    def no_load(*a, **k):
+        raise AssertionError("Ours* must stream the validation split, not load it")
+
+    monkeypatch.setattr(FeatureSet, "load", no_load)
+    stage.locate_refineclip(
+        root, tmp_path / "star.json", seed=9, n_per_class=6, T=5, selection="validation"
+    )
+    new = json.loads((tmp_path / "star.json").read_text())
+    _assert_same(json.loads(json.dumps(ref)), new)
+    # the comparison bites: candidates differ in worst-group accuracy
+    wgs = {
+        w for d in new["directions"] for i in d["lists"] for w in i["validation_worst_group_acc"]
+    }
+    assert len(wgs) > 1
+
+
+@pytest.mark.parametrize("tie_break", ["avg_group_acc", "avg_acc"])
+def test_validation_counts_in_any_batches_equal_the_in_memory_selection(store, tie_break):
+    """Counts accumulated over arbitrary row batches (rows without a group included: they
+    count for the average accuracy only) give the in-memory selection exactly."""
+    root, text = store
+    fs = FeatureSet.open(root)
+    tidx, th, tr = fs.load(split="train")
+    p1 = rc.identify_then_ablate(th, tr, text, tidx["label"].to_numpy(), LAYERS, T=6)
+    assert len(p1["directions"]) > 1
+    vidx, vh, vr = fs.load(split="val")
+    labels, groups = vidx["label"].to_numpy(), vidx["group"].to_numpy().copy()
+    groups[::9] = -1
+    ref = _reference_select_on_validation(p1, vh, vr, text, labels, groups, LAYERS, tie_break)
+    cuts = np.sort(np.random.default_rng(1).choice(np.arange(1, len(labels)), 6, replace=False))
+    bounds = list(zip([0, *cuts], [*cuts, len(labels)], strict=True))
+    counts = rc.validation_counts(
+        p1, ((vh[a:b], vr[a:b], labels[a:b], groups[a:b]) for a, b in bounds), text, LAYERS
+    )
+    assert counts.n == len(labels)
+    _assert_same(ref, rc.select_on_validation_counts(p1, counts, tie_break))
+    # the in-memory entry point is the one-batch case
+    whole = rc.select_on_validation(p1, vh, vr, text, labels, groups, LAYERS, tie_break)
+    _assert_same(ref, whole)
+
+
+def test_ours_star_on_a_split_without_rows_is_an_error(store, tmp_path):
+    from clipbias.features import FeatureError
+
+    root, _ = store
+    with pytest.raises(FeatureError, match="no rows for split 'holdout'"):
+        stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
+                                selection="validation", val_split="holdout")  # fmt: skip
+
+
 def test_shots_missing_from_the_store_are_an_error(store):
     root, _ = store
     with pytest.raises(ValueError, match="not in split 'train'"):

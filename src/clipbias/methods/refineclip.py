@@ -24,7 +24,9 @@ zero-ablated (eq. 5) and scored by the utility (eq. 10)
 with each sample's own label (§9 #14). S* maximises U over all directions, lists and t; ties go
 to the smaller t, then to the first list in the order (direction (y_e, ŷ_e) ascending, score
 A, B, C, D). "Ours*" (:func:`select_on_validation`) instead picks the list and t with the best
-worst-group accuracy on a validation split, ties by average-group accuracy (§5.5 step 6).
+worst-group accuracy on a validation split, ties by average-group accuracy (§5.5 step 6); it
+needs only per-group counts of correct predictions per candidate, which
+:func:`validation_counts` accumulates over a streamed split.
 
 All interventions are direct-path interventions on the stored contributions (§1.3): the
 ablated embedding is not renormalised; the cosine similarity makes its norm irrelevant. The
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,7 @@ __all__ = [
     "DEFAULT_T",
     "SCORES",
     "ErrorDirection",
+    "ValidationCounts",
     "candidate_order",
     "direct_effect_scores",
     "edit_metric_rows",
@@ -70,9 +73,11 @@ __all__ = [
     "scores_frame",
     "select_max_utility",
     "select_on_validation",
+    "select_on_validation_counts",
     "selected_heads",
     "utility",
     "utility_curve",
+    "validation_counts",
     "zero_ablate",
     "zero_shot_predictions",
 ]
@@ -587,63 +592,119 @@ def scores_frame(result: Mapping[str, Any]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def _group_metrics(preds: np.ndarray, labels: np.ndarray, groups: np.ndarray, tie_break: str):
-    wg = metrics.worst_group_accuracy(preds, labels, groups)
-    if tie_break == "avg_group_acc":
-        tb = metrics.avg_group_accuracy(preds, labels, groups)
-    else:
-        tb = metrics.avg_overall_accuracy(preds, labels)
-    return wg, tb
+@dataclass
+class ValidationCounts:
+    """Correct predictions of every Ours* candidate on a validation split, per group and
+    overall, accumulated batch by batch (:func:`validation_counts`); memory O(groups ×
+    candidates), independent of the number of rows.
+
+    Candidate 0 is no ablation; then, for every candidate list in result order (directions,
+    then lists), its prefixes S_1..S_T. Zero ablation e − Σ_{h∈S} c_h changes the dot logits
+    by −Σ_{h∈S} c_h·W; the cosine's positive per-image factor 1/‖e'‖ leaves the argmax
+    unchanged, so the dot logits decide the prediction (as in :func:`metrics.predict`).
+    """
+
+    classifier: np.ndarray  # [D, C] float64
+    layers: list[int]
+    positions: list[list[tuple[int, int]]]  # per list: (layer index, head) of its heads
+    n: int = 0
+    correct: np.ndarray | None = None  # [M] over all rows (also those without a group)
+    group_n: dict[int, int] = field(default_factory=dict)
+    group_correct: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [M]
+
+    def __post_init__(self) -> None:
+        self.correct = np.zeros(1 + sum(len(p) for p in self.positions), dtype=np.int64)
+
+    def update(self, heads, rest, labels, groups) -> None:
+        """Add a batch: ``heads`` [n, L, H, D] (the stored layers ``layers``), ``rest``
+        [n, D], ``labels`` and ``groups`` [n] (groups < 0 count for the overall accuracy
+        only)."""
+        heads = np.asarray(heads)
+        labels = np.asarray(labels, dtype=np.int64)
+        groups = np.asarray(groups, dtype=np.int64)
+        _check_inputs(heads, np.asarray(rest), self.classifier, labels, self.layers)
+        if groups.shape != labels.shape:
+            raise ValueError(f"groups {groups.shape} and labels {labels.shape} differ")
+        base = _embeddings(heads, rest) @ self.classifier  # dot logits [n, C]
+        preds = [np.argmax(base, axis=1)[:, None]]
+        cache: dict[tuple[int, int], np.ndarray] = {}  # head logits of this batch
+        for pos in self.positions:
+            for p in pos:
+                if p not in cache:
+                    cache[p] = heads[:, p[0], p[1]].astype(np.float64) @ self.classifier
+            head_logits = np.stack([cache[p] for p in pos], axis=1)  # [n, T, C]
+            preds.append(np.argmax(base[:, None, :] - np.cumsum(head_logits, axis=1), axis=2))
+        correct = np.concatenate(preds, axis=1) == labels[:, None]  # [n, M]
+        self.correct += correct.sum(axis=0)
+        self.n += len(labels)
+        for g in np.unique(groups[groups >= 0]):
+            m = groups == g
+            g = int(g)
+            self.group_n[g] = self.group_n.get(g, 0) + int(m.sum())
+            self.group_correct[g] = self.group_correct.get(g, 0) + correct[m].sum(axis=0)
+
+    def metrics(self, m: int, tie_break: str) -> tuple[float, float]:
+        """(worst-group accuracy, tie-break metric) of candidate ``m``, equal to
+        :func:`metrics.worst_group_accuracy` and :func:`metrics.avg_group_accuracy` /
+        :func:`metrics.avg_overall_accuracy` of its predictions (same float operations)."""
+        acc = {g: float(self.group_correct[g][m] / self.group_n[g]) for g in sorted(self.group_n)}
+        wg = float(min(acc.values()))
+        if tie_break == "avg_group_acc":
+            return wg, float(np.mean(list(acc.values())))
+        return wg, float(self.correct[m] / self.n)
 
 
-def select_on_validation(
+def validation_counts(
     result: Mapping[str, Any],
-    heads: np.ndarray,
-    rest: np.ndarray,
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     classifier: np.ndarray,
-    labels: np.ndarray,
-    groups: np.ndarray,
     layers: Sequence[int],
-    tie_break: str = "avg_group_acc",
-) -> dict[str, Any]:
-    """Ours* ("validation"): re-select S* among the phase-1 candidates on a validation split.
+) -> ValidationCounts:
+    """:class:`ValidationCounts` of the candidates of a phase-1 ``result`` over ``batches``
+    of (heads [n, L, H, D], rest [n, D], labels [n], groups [n]), e.g. a validation split
+    streamed by :meth:`clipbias.features.FeatureSet.iter_batches`."""
+    layers = [int(x) for x in layers]
+    positions = [
+        _positions(item["heads"], layers) for d in result["directions"] for item in d["lists"]
+    ]
+    counts = ValidationCounts(np.asarray(classifier, dtype=np.float64), layers, positions)
+    for heads, rest, labels, groups in batches:
+        counts.update(heads, rest, labels, groups)
+    return counts
 
-    For every candidate list and t, zero-ablate S_t on the validation decomposition and
-    predict; choose the best worst-group accuracy, ties by ``tie_break`` (``avg_group_acc``,
-    the paper's "Avg.", or ``avg_acc``), then smaller t, then list order. Returns a copy of
+
+def select_on_validation_counts(
+    result: Mapping[str, Any], counts: ValidationCounts, tie_break: str = "avg_group_acc"
+) -> dict[str, Any]:
+    """Ours* ("validation"): re-select S* among the phase-1 candidates from their counts on
+    a validation split (:func:`validation_counts`).
+
+    Choose the best worst-group accuracy, ties by ``tie_break`` (``avg_group_acc``, the
+    paper's "Avg.", or ``avg_acc``), then smaller t, then list order. Returns a copy of
     ``result`` with ``selection = "validation"``, a new ``selected`` and per-list curves
     ``validation_worst_group_acc`` and ``validation_<tie_break>``.
     """
     if tie_break not in ("avg_group_acc", "avg_acc"):
         raise ValueError(f"tie_break must be 'avg_group_acc' or 'avg_acc', got {tie_break!r}")
-    heads = np.asarray(heads)
-    classifier = np.asarray(classifier, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    groups = np.asarray(groups, dtype=np.int64)
-    _check_inputs(heads, np.asarray(rest), classifier, labels, layers)
-    if groups.shape != labels.shape or not np.any(groups >= 0):
+    if not counts.n:
+        raise ValueError("validation selection needs at least one validation row")
+    if not counts.group_n:
         raise ValueError(
             "validation selection needs a group id >= 0 per sample (worst-group accuracy); "
             "pass the dataset's group column"
         )
-    layers = [int(x) for x in layers]
-    base = _embeddings(heads, rest) @ classifier  # dot logits: argmax equals the cosine argmax
     out = {k: v for k, v in result.items() if k not in ("directions", "selected")}
     out["directions"] = []
-    p0 = np.argmax(base, axis=1)
-    wg0, tb0 = _group_metrics(p0, labels, groups, tie_break)
+    wg0, tb0 = counts.metrics(0, tie_break)
     best: tuple | None = None
+    m = 1
     for d in result["directions"]:
         new_lists = []
         for item in d["lists"]:
-            pos = _positions(item["heads"], layers)
-            head_logits = np.stack(
-                [heads[:, li, h].astype(np.float64) @ classifier for li, h in pos], axis=1
-            )  # [n, T, C]
-            preds_t = np.argmax(base[:, None, :] - np.cumsum(head_logits, axis=1), axis=2)
             wgs, tbs = [], []
-            for t in range(preds_t.shape[1]):
-                wg, tb = _group_metrics(preds_t[:, t], labels, groups, tie_break)
+            for t in range(len(item["heads"])):
+                wg, tb = counts.metrics(m, tie_break)
+                m += 1
                 wgs.append(wg)
                 tbs.append(tb)
                 key = (wg, tb, -(t + 1))
@@ -655,7 +716,7 @@ def select_on_validation(
         out["directions"].append(dict(d, lists=new_lists))
     out["selection"] = "validation"
     out["validation"] = {
-        "n": int(len(labels)),
+        "n": int(counts.n),
         "criterion": "worst_group_acc",
         "tie_break": tie_break,
         "no_ablation_worst_group_acc": wg0,
@@ -686,6 +747,24 @@ def select_on_validation(
         wg0,
     )
     return out
+
+
+def select_on_validation(
+    result: Mapping[str, Any],
+    heads: np.ndarray,
+    rest: np.ndarray,
+    classifier: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    layers: Sequence[int],
+    tie_break: str = "avg_group_acc",
+) -> dict[str, Any]:
+    """:func:`select_on_validation_counts` on a validation decomposition held in memory
+    (one batch); stages stream the split through :func:`validation_counts` instead."""
+    if tie_break not in ("avg_group_acc", "avg_acc"):
+        raise ValueError(f"tie_break must be 'avg_group_acc' or 'avg_acc', got {tie_break!r}")
+    counts = validation_counts(result, [(heads, rest, labels, groups)], classifier, layers)
+    return select_on_validation_counts(result, counts, tie_break)
 
 
 # ---------------------------------------------------------------------------------------------

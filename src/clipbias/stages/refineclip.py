@@ -51,11 +51,17 @@ def locate_refineclip(
     """RefineCLIP phase 1 (METHODS §5.1-5.5) on ``n_per_class`` shots per class of
     ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects S* by
     worst-group accuracy on ``val_split`` ("Ours*"). Only the rows of the shots (and, for
-    Ours*, the validation split) and only the last ``score_layers`` stored layers are read."""
-    from clipbias.features import FeatureSet, read_classifier
+    Ours*, the validation split) and only the last ``score_layers`` stored layers are read,
+    batch by batch: memory holds the shots and, for Ours*, per-group counts of correct
+    predictions of every candidate set, independent of the splits' sizes."""
+    from clipbias.features import FeatureError, FeatureSet, read_classifier
     from clipbias.io import write_json
     from clipbias.methods.fewshot import shot_rows, shots_record
-    from clipbias.methods.refineclip import identify_then_ablate, select_on_validation
+    from clipbias.methods.refineclip import (
+        identify_then_ablate,
+        select_on_validation_counts,
+        validation_counts,
+    )
 
     limit_blas_threads(threads)
     if selection not in ("utility", "validation"):
@@ -72,11 +78,16 @@ def locate_refineclip(
     if selection == "validation":
         if val_split == shots_split:
             log.warning("Ours* selects on %r, the split the shots come from", val_split)
-        vidx, vheads, vrest = fs.load(layers=layers, split=val_split)
-        result = select_on_validation(
-            result, vheads, vrest, classifier, vidx["label"].to_numpy(),
-            vidx["group"].to_numpy(), layers,
-        )  # fmt: skip
+        # streamed: per batch the predictions of every candidate S_t, kept as per-group
+        # correct counts (memory O(batch + candidates), not the split's heads)
+        batches = (
+            (h, r, i["label"].to_numpy(), i["group"].to_numpy())
+            for i, h, r in fs.iter_batches(layers, val_split)
+        )
+        counts = validation_counts(result, batches, classifier, layers)
+        if not counts.n:
+            raise FeatureError(f"no rows for split {val_split!r} in {fs.folder}")
+        result = select_on_validation_counts(result, counts)
         result["validation"]["split"] = val_split
     result["shots"] = shots_record(idx, shots_split, n_per_class, seed, shot_sampling)
     result["params"] = {
