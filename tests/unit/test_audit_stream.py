@@ -261,3 +261,127 @@ def test_streamed_stage_writes_what_the_in_memory_stage_wrote(tmp_path, monkeypa
         assert summary["attributes"]["colour"]["split"]["top_k"][0] == "L5H1"
         assert summary["attributes"]["age"]["split"]["top_k"][0] == "L4H3"
         assert summary["attributes"]["age"]["split"]["greedy"]
+
+
+# ------------------------------------------------------------------- the streamed pieces
+
+
+def test_head_logit_predictions_equal_normalised_ablated_embedding():
+    """argmax of base + Σ_{h∈S} (μ_h·T − ĉ_h·T) = argmax of the cosine between the mean-ablated,
+    normalised embedding and the unit class embeddings, also when ‖e‖ is far from 1."""
+    from clipbias.methods import audit as au
+
+    rng = np.random.default_rng(11)
+    n, layers, n_heads, dim, n_cls = 400, [6, 7], 4, 16, 9
+    heads = rng.normal(0, 2.0, (n, len(layers), n_heads, dim)).astype(np.float32)
+    heads += rng.normal(0, 3.0, (1, len(layers), n_heads, dim)).astype(np.float32)
+    rest = (rng.normal(0, 5.0, (n, dim)) + 40.0).astype(np.float32)  # ‖e‖ ~ 160
+    T = rng.normal(0, 1, (dim, n_cls))
+    T /= np.linalg.norm(T, axis=0)
+    means = au.mean_heads(heads, rng.random(n) < 0.5)
+    logits = au.HeadLogits.from_heads(heads, rest, T, layers)
+    pool = [f"L{lyr}H{h}" for lyr in layers for h in range(n_heads)]
+    eng = au.LogitDeltas(logits, pool, logits.mean_logits(means), dtype=np.float64)
+    emb = heads.sum((1, 2), dtype=np.float64) + rest
+    assert np.linalg.norm(emb, axis=1).min() > 50
+    changed = 0
+    for s in [[], ["L7H1"], ["L6H0", "L7H3"], pool[:5], pool]:
+        e = emb.copy()
+        for hid in s:
+            li, h = layers.index(int(hid[1])), int(hid[3])
+            e -= heads[:, li, h].astype(np.float64) - means[li, h].astype(np.float64)
+        cos = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ T
+        expected = np.argmax(cos, axis=1)
+        np.testing.assert_array_equal(eng.predict(s), expected)
+        np.testing.assert_allclose(eng.logits(s), e @ T, rtol=1e-10, atol=1e-9)
+        changed += int((expected != np.argmax(emb @ T, axis=1)).sum())
+    assert changed > 50  # the ablations do move predictions
+
+
+def test_accumulator_equals_the_in_memory_statistics():
+    """AuditAccumulator over uneven batches = the statistics audit_attribute computes from
+    the whole arrays: logits, projections, means (bit for bit), moments, stereotype sums."""
+    from clipbias.methods import audit as au
+    from clipbias.streaming import HeadMoments
+
+    rng = np.random.default_rng(5)
+    n, layers, terminal, n_heads, dim, n_cls = 2500, [3, 4, 5], [4, 5], 3, 6, 4
+    heads = rng.normal(0, 1, (n, 3, n_heads, dim)) + rng.normal(0, 4, (3, n_heads, dim))
+    heads = heads.astype(np.float32)
+    rest = rng.normal(0, 1, (n, dim)).astype(np.float32)
+    T = rng.normal(0, 1, (dim, n_cls))
+    cav = rng.normal(0, 1, (dim, 2))
+    y = rng.integers(0, n_cls, n)
+    attr = rng.integers(-1, 2, n)
+    loc = rng.random(n) < 0.4
+    acc = au.AuditAccumulator(n, layers, terminal, n_heads, dim, T, cav, moment_rows=64)
+    k_loc, k_ev, k_all = acc.add_means(loc), acc.add_means(~loc), acc.add_means(None)
+    assert acc.add_means(loc.copy()) == k_loc  # equal masks share one accumulator
+    m_loc, m_all = acc.add_moments(loc), acc.add_moments(None)
+    a_loc = np.where(loc, attr, -1)
+    smap = au.stereotyped_class_map(y, a_loc, n_cls, 1.0)
+    k_st = acc.add_stereotype(y, a_loc, smap)
+    start = 0
+    for size in [1, 7, 300, 2000, 100, 92]:
+        rest_b = rest[start : start + size] - heads[start : start + size, 0].sum((1,))
+        acc.update(heads[start : start + size], rest_b)
+        start += size
+    assert start == n
+    stats = acc.finish()
+
+    ht = heads[:, 1:]
+    rest_t = (rest - heads[:, 0].sum(1) + heads[:, 0].sum(1, dtype=np.float64)).astype(np.float32)
+    ref = au.HeadLogits.from_heads(ht, rest_t, T, terminal)
+    np.testing.assert_allclose(stats.logits.base, ref.base, rtol=1e-12)
+    np.testing.assert_array_equal(stats.logits.logits, ref.logits)
+    np.testing.assert_array_equal(stats.proj, np.einsum("nlhd,dk->nlhk", heads,
+                                                        cav.astype(np.float32)))  # fmt: skip
+    for key, mask in ((k_loc, loc), (k_ev, ~loc), (k_all, np.ones(n, bool))):
+        np.testing.assert_array_equal(stats.means[key], au.mean_heads(ht, mask))
+    for key, mask in ((m_loc, loc), (m_all, np.ones(n, bool))):
+        mom = HeadMoments(terminal, n_heads, dim)
+        mom.update(ht[mask])
+        got = stats.moments[key]
+        assert got.count == mask.sum()
+        for li in range(2):
+            for h in range(n_heads):
+                np.testing.assert_allclose(got.mean(li, h), mom.mean(li, h), rtol=1e-12)
+                np.testing.assert_allclose(got.gram(li, h), mom.gram(li, h), rtol=1e-11)
+                np.testing.assert_allclose(got.centred_gram(li, h), mom.centred_gram(li, h),
+                                           rtol=1e-9, atol=1e-9)  # fmt: skip
+    pred = np.argmax(ref.base, axis=1)
+    sel = au.stereotype_selection(pred, y, a_loc, smap)
+    sums, count = stats.stereotype[k_st]
+    assert count == sel.sum() > 20
+    np.testing.assert_allclose(sums, au.stereotype_logit_sums(ht[sel], T, y[sel], pred[sel]),
+                               rtol=1e-12)  # fmt: skip
+    table = au.stereotype_logit_table(sums, count, terminal)
+    full = np.full(n, -1)
+    full[loc] = pred[loc]
+    old = au.stereotype_logit_scores(ht, terminal, T, y, a_loc, full, 1.0)
+    np.testing.assert_allclose(table["stereo_logit"], old["stereo_logit"], rtol=1e-12)
+    with pytest.raises(RuntimeError, match="before the first update"):
+        acc.add_means(loc)
+
+
+def test_bias_textspan_from_moments_equals_bias_textspan():
+    from clipbias.methods import audit as au
+    from clipbias.methods.textspan import augment_pool
+    from clipbias.streaming import HeadMoments
+
+    rng = np.random.default_rng(8)
+    heads = rng.normal(0, 1, (500, 2, 3, 10)) * np.linspace(2, 0.2, 10)
+    heads = (heads + rng.normal(0, 2, (2, 3, 10))).astype(np.float32)
+    general = [f"g{i}" for i in range(30)]
+    bias = [f"b{i}" for i in range(8)]
+    texts, _ = augment_pool(general, bias)
+    emb = rng.normal(0, 1, (len(texts), 10))
+    ref_table, ref_stats = au.bias_textspan(heads, [10, 11], texts, emb, bias, m=6, rank=7)
+    mom = HeadMoments([10, 11], 3, 10)
+    for part in np.array_split(heads, 4):
+        mom.update(part)
+    table, stats = au.bias_textspan_from_moments(mom, texts, emb, bias, m=6, rank=7)
+    pd.testing.assert_frame_equal(table, ref_table, rtol=1e-9)
+    pd.testing.assert_frame_equal(stats, ref_stats, rtol=1e-9)
+    with pytest.raises(ValueError, match="not in the pool"):
+        au.bias_textspan_from_moments(mom, general, emb[:30], bias)
