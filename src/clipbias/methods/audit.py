@@ -11,16 +11,21 @@ Pieces, in pipeline order:
   (``config/texts/facet.yaml``), :func:`text_table` flattens it for the text encoder;
 * §6.4 zero-shot CAVs: :func:`zero_shot_cavs` (φ_v per value, the axis CAV, one-vs-rest);
 * §6.4 per-head scores: :func:`head_projections`, :func:`cav_head_scores` (standardised mean
-  difference, AUC, within-class versions), :func:`stereotype_logit_scores`;
-* §3.7 / §6.5 bias-augmented TextSpan: :func:`bias_textspan`, :func:`bias_head_stats`;
+  difference, AUC, within-class versions), :func:`stereotype_logit_scores` (batch sums
+  :func:`stereotype_logit_sums`);
+* §3.7 / §6.5 bias-augmented TextSpan: :func:`bias_textspan` (rows),
+  :func:`bias_textspan_from_moments` (streamed moments), :func:`bias_head_stats`;
 * §6.6 ranking and selection: :func:`rank_heads`, :func:`select_top_k`, :func:`greedy_select`;
 * §6.1 split: :func:`locate_evaluate_split`;
-* §6.7 ablation and outcome: :class:`LogitDeltas` (mean ablation as precomputed per-head logit
+* §6.7 ablation and outcome: :class:`HeadLogits` (per-head class logits, all that mean
+  ablation needs), :class:`LogitDeltas` (mean ablation as precomputed per-head logit
   changes), :func:`outcome_summary`, :func:`per_class_accuracy`, :func:`delta_v_table`;
 * §6.9 layer-matched random control: :func:`layer_matched_sets`, :func:`random_control`;
 * §6.10 single-head and class-level analysis: :func:`head_attribution`,
   :func:`stereotyped_classes`, :func:`prediction_transitions`;
-* :func:`audit_attribute` runs all of the above for one protected attribute.
+* :func:`audit_attribute_stats` runs all of the above for one protected attribute from the
+  statistics :class:`AuditAccumulator` gathers in one streamed pass (the stage);
+  :func:`audit_attribute` computes them from in-memory heads first.
 
 Array conventions as in :mod:`clipbias.methods`: ``heads [N, L, H, D]`` of the stored layers
 ``layers``, ``rest [N, D]``, ``classifier [D, C]``; attribute codes are int indices into the
