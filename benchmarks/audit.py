@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         ranking = audit.rank_heads(scores, None, layers)
         means = ltc.head_means(heads)
         eng, t_eng = timed(
-            audit.LogitDeltas, heads, rest, classifier, layers, ranking["head_id"], means
+            audit.LogitDeltas.from_heads, heads, rest, classifier, layers, ranking["head_id"], means
         )
         top = audit.select_top_k(ranking, 4)
         one_layer = [f"L23H{h}" for h in (4, 0, 1, 2)]

@@ -6,7 +6,9 @@ float16; layers 28-31 of 32) through ``clipbias.features`` (``build_table`` +
 ``write_shard`` + ``write_manifest``): a locate split ``val`` and a test split ``test`` of
 ``--rows`` rows each (default 20,000), two classes, four groups, a planted spurious head
 (L31H3) and a class head (L30H5), plus ``classifier.parquet``, ``texts.parquet`` (a 3,498-text
-pool like TextSpan's, insight pairs, attribute prompts) and ``dataset.json``.
+pool like TextSpan's, insight pairs, attribute prompts), ``audit_texts.parquet`` (concept and
+bias texts of the ``place`` attribute, as ``encode_audit_texts`` writes them) and
+``dataset.json``.
 
 Then it calls each stage function the way its rule script does, each in a fresh Python
 process (``--stage``), and records that process's peak RSS (including the
@@ -22,6 +24,7 @@ predict_zero_shot   ``stages.predict.predict("zero_shot")``            test spli
 predict_ltc         ``stages.predict.predict("ltc")`` (means + test)   locate + test split
 evaluate            ``stages.evaluate.evaluate`` (zero_shot, ltc)      test split
 ground_truth        ``stages.evaluate.planted_ground_truth``           test split
+audit               ``stages.audit.audit`` (default ``audit:`` block)  locate + test split
 ==================  =================================================  ==================
 
 Before each stage the shards of the splits it reads are read once into the page cache
@@ -67,12 +70,14 @@ STAGES = (
     "predict_ltc",
     "evaluate",
     "ground_truth",
+    "audit",
 )
 # ViT-H-14 (open_clip): 32 layers, width 1280, 16 heads of 80, output dim 1024
 N_LAYERS, N_HEADS, WIDTH, DIM = 32, 16, 1280, 1024
 LAYERS = [28, 29, 30, 31]
 SPURIOUS, SALIENT = (31, 3), (30, 5)
 POOL_TEXTS = 3498
+DATA_VERSION = 2  # 2: audit_texts.parquet
 # RefineCLIP phase 1 (issue 15; run_refineclip): stage -> configured method whose phase-1
 # parameters it uses (the default config's shots: group_balanced on val)
 RC_STAGES = {"locate_refineclip": "refineclip", "locate_refineclip_star": "refineclip_star"}
@@ -140,7 +145,8 @@ def generate(folder: Path, rows: int, shard_rows: int, layout: str, seed: int = 
     from clipbias.features import build_table, write_classifier, write_manifest, write_shard
     from clipbias.methods.texts import write_method_texts
 
-    stamp = {"rows": rows, "shard_rows": shard_rows, "layout": layout, "seed": seed}
+    stamp = {"rows": rows, "shard_rows": shard_rows, "layout": layout, "seed": seed,
+             "version": DATA_VERSION}  # fmt: skip
     if (folder / "stamp.json").is_file() and json.loads((folder / "stamp.json").read_text()) == (
         stamp
     ):
@@ -194,6 +200,7 @@ def generate(folder: Path, rows: int, shard_rows: int, layout: str, seed: int = 
     }
     emb = rng.standard_normal((POOL_TEXTS + 6, DIM))
     write_method_texts(folder / "texts.parquet", texts, emb)
+    _audit_texts(folder / "audit_texts.parquet", rng, classifier)
     dmeta = {
         "name": "memory_benchmark", "classes": ["landbird", "waterbird"],
         "attributes": {"place": ["land", "water"]}, "spurious_attribute": "place",
@@ -207,13 +214,32 @@ def generate(folder: Path, rows: int, shard_rows: int, layout: str, seed: int = 
     return time.perf_counter() - t0
 
 
+def _audit_texts(path: Path, rng: np.random.Generator, classifier: np.ndarray) -> None:
+    """``audit_texts.parquet`` of the ``place`` attribute (the planted spurious one): 5
+    concept texts per value along ± the planted direction, 24 bias texts (METHODS §3.7, §6.4
+    minimums)."""
+    from clipbias.methods.texts import write_audit_texts
+
+    direction = classifier[:, 1] - classifier[:, 0]
+    rows, emb = [], []
+    for value, sign in (("land", -1.0), ("water", 1.0)):
+        for role, n in (("concept", 5), ("bias", 12)):
+            for i in range(n):
+                rows.append(("place", role, value, f"{value} {role} text {i}"))
+                emb.append(rng.standard_normal(DIM) / np.sqrt(DIM) + sign * direction)
+    table = pd.DataFrame(rows, columns=["attribute", "role", "value", "text"])
+    attrs = {"place": {"values": ["land", "water"], "axis": ["water", "land"],
+                       "description": "planted background"}}  # fmt: skip
+    write_audit_texts(path, table, np.asarray(emb), attrs)
+
+
 # ----------------------------------------------------------------------------- stages
 
 
 def run_stage(stage: str, folder: Path, threads: int) -> dict:
     """Run one stage in this process (the child); returns seconds, rows and peak RSS."""
     from clipbias.methods import registry
-    from clipbias.stages import evaluate, locate, predict
+    from clipbias.stages import audit, evaluate, locate, predict
 
     out = folder / "out"
     out.mkdir(exist_ok=True)
@@ -222,7 +248,8 @@ def run_stage(stage: str, folder: Path, threads: int) -> dict:
     meta = json.loads((folder / "dataset.json").read_text())
     n_val, n_test = meta["splits"]["val"], meta["splits"]["test"]
     rows = {"imports": 0, "locate_ltc": n_val, "textspan": n_val, "predict_zero_shot": n_test,
-            "predict_ltc": n_val + n_test, "evaluate": n_test, "ground_truth": n_test}[stage]  # fmt: skip
+            "predict_ltc": n_val + n_test, "evaluate": n_test, "ground_truth": n_test,
+            "audit": n_val + n_test}[stage]  # fmt: skip
     common = {"dataset_meta": folder / "dataset.json", "locate_split": "val", "test_split": "test",
               "seed": 42, "texts": folder / "texts.parquet", "threads": threads}  # fmt: skip
     t0 = time.perf_counter()
@@ -252,6 +279,10 @@ def run_stage(stage: str, folder: Path, threads: int) -> dict:
     elif stage == "ground_truth":
         evaluate.planted_ground_truth(folder, folder / "dataset.json", out / "gt.csv", "test",
                                       n_boot=1000, seed=42)  # fmt: skip
+    elif stage == "audit":  # as workflow/scripts/audit.py, with the default audit: block
+        audit.audit(folder, folder / "dataset.json", folder / "texts.parquet",
+                    folder / "audit_texts.parquet", out / "audit", out / "heads_audit.json",
+                    "val", "test", seed=42, params={}, threads=threads)  # fmt: skip
     seconds = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -273,7 +304,8 @@ def peak_rss() -> int:
 
 
 STAGE_SPLITS = {"locate_ltc": {"val"}, "textspan": {"val"}, "predict_zero_shot": {"test"},
-                "predict_ltc": {"val", "test"}, "evaluate": set(), "ground_truth": {"test"}}  # fmt: skip
+                "predict_ltc": {"val", "test"}, "evaluate": set(), "ground_truth": {"test"},
+                "audit": {"val", "test"}}  # fmt: skip
 
 
 def warm_page_cache(folder: Path, splits: set[str]) -> tuple[float, int]:

@@ -161,6 +161,28 @@ class HeadMoments:
                 self.squares[li, h] += x.T @ x
         self.count += n
 
+    def add(self, other: HeadMoments) -> None:
+        """Merge the rows of ``other`` (moments of the same heads, another row set) into
+        these: re-expressed around this shift s, Σ (c − s) = t′ + n′δ and
+        Σ (c − s)(c − s)^T = Q′ + t′δ^T + δt′^T + n′δδ^T with δ = s′ − s."""
+        if (other.layers, other.n_heads, other.dim) != (self.layers, self.n_heads, self.dim):
+            raise ValueError("moments of different heads cannot be merged")
+        if not other.count:
+            return
+        if not self.count:
+            self.shift, self.sums = other.shift.copy(), other.sums.copy()
+            self.squares, self.count = other.squares.copy(), other.count
+            return
+        for li in range(len(self.layers)):
+            for h in range(self.n_heads):
+                d = other.shift[li, h] - self.shift[li, h]
+                t = other.sums[li, h]
+                td = np.outer(t, d)
+                self.squares[li, h] += other.squares[li, h] + td + td.T
+                self.squares[li, h] += other.count * np.outer(d, d)
+                self.sums[li, h] += t + other.count * d
+        self.count += other.count
+
     def _check(self) -> None:
         if not self.count:
             raise ValueError("no rows were added to these moments")

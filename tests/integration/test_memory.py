@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 from clipbias.features import build_table, write_classifier, write_manifest, write_shard
-from clipbias.methods.texts import write_method_texts
+from clipbias.methods.texts import write_audit_texts, write_method_texts
 
 N = 1500
 LAYERS, N_LAYERS, N_HEADS, DIM = [4, 5, 6, 7], 8, 8, 256
@@ -41,6 +41,12 @@ if stage == "locate_ltc":
 elif stage == "textspan":
     locate.textspan(folder, folder / "texts.parquet", out / "textspan.csv", "val",
                     last_layers=4, m=5, threads=1)
+elif stage == "audit":
+    from clipbias.stages import audit
+    audit.audit(folder, folder / "dataset.json", folder / "texts.parquet",
+                folder / "audit_texts.parquet", out / "audit", out / "heads_audit.json",
+                "val", "val", seed=0, params={"n_boot": 100, "n_draws": 100,
+                "textspan": {"m": 10}}, threads=1)
 elif stage == "load":
     F.FeatureSet.open(folder).load(split="val")
 for line in open("/proc/self/status"):
@@ -55,7 +61,7 @@ pytestmark = pytest.mark.skipif(
 
 def _store(folder: Path, rows: int, seed: int) -> Path:
     """A float16 feature store: ``rows`` locate (val) rows in shards of 1,000, classifier,
-    texts and dataset.json."""
+    texts, audit texts of the background attribute and dataset.json."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     cls = rng.standard_normal((2, DIM)).astype(np.float32)
@@ -83,7 +89,17 @@ def _store(folder: Path, rows: int, seed: int) -> Path:
     write_classifier(folder / "classifier.parquet", ["a", "b"], cls, {})
     texts = {"pool": [f"text {i}" for i in range(200)], "attribute": ["land", "water"]}
     write_method_texts(folder / "texts.parquet", texts, rng.standard_normal((202, DIM)))
-    dmeta = {"classes": ["a", "b"], "minority_groups": [1, 2], "spurious_attribute": "background"}
+    audit_rows = [("background", role, v, f"{v} {role} {i}") for v in ("land", "water")
+                  for role, n in (("concept", 5), ("bias", 10)) for i in range(n)]  # fmt: skip
+    sign = np.repeat([-1.0, 1.0], 15)[:, None]
+    write_audit_texts(
+        folder / "audit_texts.parquet",
+        pd.DataFrame(audit_rows, columns=["attribute", "role", "value", "text"]),
+        rng.standard_normal((30, DIM)) * 0.3 + sign * (cls[1] - cls[0]),
+        {"background": {"values": ["land", "water"], "axis": ["water", "land"]}},
+    )
+    dmeta = {"classes": ["a", "b"], "minority_groups": [1, 2], "spurious_attribute": "background",
+             "attributes": {"background": ["land", "water"]}}  # fmt: skip
     (folder / "dataset.json").write_text(json.dumps(dmeta))
     return folder
 
@@ -106,7 +122,7 @@ def peak_rss(stage: str, folder: Path, out: Path) -> int:
     return int(res.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("stage", ["locate_ltc", "textspan"])
+@pytest.mark.parametrize("stage", ["locate_ltc", "textspan", "audit"])
 def test_peak_memory_does_not_grow_with_rows(stores, tmp_path, stage):
     small, large = stores
     a = peak_rss(stage, small, tmp_path / "a")
@@ -117,9 +133,14 @@ def test_peak_memory_does_not_grow_with_rows(stores, tmp_path, stage):
     if stage == "locate_ltc":  # the outputs are real, not an early exit
         res = json.loads((tmp_path / "b" / "ltc.json").read_text())
         assert res["n_samples"] == 4 * N and "L7H0" in [x["head"] for x in res["spurious"]]
-    else:
+    elif stage == "textspan":
         table = pd.read_csv(tmp_path / "b" / "textspan.csv")
         assert len(table) == 4 * N_HEADS * 5
+    else:
+        sel = json.loads((tmp_path / "b" / "heads_audit.json").read_text())
+        assert sel["attributes"]["background"]["split"]["top_k"][0] == "L7H0"
+        summary = json.loads((tmp_path / "b" / "audit" / "summary.json").read_text())
+        assert summary["split_sizes"] == {"val": 4 * N}
 
 
 def test_loading_the_whole_split_would_fail_this_check(stores, tmp_path):

@@ -326,7 +326,7 @@ def test_selection_includes_the_carrier(case, cavs):
     top = audit.select_top_k(ranking, 4)
     assert top[0] == case["carrier"]
     means = ltc.head_means(case["heads"])
-    eng = audit.LogitDeltas(
+    eng = audit.LogitDeltas.from_heads(
         case["heads"], case["rest"], case["classifier"], case["layers"],
         ranking["head_id"], means,
     )  # fmt: skip
@@ -343,7 +343,7 @@ def test_greedy_accuracy_guard():
     c = make_case(push=0.7)
     ranking = pd.DataFrame({"head_id": [c["carrier"]], "candidate": [True], "order": [1]})
     means = ltc.head_means(c["heads"])
-    eng = audit.LogitDeltas(
+    eng = audit.LogitDeltas.from_heads(
         c["heads"], c["rest"], c["classifier"], c["layers"], [c["carrier"]], means
     )
     chosen, trace = audit.greedy_select(ranking, eng, c["labels"], c["attr"], max_acc_drop=-1.0)
@@ -359,7 +359,7 @@ def test_logit_deltas_equal_ltc_mean_ablation(case):
     h, r, T, layers = case["heads"], case["rest"], case["classifier"], case["layers"]
     means = ltc.head_means(h[:200])
     pool = ["L11H1", "L10H0", "L9H3", "L11H2"]
-    eng = audit.LogitDeltas(h, r, T, layers, pool, means)
+    eng = audit.LogitDeltas.from_heads(h, r, T, layers, pool, means)
     for s in ([], ["L11H1"], ["L10H0", "L9H3", "L11H2"], pool):
         ablated = ltc.ablate_heads(h, layers, s, means)
         ref = (ablated.sum((1, 2), dtype=np.float64) + r) @ T
@@ -371,15 +371,15 @@ def test_logit_deltas_equal_ltc_mean_ablation(case):
     mask = np.arange(len(h)) % 3 == 0
     np.testing.assert_allclose(audit.mean_heads(h, mask), ltc.head_means(h[mask]), atol=1e-7)
     np.testing.assert_allclose(audit.mean_heads(h, np.flatnonzero(mask)), ltc.head_means(h[mask]))
-    sub = audit.LogitDeltas(h, r, T, layers, pool, means, rows=mask)
-    ref = audit.LogitDeltas(h[mask], r[mask], T, layers, pool, means)
+    sub = audit.LogitDeltas.from_heads(h, r, T, layers, pool, means, rows=mask)
+    ref = audit.LogitDeltas.from_heads(h[mask], r[mask], T, layers, pool, means)
     np.testing.assert_allclose(sub.logits(pool[:2]), ref.logits(pool[:2]), atol=1e-6)
     assert sub.n == mask.sum()
 
 
 def test_ablating_the_carrier_lowers_v(case):
     means = ltc.head_means(case["heads"])
-    eng = audit.LogitDeltas(
+    eng = audit.LogitDeltas.from_heads(
         case["heads"], case["rest"], case["classifier"], case["layers"], [case["carrier"]], means
     )
     before, after = eng.predict(), eng.predict([case["carrier"]])
@@ -456,7 +456,7 @@ def test_random_control_small_model_ranks_the_carrier_first(case):
     # so p can be no smaller than 1/4 here; the carrier still beats every one of them.
     means = ltc.head_means(case["heads"])
     pool = [f"L{lyr}H{h}" for lyr in case["layers"] for h in range(4)]
-    eng = audit.LogitDeltas(
+    eng = audit.LogitDeltas.from_heads(
         case["heads"], case["rest"], case["classifier"], case["layers"], pool, means
     )
     draws, summ = audit.random_control(eng, case["labels"], case["attr"], [case["carrier"]], 4)
@@ -477,7 +477,7 @@ def test_random_control_without_layer_matched_sets_is_undefined(case):
     # 3 of the 4 heads of layer 11: no other 3-head set exists in that layer
     means = ltc.head_means(case["heads"])
     pool = [f"L11H{h}" for h in range(4)]
-    eng = audit.LogitDeltas(case["heads"], case["rest"], case["classifier"], case["layers"],
+    eng = audit.LogitDeltas.from_heads(case["heads"], case["rest"], case["classifier"], case["layers"],
                             pool, means)  # fmt: skip
     draws, summ = audit.random_control(eng, case["labels"], case["attr"], pool[:3], 4)
     assert summ["n_sets"] == 0 and draws.empty
@@ -496,7 +496,9 @@ def test_random_control_beats_495_layer_matched_sets(wide_case):
     assert top[0] == c["carrier"] and all(h.startswith("L11") for h in top)
     means = ltc.head_means(c["heads"])
     pool = [f"L11H{h}" for h in range(16)]
-    eng = audit.LogitDeltas(c["heads"], c["rest"], c["classifier"], c["layers"], pool, means)
+    eng = audit.LogitDeltas.from_heads(
+        c["heads"], c["rest"], c["classifier"], c["layers"], pool, means
+    )
     draws, summ = audit.random_control(eng, c["labels"], c["attr"], top, 16)
     assert summ["mode"] == "enumerate" and summ["n_possible"] == 495 == len(draws)
     assert list(draws.columns) == audit.CONTROL_COLUMNS
@@ -577,7 +579,7 @@ def test_stereotyped_classes_by_hand():
 def test_head_attribution_shares(case):
     means = ltc.head_means(case["heads"])
     sel = [case["carrier"], "L9H0"]
-    eng = audit.LogitDeltas(
+    eng = audit.LogitDeltas.from_heads(
         case["heads"], case["rest"], case["classifier"], case["layers"], sel, means
     )
     df = audit.head_attribution(eng, case["labels"], case["attr"], sel, class_subset=[0])

@@ -417,3 +417,28 @@ def test_output_sensitivity_rejects_misaligned_twins(twin_store, monkeypatch):
     meta = json.loads((root / "dataset.json").read_text())
     with pytest.raises(ValueError, match="not aligned"):
         _output_sensitivity(fs, meta, "test", "background", 10, 0)
+
+
+def test_head_moments_add_equals_one_accumulation():
+    rng = np.random.default_rng(4)
+    h = (rng.standard_normal((90, 2, 3, 5)) * 3 + 50.0).astype(np.float32)
+    whole = streaming.HeadMoments([1, 2], 3, 5)
+    whole.update(h)
+    a, b, empty = (streaming.HeadMoments([1, 2], 3, 5) for _ in range(3))
+    a.update(h[:30])
+    b.update(h[30:50] - 7.0)  # a different shift
+    b.update(h[50:] - 7.0)
+    b.shift += 7.0  # the same rows as h[30:], shifted around another point
+    a.add(b)
+    a.add(empty)
+    empty.add(a)
+    for m in (a, empty):
+        assert m.count == 90
+        for li in range(2):
+            for hh in range(3):
+                np.testing.assert_allclose(m.mean(li, hh), whole.mean(li, hh), rtol=1e-12)
+                np.testing.assert_allclose(m.gram(li, hh), whole.gram(li, hh), rtol=1e-10)
+                np.testing.assert_allclose(m.centred_gram(li, hh), whole.centred_gram(li, hh),
+                                           rtol=1e-8, atol=1e-8)  # fmt: skip
+    with pytest.raises(ValueError, match="different heads"):
+        a.add(streaming.HeadMoments([1], 3, 5))

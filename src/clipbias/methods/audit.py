@@ -11,16 +11,21 @@ Pieces, in pipeline order:
   (``config/texts/facet.yaml``), :func:`text_table` flattens it for the text encoder;
 * §6.4 zero-shot CAVs: :func:`zero_shot_cavs` (φ_v per value, the axis CAV, one-vs-rest);
 * §6.4 per-head scores: :func:`head_projections`, :func:`cav_head_scores` (standardised mean
-  difference, AUC, within-class versions), :func:`stereotype_logit_scores`;
-* §3.7 / §6.5 bias-augmented TextSpan: :func:`bias_textspan`, :func:`bias_head_stats`;
+  difference, AUC, within-class versions), :func:`stereotype_logit_scores` (batch sums
+  :func:`stereotype_logit_sums`);
+* §3.7 / §6.5 bias-augmented TextSpan: :func:`bias_textspan` (rows),
+  :func:`bias_textspan_from_moments` (streamed moments), :func:`bias_head_stats`;
 * §6.6 ranking and selection: :func:`rank_heads`, :func:`select_top_k`, :func:`greedy_select`;
 * §6.1 split: :func:`locate_evaluate_split`;
-* §6.7 ablation and outcome: :class:`LogitDeltas` (mean ablation as precomputed per-head logit
+* §6.7 ablation and outcome: :class:`HeadLogits` (per-head class logits, all that mean
+  ablation needs), :class:`LogitDeltas` (mean ablation as precomputed per-head logit
   changes), :func:`outcome_summary`, :func:`per_class_accuracy`, :func:`delta_v_table`;
 * §6.9 layer-matched random control: :func:`layer_matched_sets`, :func:`random_control`;
 * §6.10 single-head and class-level analysis: :func:`head_attribution`,
   :func:`stereotyped_classes`, :func:`prediction_transitions`;
-* :func:`audit_attribute` runs all of the above for one protected attribute.
+* :func:`audit_attribute_stats` runs all of the above for one protected attribute from the
+  statistics :class:`AuditAccumulator` gathers in one streamed pass (the stage);
+  :func:`audit_attribute` computes them from in-memory heads first.
 
 Array conventions as in :mod:`clipbias.methods`: ``heads [N, L, H, D]`` of the stored layers
 ``layers``, ``rest [N, D]``, ``classifier [D, C]``; attribute codes are int indices into the
@@ -44,7 +49,13 @@ from scipy import stats
 from .. import metrics
 from . import HeadId, head_position, head_str, parse_head
 from .ltc import head_means
-from .textspan import DEFAULT_M, DEFAULT_RANK, bias_textspan_stats, textspan_heads
+from .textspan import (
+    DEFAULT_M,
+    DEFAULT_RANK,
+    bias_textspan_stats,
+    textspan_heads,
+    textspan_heads_from_moments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -501,6 +512,56 @@ def stereotyped_class_map(
 STEREO_COLUMNS = ["layer", "head", "head_id", "stereo_logit", "n_images"]
 
 
+def stereotype_selection(
+    preds: np.ndarray, labels: np.ndarray, attr: np.ndarray, stereo_map: np.ndarray
+) -> np.ndarray:
+    """[N] bool: the images the stereotype-logit score averages over (METHODS §6.4):
+    misclassified (``preds != labels``), with a valid attribute value and a prediction
+    (both >= 0), predicted as a class stereotyped for their own value (``stereo_map`` [C, V]
+    of :func:`stereotyped_class_map`)."""
+    y = np.asarray(labels, dtype=np.int64)
+    a = np.asarray(attr, dtype=np.int64)
+    p = np.asarray(preds, dtype=np.int64)
+    sel = (p != y) & (a >= 0) & (p >= 0)
+    sel[sel] = stereo_map[p[sel], a[sel]]
+    return sel
+
+
+def stereotype_logit_sums(
+    heads: np.ndarray, classifier: np.ndarray, labels: np.ndarray, preds: np.ndarray
+) -> np.ndarray:
+    """Σ over the rows of ``heads`` [n, L, H, D] of ⟨ĉ_{l,h}(x), t̂_pred − t̂_y⟩: [L, H]
+    float64 (the differences t̂_pred − t̂_y in the heads' dtype, float64 accumulation). Sums of
+    batches add up to the sum over their union (:func:`stereotype_logit_table`)."""
+    heads = np.asarray(heads)
+    T = np.asarray(classifier, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(preds, dtype=np.int64)
+    if not len(y):
+        return np.zeros(heads.shape[1:3])
+    diff = (T[:, p] - T[:, y]).T  # [n, D]
+    return np.einsum("nlhd,nd->lh", heads, diff.astype(heads.dtype), dtype=np.float64)
+
+
+def stereotype_logit_table(sums: np.ndarray, count: int, layers: Sequence[int]) -> pd.DataFrame:
+    """The stereotype-logit table (:data:`STEREO_COLUMNS`) from the summed direct logits
+    ``sums`` [L, H] (:func:`stereotype_logit_sums`) of ``count`` selected images."""
+    sums = np.asarray(sums, dtype=np.float64)
+    n_layers, n_heads = sums.shape
+    if count:
+        score = sums / count
+    else:
+        log.warning("stereotype-logit score: no misclassified image lands on a stereotyped class")
+        score = np.full((n_layers, n_heads), np.nan)
+    layers = [int(x) for x in layers]
+    rows = [
+        (layers[li], h, head_str((layers[li], h)), float(score[li, h]), int(count))
+        for li in range(n_layers)
+        for h in range(n_heads)
+    ]
+    return pd.DataFrame(rows, columns=STEREO_COLUMNS)
+
+
 def stereotype_logit_scores(
     heads: np.ndarray,
     layers: Sequence[int],
@@ -513,35 +574,20 @@ def stereotype_logit_scores(
     """Per-head stereotype-logit score (METHODS §6.4, optional; RECON).
 
     Over misclassified images with a valid attribute value whose prediction is a class
-    stereotyped for the image's own value (:func:`stereotyped_class_map`), the mean direct
-    logit of each head toward that predicted class against the true class,
-    ⟨ĉ_{l,h}(x), t̂_pred − t̂_y⟩. Positive = the head pushes toward the stereotyped error.
-    Columns :data:`STEREO_COLUMNS`; ``stereo_logit`` NaN when no image qualifies.
+    stereotyped for the image's own value (:func:`stereotyped_class_map`,
+    :func:`stereotype_selection`), the mean direct logit of each head toward that predicted
+    class against the true class, ⟨ĉ_{l,h}(x), t̂_pred − t̂_y⟩. Positive = the head pushes
+    toward the stereotyped error. Columns :data:`STEREO_COLUMNS`; ``stereo_logit`` NaN when
+    no image qualifies. (The streamed audit adds :func:`stereotype_logit_sums` batch by
+    batch instead.)
     """
     heads = np.asarray(heads)
-    T = np.asarray(classifier, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    a = np.asarray(attr, dtype=np.int64)
     p = np.asarray(preds, dtype=np.int64)
-    n, n_layers, n_heads, _ = heads.shape
-    stereo = stereotyped_class_map(y, a, T.shape[1], min_lift)
-    sel = (p != y) & (a >= 0) & (p >= 0)
-    sel[sel] = stereo[p[sel], a[sel]]
-    idx = np.flatnonzero(sel)
-    if idx.size:
-        diff = (T[:, p[idx]] - T[:, y[idx]]).T  # [n_sel, D]
-        score = np.einsum("nlhd,nd->lh", heads[idx], diff.astype(heads.dtype), dtype=np.float64)
-        score /= idx.size
-    else:
-        log.warning("stereotype-logit score: no misclassified image lands on a stereotyped class")
-        score = np.full((n_layers, n_heads), np.nan)
-    layers = [int(x) for x in layers]
-    rows = [
-        (layers[li], h, head_str((layers[li], h)), float(score[li, h]), int(idx.size))
-        for li in range(n_layers)
-        for h in range(n_heads)
-    ]
-    return pd.DataFrame(rows, columns=STEREO_COLUMNS)
+    n_classes = np.asarray(classifier).shape[1]
+    sel = stereotype_selection(p, y, attr, stereotyped_class_map(y, attr, n_classes, min_lift))
+    sums = stereotype_logit_sums(heads[sel], classifier, y[sel], p[sel])
+    return stereotype_logit_table(sums, int(sel.sum()), layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,6 +639,14 @@ def bias_textspan(
     restricts the heads (default all stored heads; METHODS default: the last 4 layers, on the
     locate half). Returns ``(textspan table, bias statistics)``.
     """
+    pool, bias = _check_augmented(pool_texts, bias_texts)
+    table = textspan_heads(
+        heads, layers, pool_emb, pool, m=m, rank=rank, energy=energy, select=select
+    )
+    return table, bias_head_stats(table, bias, top_k, first_rank_max, share_quantile)
+
+
+def _check_augmented(pool_texts: Sequence[str], bias_texts: Iterable[str]) -> tuple[list, list]:
     bias = [t.strip() for t in bias_texts]
     pool = [t.strip() for t in pool_texts]
     missing = [t for t in bias if t not in set(pool)]
@@ -601,8 +655,29 @@ def bias_textspan(
             f"{len(missing)} bias text(s) are not in the pool, e.g. {missing[:3]}; build the "
             "pool with clipbias.methods.textspan.augment_pool(general, bias)"
         )
-    table = textspan_heads(
-        heads, layers, pool_emb, pool, m=m, rank=rank, energy=energy, select=select
+    return pool, bias
+
+
+def bias_textspan_from_moments(
+    moments: Any,
+    pool_texts: Sequence[str],
+    pool_emb: np.ndarray,
+    bias_texts: Iterable[str],
+    m: int = DEFAULTS["textspan_m"],
+    rank: int | None = DEFAULT_RANK,
+    energy: float = 0.999,
+    select: Iterable[tuple[int, int]] | None = None,
+    top_k: int = DEFAULTS["textspan_top_k"],
+    first_rank_max: int = DEFAULTS["textspan_first_rank_max"],
+    share_quantile: float = DEFAULTS["textspan_share_quantile"],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`bias_textspan` from per-head moments (:class:`clipbias.streaming.HeadMoments`
+    of the images, accumulated batch by batch) instead of the heads themselves: TextSpan needs
+    only each head's mean and (un)centred Gram matrices
+    (:func:`clipbias.methods.textspan.textspan_heads_from_moments`; equal to rounding)."""
+    pool, bias = _check_augmented(pool_texts, bias_texts)
+    table, _ = textspan_heads_from_moments(
+        moments, pool_emb, pool, m=m, rank=rank, energy=energy, select=select
     )
     return table, bias_head_stats(table, bias, top_k, first_rank_max, share_quantile)
 
@@ -770,46 +845,150 @@ def mean_heads(heads: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     return (acc / len(sel)).astype(np.float32)
 
 
+class BlockMean:
+    """Running mean of rows [..., shape] added in order, float64 accumulation, the result
+    float32: bit-identical to :func:`mean_heads` over the same rows (each block of
+    :data:`_BLOCK` rows summed row after row, then the blocks), however the rows arrive."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.acc = np.zeros(tuple(shape), dtype=np.float64)
+        self._block = np.zeros(tuple(shape), dtype=np.float64)
+        self._in_block = 0
+        self.count = 0
+
+    def update(self, rows: np.ndarray) -> None:
+        for row in rows:
+            self._block += row
+            self._in_block += 1
+            if self._in_block == _BLOCK:
+                self.acc += self._block
+                self._block[...] = 0.0
+                self._in_block = 0
+        self.count += len(rows)
+
+    def mean(self) -> np.ndarray:
+        if not self.count:
+            raise ValueError("no images to average the heads over")
+        acc = self.acc + self._block if self._in_block else self.acc
+        return (acc / self.count).astype(np.float32)
+
+
+@dataclass
+class HeadLogits:
+    """Per-image direct class logits of every head of ``layers``, and the un-ablated logits:
+    all that mean ablation and the predictions need (METHODS §1.3, §6.7).
+
+    A prediction is the arg-max over classes of ⟨e(x), t̂_c⟩ / ‖e(x)‖; the positive factor
+    1/‖e‖ does not change it, and the logits are linear in the head contributions. So
+    mean-ablating a set S, e′ = e − Σ_{h∈S} (ĉ_h − μ_h), gives the logits
+    ``base + Σ_{h∈S} (μ_h·T − logits_h)``: the class logits ``logits_h(x) = ĉ_h(x)·T`` [C]
+    stand in for the D-dimensional heads (:class:`LogitDeltas`), and the means for a head
+    enter only as μ_h·T (:meth:`mean_logits`).
+
+    ``base`` [N, C] float64 = e(x)·T with e = Σ heads + rest; ``logits`` [L, H, N, C] float64
+    (float64 so that ``mean_logits − logits`` rounds like ``(μ − ĉ)·T``); ``classifier``
+    [D, C] float64. Memory N·L·H·C·8 bytes: for the last 4 layers of ViT-H-14 and 42 classes
+    21.5 kB per image instead of the 262 kB of the heads.
+    """
+
+    layers: list[int]
+    classifier: np.ndarray
+    base: np.ndarray
+    logits: np.ndarray
+
+    @classmethod
+    def empty(
+        cls, n: int, layers: Sequence[int], n_heads: int, classifier: np.ndarray
+    ) -> HeadLogits:
+        """Preallocated for ``n`` images, filled batch by batch with :meth:`fill`."""
+        T = np.asarray(classifier, dtype=np.float64)
+        c = T.shape[1]
+        layers = [int(x) for x in layers]
+        return cls(layers, T, np.empty((n, c)), np.empty((len(layers), n_heads, n, c)))
+
+    @classmethod
+    def from_heads(
+        cls, heads: np.ndarray, rest: np.ndarray, classifier: np.ndarray, layers: Sequence[int]
+    ) -> HeadLogits:
+        """From in-memory ``heads`` [N, L, H, D] of ``layers`` and ``rest`` [N, D]."""
+        heads = np.asarray(heads)
+        rest = np.asarray(rest)
+        if heads.ndim != 4 or rest.shape != (heads.shape[0], heads.shape[-1]):
+            raise ValueError(
+                f"heads {heads.shape} must be [N, L, H, D] and rest {rest.shape} [N, D]"
+            )
+        if len(layers) != heads.shape[1]:
+            raise ValueError(f"{len(layers)} layer numbers for {heads.shape[1]} stored layers")
+        out = cls.empty(heads.shape[0], layers, heads.shape[2], classifier)
+        for start in range(0, heads.shape[0], _BLOCK):
+            part = slice(start, start + _BLOCK)
+            out.fill(start, heads[part], rest[part])
+        return out
+
+    def fill(self, start: int, heads: np.ndarray, rest: np.ndarray) -> None:
+        """Rows ``start ..`` from ``heads`` [n, L, H, D] (the heads of ``layers``) and ``rest``
+        [n, D] (everything else of the embedding)."""
+        n = heads.shape[0]
+        part = slice(start, start + n)
+        emb = heads.sum(axis=(1, 2), dtype=np.float64) + rest
+        self.base[part] = emb @ self.classifier
+        for li in range(len(self.layers)):
+            self.logits[li, :, part] = np.swapaxes(
+                heads[:, li].astype(np.float64) @ self.classifier, 0, 1
+            )
+
+    @property
+    def n(self) -> int:
+        return int(self.base.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.base.shape[1])
+
+    def mean_logits(self, means: np.ndarray) -> np.ndarray:
+        """μ_h·T [L, H, C] float64 of the ablation means ``means`` [L, H, D] (float32 from
+        :func:`mean_heads` / :class:`BlockMean`, widened exactly)."""
+        means = np.asarray(means)
+        if means.shape[:2] != self.logits.shape[:2]:
+            raise ValueError(f"means {means.shape} do not match the heads {self.logits.shape[:2]}")
+        return means.astype(np.float64) @ self.classifier
+
+
 class LogitDeltas:
     """Mean ablation of any subset of a head pool by adding precomputed logit changes.
 
     Mean-ablating head h replaces ĉ_h(x) by the reference mean m_h, which changes the logits
-    by Δ_h(x) = (m_h − ĉ_h(x))·T (METHODS §1.3, §6.7: direct path, frozen LN statistics).
+    by Δ_h(x) = m_h·T − ĉ_h(x)·T (METHODS §1.3, §6.7: direct path, frozen LN statistics).
     The changes of a set add up, so ``logits(S) = base + Σ_{h∈S} Δ_h``. ``base`` [N, C]
-    float64, ``deltas`` [K, N, C] (``dtype``, default float32). ``rows`` (bool mask or
-    indices) restricts the images without copying the whole ``heads`` array.
+    float64, ``deltas`` [K, N, C] (``dtype``, default float32), from the per-head class
+    logits ``logits`` (:class:`HeadLogits`) and the means' logits ``mean_logits`` [L, H, C]
+    (:meth:`HeadLogits.mean_logits`). ``rows`` (bool mask or indices) restricts the images.
+    :meth:`from_heads` builds one from in-memory heads.
     """
 
     def __init__(
         self,
-        heads: np.ndarray,
-        rest: np.ndarray,
-        classifier: np.ndarray,
-        layers: Sequence[int],
+        logits: HeadLogits,
         pool: Iterable[str | HeadId],
-        means: np.ndarray,
+        mean_logits: np.ndarray,
         dtype: Any = np.float32,
         rows: np.ndarray | None = None,
     ) -> None:
-        heads = np.asarray(heads)
-        rest = np.asarray(rest)
-        T = np.asarray(classifier, dtype=np.float64)
-        means = np.asarray(means)
-        if heads.ndim != 4 or means.shape != heads.shape[1:]:
+        mean_logits = np.asarray(mean_logits, dtype=np.float64)
+        if mean_logits.shape != (*logits.logits.shape[:2], logits.n_classes):
             raise ValueError(
-                f"heads {heads.shape} must be [N, L, H, D] and means {means.shape} [L, H, D] "
-                "(see clipbias.methods.ltc.head_means)"
+                f"mean logits {mean_logits.shape} must be [L, H, C] = "
+                f"{(*logits.logits.shape[:2], logits.n_classes)}"
             )
-        if rest.shape != (heads.shape[0], heads.shape[-1]):
-            raise ValueError(f"rest {rest.shape} must be [N, D] for heads {heads.shape}")
-        sel = slice(None) if rows is None else _row_index(rows, heads.shape[0])
-        n = heads.shape[0] if rows is None else len(sel)
-        self.base = np.empty((n, T.shape[1]))
-        for start in range(0, n, _BLOCK):
-            idx = slice(start, start + _BLOCK) if rows is None else sel[start : start + _BLOCK]
-            emb = heads[idx].sum(axis=(1, 2), dtype=np.float64) + rest[idx]
-            self.base[start : start + _BLOCK] = emb @ T
-        self.layers = [int(x) for x in layers]
+        sel = slice(None) if rows is None else _row_index(rows, logits.n)
+        self.base = logits.base[sel]
+        if rows is None:
+            self.base = self.base.copy()
+        self.layers = list(logits.layers)
         self.pool: list[HeadId] = []
         for h in pool:
             hid = parse_head(h)
@@ -819,8 +998,36 @@ class LogitDeltas:
         self.deltas = np.empty((len(self.pool), *self.base.shape), dtype=dtype)
         for i, hid in enumerate(self.pool):
             li, hh = head_position(hid, self.layers)
-            diff = means[li, hh].astype(np.float64)[None, :] - heads[sel, li, hh, :]
-            self.deltas[i] = diff @ T
+            self.deltas[i] = mean_logits[li, hh][None, :] - logits.logits[li, hh][sel]
+
+    @classmethod
+    def from_heads(
+        cls,
+        heads: np.ndarray,
+        rest: np.ndarray,
+        classifier: np.ndarray,
+        layers: Sequence[int],
+        pool: Iterable[str | HeadId],
+        means: np.ndarray,
+        dtype: Any = np.float32,
+        rows: np.ndarray | None = None,
+    ) -> LogitDeltas:
+        """From in-memory ``heads`` [N, L, H, D] of ``layers``, ``rest`` [N, D], the
+        ``classifier`` [D, C] and the ablation ``means`` [L, H, D] (see
+        :func:`clipbias.methods.ltc.head_means`)."""
+        heads = np.asarray(heads)
+        means = np.asarray(means)
+        if heads.ndim != 4 or means.shape != heads.shape[1:]:
+            raise ValueError(
+                f"heads {heads.shape} must be [N, L, H, D] and means {means.shape} [L, H, D] "
+                "(see clipbias.methods.ltc.head_means)"
+            )
+        if np.asarray(rest).shape != (heads.shape[0], heads.shape[-1]):
+            raise ValueError(
+                f"rest {np.asarray(rest).shape} must be [N, D] for heads {heads.shape}"
+            )
+        logits = HeadLogits.from_heads(heads, rest, classifier, layers)
+        return cls(logits, pool, logits.mean_logits(means), dtype, rows)
 
     @property
     def n(self) -> int:
@@ -1484,6 +1691,223 @@ def prediction_transitions(
 
 
 # ---------------------------------------------------------------------------------------------
+# One streamed pass over a cell: everything the audit needs from the heads
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditStats:
+    """What the audit of one cell needs from its head contributions (:class:`AuditAccumulator`).
+
+    ``logits``: :class:`HeadLogits` of the candidate (terminal) layers, N·L_t·H·C float64;
+    ``proj`` [N, L, H, K] float32: every stored head projected on each CAV column (METHODS
+    §6.4 s_{l,h}(x) = ⟨ĉ_{l,h}(x), v⟩; K = the cell's CAVs, 1-4 per attribute, so N·L·H·K·4
+    bytes: 20,000 images of ViT-L-14 with all 24 layers and 5 CAVs make 150 MB). Per
+    registered row set (by the key its ``add_*`` call returned): ``means`` [L_t, H, D]
+    float32 (:class:`BlockMean`), ``moments`` (:class:`clipbias.streaming.HeadMoments` of the
+    terminal heads, L_t·H·D² float64 each), ``stereotype`` (sums [L_t, H], count) of
+    :func:`stereotype_logit_sums`. None of these has both an image and a D axis.
+    """
+
+    logits: HeadLogits
+    proj: np.ndarray
+    means: list[np.ndarray]
+    moments: list[Any]
+    stereotype: list[tuple[np.ndarray, int]]
+
+
+class AuditAccumulator:
+    """Accumulates :class:`AuditStats` from the batches of one pass over a cell's N rows.
+
+    ``layers``: the stored layers of each batch's heads [n, L, H, D]; ``terminal``: the
+    candidate layers (a subset) whose class logits, means, moments and stereotype sums are
+    kept; ``classifier`` [D, C]; ``cav_matrix`` [D, K] (one column per CAV). Before the
+    first :meth:`update`, register the row sets (bool masks [N]; ``None`` = every row) whose
+    ablation means (:meth:`add_means`), TextSpan moments (:meth:`add_moments`) and
+    stereotype-logit sums (:meth:`add_stereotype`) are wanted; equal masks share one
+    accumulator. Then :meth:`update` with every batch, in row order, and :meth:`finish`.
+
+    The terminal rows of a batch give: the un-ablated logits (the embedding = the terminal
+    heads + rest, rest = everything else, as the in-memory stage summed it), the per-head
+    class logits, the mean sums (row after row in blocks, bit-identical to
+    :func:`mean_heads`), the stereotype sums (over the batch's images that
+    :func:`stereotype_selection` picks from its un-ablated predictions) and the moments
+    (through a buffer of ``moment_rows`` rows, so that each Gram update is a matrix product
+    of a useful size even when batches of all stored layers are small). When the moments of
+    every row and of some mask M are both wanted, M and its complement are accumulated and
+    merged at the end (each row is added once).
+    """
+
+    def __init__(
+        self,
+        n_rows: int,
+        layers: Sequence[int],
+        terminal: Sequence[int],
+        n_heads: int,
+        dim: int,
+        classifier: np.ndarray,
+        cav_matrix: np.ndarray,
+        moment_rows: int = 256,
+    ) -> None:
+        self.n = int(n_rows)
+        self.layers = [int(x) for x in layers]
+        self.terminal = [int(x) for x in terminal]
+        missing = sorted(set(self.terminal) - set(self.layers))
+        if missing:
+            raise ValueError(f"terminal layers {missing} are not among the stored {self.layers}")
+        self._t_pos = [self.layers.index(x) for x in self.terminal]
+        self._others = [i for i in range(len(self.layers)) if i not in self._t_pos]
+        self.n_heads, self.dim = int(n_heads), int(dim)
+        self.classifier = np.asarray(classifier, dtype=np.float64)
+        self._v = np.asarray(cav_matrix).astype(np.float32)
+        self.logits = HeadLogits.empty(self.n, self.terminal, self.n_heads, self.classifier)
+        self.proj = np.empty((self.n, len(self.layers), self.n_heads, self._v.shape[1]), np.float32)
+        self._mean_masks: list[np.ndarray] = []
+        self._moment_masks: list[np.ndarray] = []
+        self._stereo: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._moment_rows = int(moment_rows)
+        self._row = 0
+        self._started = False
+
+    def _mask(self, rows: np.ndarray | None) -> np.ndarray:
+        if rows is None:
+            return np.ones(self.n, dtype=bool)
+        m = np.asarray(rows, dtype=bool)
+        if m.shape != (self.n,):
+            raise ValueError(f"row mask of shape {m.shape} for {self.n} rows")
+        return m
+
+    def _register(self, masks: list[np.ndarray], rows: np.ndarray | None) -> int:
+        if self._started:
+            raise RuntimeError("register row sets before the first update")
+        m = self._mask(rows)
+        for i, other in enumerate(masks):
+            if np.array_equal(m, other):
+                return i
+        masks.append(m)
+        return len(masks) - 1
+
+    def add_means(self, rows: np.ndarray | None) -> int:
+        """Ablation means of the terminal heads over ``rows``; returns the key."""
+        return self._register(self._mean_masks, rows)
+
+    def add_moments(self, rows: np.ndarray | None) -> int:
+        """TextSpan moments of the terminal heads over ``rows``; returns the key."""
+        return self._register(self._moment_masks, rows)
+
+    def add_stereotype(self, labels: np.ndarray, attr: np.ndarray, stereo_map: np.ndarray) -> int:
+        """Stereotype-logit sums over the rows :func:`stereotype_selection` picks with
+        ``labels``, ``attr`` [N] (-1 outside the locate half) and ``stereo_map`` [C, V];
+        returns the key."""
+        if self._started:
+            raise RuntimeError("register row sets before the first update")
+        y = np.asarray(labels, dtype=np.int64)
+        a = np.asarray(attr, dtype=np.int64)
+        if y.shape != (self.n,) or a.shape != (self.n,):
+            raise ValueError(f"labels and attr need {self.n} entries")
+        self._stereo.append((y, a, np.asarray(stereo_map, dtype=bool)))
+        return len(self._stereo) - 1
+
+    def _start(self) -> None:
+        from clipbias.streaming import HeadMoments
+
+        self._started = True
+        shape = (len(self.terminal), self.n_heads, self.dim)
+        self._means = [BlockMean(shape) for _ in self._mean_masks]
+        self._stereo_sums = [np.zeros(shape[:2]) for _ in self._stereo]
+        self._stereo_counts = [0 for _ in self._stereo]
+        # moments: accumulate each mask, except "every row" next to another mask M, which
+        # becomes M's complement here and M ∪ complement in finish()
+        self._acc_masks = list(self._moment_masks)
+        self._merge: tuple[int, int] | None = None
+        full = [bool(m.all()) for m in self._moment_masks]
+        if any(full) and not all(full):
+            k_all, k_base = full.index(True), full.index(False)
+            self._acc_masks[k_all] = ~self._moment_masks[k_base]
+            self._merge = (k_all, k_base)
+        self._moments = [
+            HeadMoments(self.terminal, self.n_heads, self.dim) for _ in self._acc_masks
+        ]
+        if self._moments:
+            self._buf = np.empty((self._moment_rows, *shape), dtype=np.float32)
+            self._buf_rows = np.empty(self._moment_rows, dtype=np.int64)
+            self._buf_n = 0
+
+    def update(self, heads: np.ndarray, rest: np.ndarray) -> None:
+        """Add the next batch: ``heads`` [n, L, H, D] of ``layers`` and ``rest`` [n, D]
+        (embedding minus those heads), float32."""
+        if not self._started:
+            self._start()
+        heads = np.asarray(heads)
+        n = heads.shape[0]
+        if heads.shape[1:] != (len(self.layers), self.n_heads, self.dim):
+            raise ValueError(f"batch heads {heads.shape[1:]} for layers {self.layers}")
+        start = self._row
+        if start + n > self.n:
+            raise ValueError(f"more than the {self.n} registered rows")
+        part = slice(start, start + n)
+        ht = heads[:, self._t_pos]  # [n, L_t, H, D] copy
+        rest_t = (rest + heads[:, self._others].sum(axis=(1, 2), dtype=np.float64)).astype(
+            np.float32
+        )
+        self.logits.fill(start, ht, rest_t)
+        self.proj[part] = np.einsum("nlhd,dk->nlhk", heads, self._v)
+        for mask, bm in zip(self._mean_masks, self._means, strict=True):
+            m = mask[part]
+            bm.update(ht if m.all() else ht[m])
+        if self._stereo:
+            pred = np.argmax(self.logits.base[part], axis=1)
+            for k, (y, a, smap) in enumerate(self._stereo):
+                sel = stereotype_selection(pred, y[part], a[part], smap)
+                if sel.any():
+                    self._stereo_sums[k] += stereotype_logit_sums(
+                        ht[sel], self.classifier, y[part][sel], pred[sel]
+                    )
+                    self._stereo_counts[k] += int(sel.sum())
+        if self._moments:
+            pos = 0
+            while pos < n:
+                take = min(self._moment_rows - self._buf_n, n - pos)
+                self._buf[self._buf_n : self._buf_n + take] = ht[pos : pos + take]
+                self._buf_rows[self._buf_n : self._buf_n + take] = np.arange(take) + start + pos
+                self._buf_n += take
+                pos += take
+                if self._buf_n == self._moment_rows:
+                    self._flush()
+        self._row += n
+
+    def _flush(self) -> None:
+        rows, x = self._buf_rows[: self._buf_n], self._buf[: self._buf_n]
+        for mask, mom in zip(self._acc_masks, self._moments, strict=True):
+            m = mask[rows]
+            if m.all():
+                mom.update(x)
+            elif m.any():
+                mom.update(x[m])
+        self._buf_n = 0
+
+    def finish(self) -> AuditStats:
+        """The statistics, after every row was added."""
+        if not self._started:
+            self._start()
+        if self._row != self.n:
+            raise ValueError(f"{self._row} rows were added, expected {self.n}")
+        if self._moments:
+            self._flush()
+            del self._buf, self._buf_rows
+            if self._merge is not None:
+                k_all, k_base = self._merge
+                self._moments[k_all].add(self._moments[k_base])
+        return AuditStats(
+            self.logits,
+            self.proj,
+            [bm.mean() for bm in self._means],
+            self._moments,
+            list(zip(self._stereo_sums, self._stereo_counts, strict=True)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole audit for one protected attribute
 # ---------------------------------------------------------------------------------------------
 
@@ -1496,6 +1920,18 @@ def _with_attribute(df: pd.DataFrame, attribute: str) -> pd.DataFrame:
     return df
 
 
+def _halves(is_locate: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(locate, evaluate) masks [n]; both all-True for the single pool (``None``)."""
+    if is_locate is None:
+        loc = np.ones(n, dtype=bool)
+        return loc, loc
+    loc = np.asarray(is_locate, dtype=bool)
+    ev = ~loc
+    if loc.shape != (n,) or not loc.any() or not ev.any():
+        raise ValueError("is_locate must mark a non-empty locate half and evaluate half")
+    return loc, ev
+
+
 def audit_attribute(
     heads: np.ndarray,
     rest: np.ndarray,
@@ -1506,10 +1942,69 @@ def audit_attribute(
     cavs: Sequence[CAV],
     value_names: Sequence[str],
     *,
-    attribute: str = "attribute",
     is_locate: np.ndarray | None = None,
     proj: Mapping[str, np.ndarray] | None = None,
     proj_layers: Sequence[int] | None = None,
+    transductive: bool = True,
+    stereotype_score: bool = True,
+    stereotype_min_lift: float = DEFAULTS["stereotype_min_lift"],
+    **options: Any,
+) -> dict[str, Any]:
+    """The mechanistic fairness audit of one protected attribute (METHODS §6.4-6.10) on an
+    in-memory decomposition: ``heads`` [N, L, H, D] of ``layers``, ``rest`` [N, D],
+    ``classifier`` [D, C]. Computes the statistics :func:`audit_attribute_stats` needs (class
+    logits, ablation means, CAV projections unless ``proj`` / ``proj_layers`` give them,
+    stereotype-logit sums) and runs it; ``options`` are its remaining keyword arguments
+    (``attribute``, ``bias_stats``, ``k``, ``seed``, ...). The streamed stage accumulates
+    the same statistics batch by batch (:class:`AuditAccumulator`).
+    """
+    heads = np.asarray(heads)
+    rest = np.asarray(rest)
+    if heads.ndim != 4:
+        raise ValueError(f"heads must be [N, L, H, D], got {heads.shape}")
+    n = heads.shape[0]
+    y = np.asarray(labels, dtype=np.int64)
+    a = np.asarray(attr, dtype=np.int64)
+    if y.shape != (n,) or a.shape != (n,) or rest.shape[0] != n:
+        raise ValueError("labels, attr and rest need one entry per image of heads")
+    loc, ev = _halves(is_locate, n)
+    logits = HeadLogits.from_heads(heads, rest, classifier, layers)
+    means = {"locate": mean_heads(heads, loc)}
+    if transductive and is_locate is not None:
+        means["evaluate"] = mean_heads(heads, ev)
+    if proj is None:
+        proj = {c.name: head_projections(heads, c.vector) for c in cavs}
+        proj_layers = layers
+    elif proj_layers is None:
+        raise ValueError("proj needs proj_layers")
+    stereotype = None
+    if stereotype_score:
+        a_only_loc = np.where(loc, a, -1)  # the evaluate half masked out
+        stereo_map = stereotyped_class_map(y, a_only_loc, logits.n_classes, stereotype_min_lift)
+        pred = np.argmax(logits.base, axis=1)
+        sel = stereotype_selection(pred, y, a_only_loc, stereo_map)
+        sums = stereotype_logit_sums(heads[sel], classifier, y[sel], pred[sel])
+        stereotype = (sums, int(sel.sum()))
+    return audit_attribute_stats(
+        logits, y, a, cavs, value_names, means=means, proj=proj, proj_layers=proj_layers,
+        stereotype=stereotype, is_locate=is_locate, transductive=transductive,
+        stereotype_score=stereotype_score, stereotype_min_lift=stereotype_min_lift, **options,
+    )  # fmt: skip
+
+
+def audit_attribute_stats(
+    logits: HeadLogits,
+    labels: np.ndarray,
+    attr: np.ndarray,
+    cavs: Sequence[CAV],
+    value_names: Sequence[str],
+    *,
+    means: Mapping[str, np.ndarray],
+    proj: Mapping[str, np.ndarray],
+    proj_layers: Sequence[int],
+    stereotype: tuple[np.ndarray, int] | None = None,
+    attribute: str = "attribute",
+    is_locate: np.ndarray | None = None,
     bias_stats: pd.DataFrame | None = None,
     rank_cav: str | None = None,
     n_layers: int | None = None,
@@ -1535,18 +2030,25 @@ def audit_attribute(
     seed: int = DEFAULTS["seed"],
     bias_correction: bool = False,
 ) -> dict[str, Any]:
-    """The mechanistic fairness audit of one protected attribute (METHODS §6.4-6.10).
+    """The mechanistic fairness audit of one protected attribute (METHODS §6.4-6.10) from
+    statistics of the heads instead of the heads: what the streamed stage accumulates
+    (:class:`AuditAccumulator`); :func:`audit_attribute` computes them from in-memory heads.
 
-    Inputs: the stored decomposition (``heads`` [N, L, H, D] of ``layers``, ``rest``,
-    ``classifier`` [D, C]), true ``labels``, attribute codes ``attr`` (-1 = excluded), the
-    attribute's CAVs (:func:`zero_shot_cavs`) and ``value_names`` (names of the codes
-    0, 1, ..., matching the CAVs' value names). ``is_locate`` marks the locate half
+    Inputs: ``logits`` (:class:`HeadLogits`: un-ablated and per-head class logits of the
+    candidate layers, every image), true ``labels``, attribute codes ``attr`` (-1 =
+    excluded), the attribute's CAVs (:func:`zero_shot_cavs`) and ``value_names`` (names of
+    the codes 0, 1, ..., matching the CAVs' value names). ``is_locate`` marks the locate half
     (:func:`locate_evaluate_split`, or the dataset's own split); ``None`` = single pool (locate
-    and evaluate on the same images, as the paper appears to do). ``proj`` optionally gives
-    precomputed head projections {cav name: [N, L', H]} over ``proj_layers`` (e.g. all 24
-    layers while ``heads`` holds only the last ones; DESIGN: ``rest`` then carries the other
-    heads); otherwise they are computed from ``heads``. ``bias_stats`` is the bias-augmented
-    TextSpan table (:func:`bias_head_stats`) or ``None``.
+    and evaluate on the same images, as the paper appears to do). ``means``: the ablation
+    means [L, H, D] float32 (:func:`mean_heads`) of the heads of ``logits`` over the locate
+    half (``"locate"``; every image for the single pool) and, for the transductive
+    conditions, over the evaluate half (``"evaluate"``). ``proj``: head projections
+    {cav name: [N, L', H]} over ``proj_layers`` (e.g. all 24 layers while ``logits`` holds
+    only the last ones). ``stereotype``: (Σ ⟨ĉ_{l,h}, t̂_pred − t̂_y⟩ [L, H], count) over the
+    images :func:`stereotype_selection` picks with the un-ablated predictions, ``attr``
+    restricted to the locate half and :func:`stereotyped_class_map` of it
+    (:func:`stereotype_logit_sums`); needed with ``stereotype_score``. ``bias_stats`` is the
+    bias-augmented TextSpan table (:func:`bias_head_stats`) or ``None``.
 
     Steps: CAV scores on the locate half (every CAV); ranking by ``rank_cav`` (default the
     first CAV, the axis); top-``k`` and greedy selection (locate half, locate means);
@@ -1568,26 +2070,17 @@ def audit_attribute(
     (``condition`` + :data:`TRANSITION_COLUMNS` + ``stereotyped``; total rows ``class_index``
     −1 "all" and −2 "stereotyped").
     """
-    heads = np.asarray(heads)
-    rest = np.asarray(rest)
-    if heads.ndim != 4:
-        raise ValueError(f"heads must be [N, L, H, D], got {heads.shape}")
-    n, _, n_heads, _ = heads.shape
-    layers = [int(x) for x in layers]
+    n, n_heads = logits.n, logits.n_heads
+    layers = list(logits.layers)
     y = np.asarray(labels, dtype=np.int64)
     a = np.asarray(attr, dtype=np.int64)
-    if y.shape != (n,) or a.shape != (n,) or rest.shape[0] != n:
-        raise ValueError("labels, attr and rest need one entry per image of heads")
-    n_classes = int(np.asarray(classifier).shape[1])
-    if is_locate is None:
-        loc = np.ones(n, dtype=bool)
-        ev = loc
-    else:
-        loc = np.asarray(is_locate, dtype=bool)
-        ev = ~loc
-    if loc.shape != (n,) or not loc.any() or not ev.any():
-        raise ValueError("is_locate must mark a non-empty locate half and evaluate half")
+    if y.shape != (n,) or a.shape != (n,):
+        raise ValueError("labels and attr need one entry per image of the logits")
+    n_classes = logits.n_classes
+    loc, ev = _halves(is_locate, n)
     single_pool = is_locate is None
+    if stereotype_score and stereotype is None:
+        raise ValueError("stereotype_score needs the summed stereotype logits (stereotype=)")
     if not cavs:
         raise ValueError("no CAVs given (see zero_shot_cavs)")
     codes = {str(v): i for i, v in enumerate(value_names)}
@@ -1605,14 +2098,9 @@ def audit_attribute(
     # §6.4 CAV scores on the locate half
     frames = []
     for cav in cavs:
-        if proj is not None:
-            if cav.name not in proj or proj_layers is None:
-                raise ValueError(
-                    f"proj has no projections for CAV {cav.name!r} (or no proj_layers)"
-                )
-            p_cav, p_layers = np.asarray(proj[cav.name])[loc], proj_layers
-        else:
-            p_cav, p_layers = head_projections(heads, cav.vector)[loc], layers
+        if cav.name not in proj:
+            raise ValueError(f"proj has no projections for CAV {cav.name!r}")
+        p_cav, p_layers = np.asarray(proj[cav.name])[loc], proj_layers
         frames.append(
             cav_head_scores(
                 p_cav,
@@ -1640,9 +2128,9 @@ def audit_attribute(
         flagged_first,
     )
     candidates = ranking.loc[ranking["candidate"], "head_id"].tolist()
-    means_loc = mean_heads(heads, loc)
+    mean_loc = logits.mean_logits(means["locate"])
     top = select_top_k(ranking, k)
-    eng_loc = LogitDeltas(heads, rest, classifier, layers, candidates, means_loc, rows=loc)
+    eng_loc = LogitDeltas(logits, candidates, mean_loc, rows=loc)
     greedy_heads: list[str] = []
     trace = pd.DataFrame(columns=GREEDY_COLUMNS)
     if greedy:
@@ -1661,17 +2149,15 @@ def audit_attribute(
         sets["greedy"] = greedy_heads
 
     # §6.7 ablation on the evaluate half, locate means (and transductive means)
-    eng_ev = (
-        eng_loc
-        if single_pool
-        else LogitDeltas(heads, rest, classifier, layers, candidates, means_loc, rows=ev)
-    )
+    eng_ev = eng_loc if single_pool else LogitDeltas(logits, candidates, mean_loc, rows=ev)
     preds = {"baseline": eng_ev.predict()}
     preds.update({name: eng_ev.predict(s) for name, s in sets.items()})
     if transductive and not single_pool:
         union = list(dict.fromkeys(h for s in sets.values() for h in s))
-        means_ev = mean_heads(heads, ev)
-        eng_tr = LogitDeltas(heads, rest, classifier, layers, union, means_ev, rows=ev)
+        if "evaluate" not in means:
+            raise ValueError("the transductive conditions need means['evaluate']")
+        mean_ev = logits.mean_logits(means["evaluate"])
+        eng_tr = LogitDeltas(logits, union, mean_ev, rows=ev)
         preds.update({f"{name}_transductive": eng_tr.predict(s) for name, s in sets.items()})
     attrs = {attribute: a_ev}
     outcome = outcome_summary(preds, y_ev, attrs, n_classes)
@@ -1737,13 +2223,7 @@ def audit_attribute(
 
     stereo_logit = None
     if stereotype_score:
-        # full-length arrays with the evaluate half masked out (attr -1): no copy of heads
-        a_only_loc = np.where(loc, a, -1)
-        p_loc_full = np.full(n, -1, dtype=np.int64)
-        p_loc_full[loc] = eng_loc.predict()
-        stereo_logit = stereotype_logit_scores(
-            heads, layers, classifier, y, a_only_loc, p_loc_full, stereotype_min_lift
-        )
+        stereo_logit = stereotype_logit_table(*stereotype, layers)
 
     flagged = (
         bias_stats.loc[bias_stats["flagged"].astype(bool), "head_id"].tolist()

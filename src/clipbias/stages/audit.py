@@ -9,6 +9,11 @@
   ``dataset.json``, on the split variant (heads located on the dataset's locate split,
   effects on its test split; a stratified 50/50 split when both are the same split) and the
   single-pool variant (locate and evaluate on the union, as the paper appears to do).
+  One streamed pass over the cell's features (:class:`clipbias.methods.audit.AuditAccumulator`)
+  keeps only what the audit needs from the heads: the per-image class logits of each
+  terminal-layer head (mean ablation and every prediction), the CAV projections, the
+  ablation means, the TextSpan moments of each locate half and the stereotype-logit sums;
+  memory O(batch + N·L_t·H·C + L_t·H·D² per TextSpan row set), not O(N·D).
 
 Output folder ``results/{experiment}/audit/{dataset}/{model}/seed-{seed}/``::
 
@@ -181,46 +186,16 @@ def encode_audit_texts(
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_cell(fs, splits: Sequence[str], terminal: Sequence[int], cav_matrix: np.ndarray):
-    """One pass over ``splits`` (in order): index, heads of the ``terminal`` layers
-    [N, L_t, H, D], rest (everything else) [N, D] and the projections of every stored head
-    on each CAV column [N, L, H, K] (float32; METHODS §6.4 s_{l,h}(x) = <ĉ_{l,h}(x), v>).
-    Arrays are preallocated: the whole-model heads are never held at once."""
+def _cell_index(fs, splits: Sequence[str]):
+    """The index columns of ``splits`` (in order; no features) and their row counts."""
     import pandas as pd
 
-    counts = [len(fs.index(split=s)) for s in splits]
+    frames = [fs.index(split=s) for s in splits]
+    counts = [len(f) for f in frames]
     for s, c in zip(splits, counts, strict=True):
         if c == 0:
             raise ValueError(f"split {s!r} has no rows in {fs.folder}")
-    n, layers = sum(counts), fs.layers
-    t_pos = [layers.index(int(x)) for x in terminal]
-    others = [i for i in range(len(layers)) if i not in t_pos]
-    heads = np.empty((n, len(t_pos), fs.n_heads, fs.dim), dtype=np.float32)
-    rest = np.empty((n, fs.dim), dtype=np.float32)
-    proj = np.empty((n, len(layers), fs.n_heads, cav_matrix.shape[1]), dtype=np.float32)
-    v = cav_matrix.astype(np.float32)
-    frames, i = [], 0
-    for s in splits:
-        for idx, h, r in fs.iter_batches(None, s, batch_rows=256):
-            m = len(idx)
-            heads[i : i + m] = h[:, t_pos]
-            rest[i : i + m] = r + h[:, others].sum(axis=(1, 2), dtype=np.float64)
-            proj[i : i + m] = np.einsum("nlhd,dk->nlhk", h, v)
-            frames.append(idx)
-            i += m
-    if i != n:
-        raise ValueError(f"read {i} rows of {splits} from {fs.folder}, expected {n}")
-    return pd.concat(frames, ignore_index=True), heads, rest, proj, counts
-
-
-def _rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``x[mask]`` as a view when the mask is one contiguous block (no copy of big arrays)."""
-    if mask is None:
-        return x
-    sel = np.flatnonzero(mask)
-    if len(sel) and sel[-1] - sel[0] + 1 == len(sel):
-        return x[sel[0] : sel[-1] + 1]
-    return x[mask]
+    return pd.concat(frames, ignore_index=True), counts
 
 
 def _augmented_pool(
@@ -343,72 +318,123 @@ def audit(
     columns = [(a, c.name) for a in chosen for c in cavs[a]]
     cav_matrix = np.stack([c.vector for a in chosen for c in cavs[a]], axis=1)
     splits = [locate_split] if locate_split == test_split else [locate_split, test_split]
+    idx, counts = _cell_index(fs, splits)
+    labels = idx["label"].to_numpy(dtype=np.int64)
+    pool_texts, pool_emb = read_method_texts(texts)["pool"]
+    rank = textspan_rank(fs.meta, ts["rank"])
+
+    # Plan the pass: each attribute's codes, halves and the row sets whose statistics the
+    # audit needs (ablation means, TextSpan moments, stereotype-logit sums), keyed in `acc`.
+    acc = au.AuditAccumulator(
+        len(idx), fs.layers, terminal, n_heads, fs.dim, classifier, cav_matrix
+    )
+    plans: dict[str, dict[str, Any]] = {}
+    for a in chosen:
+        col = f"attr_{a}"
+        if col not in idx.columns:
+            raise ValueError(f"the features have no column {col} (dataset attribute {a!r})")
+        vals = list(attr_meta[a]["values"])
+        codes = au.value_codes(vals, ds_attrs[a])
+        attr = au.recode_attr(idx[col].to_numpy(), [codes[v] for v in vals])
+        if len(splits) == 2:
+            is_locate = np.arange(len(idx)) < counts[0]
+        else:
+            is_locate = au.locate_evaluate_split(labels, attr, p["locate_fraction"], seed)
+        variants: dict[str, np.ndarray | None] = {"split": is_locate}
+        if p["single_pool"]:
+            variants["single_pool"] = None
+        keys: dict[str, dict[str, int]] = {}
+        for variant, mask in variants.items():
+            loc = np.ones(len(idx), dtype=bool) if mask is None else mask
+            k = keys[variant] = {"locate": acc.add_means(loc)}
+            if mask is not None and p["transductive"]:
+                k["evaluate"] = acc.add_means(~mask)
+            if ts["enabled"]:
+                k["moments"] = acc.add_moments(mask)
+            if p["stereotype_score"]:
+                a_only_loc = np.where(loc, attr, -1)
+                smap = au.stereotyped_class_map(
+                    labels, a_only_loc, classifier.shape[1], p["stereotype_min_lift"]
+                )
+                k["stereotype"] = acc.add_stereotype(labels, a_only_loc, smap)
+        plans[a] = {"values": vals, "attr": attr, "variants": variants, "keys": keys}
+
+    # One streamed pass over the cell (memory O(batch + result), no [N, ..., D] array).
     t0 = time.perf_counter()
-    idx, heads, rest, proj, counts = _load_cell(fs, splits, terminal, cav_matrix)
+    row = 0
+    for s in splits:
+        for batch_idx, h, r in fs.iter_batches(None, s):
+            ids = idx["image_id"].iloc[row : row + len(batch_idx)].to_numpy()
+            if not np.array_equal(batch_idx["image_id"].to_numpy(), ids):
+                raise ValueError(f"rows of {s!r} in {fs.folder} changed order between reads")
+            acc.update(h, r)
+            row += len(batch_idx)
+    stats = acc.finish()
+    del acc
     log.info(
-        "loaded %s rows of %s (%d terminal layers %s) in %.1f s",
+        "streamed %s rows of %s (%d terminal layers %s) in %.1f s",
         counts,
         splits,
         len(terminal),
         terminal,
         time.perf_counter() - t0,
     )
-    labels = idx["label"].to_numpy(dtype=np.int64)
-    pool_texts, pool_emb = read_method_texts(texts)["pool"]
-    rank = textspan_rank(fs.meta, ts["rank"])
+
+    # Bias-augmented TextSpan of every attribute and variant from the moments, which are
+    # then dropped before the ablation engines are built.
+    spans: dict[tuple[str, str], tuple[Any, Any, list[str], list[str]]] = {}
+    for a in chosen:
+        bias = table[(table["attribute"] == a) & (table["role"] == "bias")]
+        bias_texts = bias["text"].tolist()
+        aug_texts, aug_emb = _augmented_pool(
+            pool_texts, pool_emb, bias_texts, emb[bias.index.to_numpy()]
+        )
+        for variant in plans[a]["variants"]:
+            ts_table, bias_stats = None, None
+            if ts["enabled"]:
+                t1 = time.perf_counter()
+                ts_table, bias_stats = au.bias_textspan_from_moments(
+                    stats.moments[plans[a]["keys"][variant]["moments"]],
+                    aug_texts,
+                    aug_emb,
+                    bias_texts,
+                    m=min(int(ts["m"]), len(aug_texts)),
+                    rank=rank,
+                    top_k=ts["top_k"],
+                    first_rank_max=ts["first_rank_max"],
+                    share_quantile=ts["share_quantile"],
+                )
+                log.info("TextSpan %s / %s: %.1f s", a, variant, time.perf_counter() - t1)
+            spans[a, variant] = (ts_table, bias_stats, aug_texts, bias_texts)
+    stats.moments.clear()
 
     selections: dict[str, dict[str, Any]] = {}
     with atomic_path(out_dir, is_dir=True) as tmp:
         for a in chosen:
-            col = f"attr_{a}"
-            if col not in idx.columns:
-                raise ValueError(f"the features have no column {col} (dataset attribute {a!r})")
-            vals = list(attr_meta[a]["values"])
-            codes = au.value_codes(vals, ds_attrs[a])
-            attr = au.recode_attr(idx[col].to_numpy(), [codes[v] for v in vals])
-            if len(splits) == 2:
-                is_locate = np.arange(len(idx)) < counts[0]
-            else:
-                is_locate = au.locate_evaluate_split(labels, attr, p["locate_fraction"], seed)
-            variants: dict[str, np.ndarray | None] = {"split": is_locate}
-            if p["single_pool"]:
-                variants["single_pool"] = None
-            proj_a = {c: proj[..., j] for j, (aa, c) in enumerate(columns) if aa == a}
-            bias = table[(table["attribute"] == a) & (table["role"] == "bias")]
-            bias_texts = bias["text"].tolist()
-            aug_texts, aug_emb = _augmented_pool(
-                pool_texts, pool_emb, bias_texts, emb[bias.index.to_numpy()]
-            )
+            vals, attr = plans[a]["values"], plans[a]["attr"]
+            proj_a = {c: stats.proj[..., j] for j, (aa, c) in enumerate(columns) if aa == a}
             selections[a] = {}
-            for variant, mask in variants.items():
+            for variant, mask in plans[a]["variants"].items():
                 t1 = time.perf_counter()
-                ts_table, bias_stats = None, None
-                if ts["enabled"]:
-                    ts_table, bias_stats = au.bias_textspan(
-                        _rows(heads, mask),
-                        terminal,
-                        aug_texts,
-                        aug_emb,
-                        bias_texts,
-                        m=min(int(ts["m"]), len(aug_texts)),
-                        rank=rank,
-                        top_k=ts["top_k"],
-                        first_rank_max=ts["first_rank_max"],
-                        share_quantile=ts["share_quantile"],
-                    )
-                res = au.audit_attribute(
-                    heads,
-                    rest,
-                    classifier,
-                    terminal,
+                keys = plans[a]["keys"][variant]
+                ts_table, bias_stats, aug_texts, bias_texts = spans[a, variant]
+                means = {"locate": stats.means[keys["locate"]]}
+                if "evaluate" in keys:
+                    means["evaluate"] = stats.means[keys["evaluate"]]
+                res = au.audit_attribute_stats(
+                    stats.logits,
                     labels,
                     attr,
                     cavs[a],
                     vals,
-                    attribute=a,
-                    is_locate=mask,
+                    means=means,
                     proj=proj_a,
                     proj_layers=fs.layers,
+                    stereotype=stats.stereotype[keys["stereotype"]]
+                    if "stereotype" in keys
+                    else None,
+                    attribute=a,
+                    is_locate=mask,
                     bias_stats=bias_stats,
                     n_layers=n_layers,
                     class_names=names,
