@@ -25,6 +25,9 @@ predict_ltc         ``stages.predict.predict("ltc")`` (means + test)   locate + 
 evaluate            ``stages.evaluate.evaluate`` (zero_shot, ltc)      test split
 ground_truth        ``stages.evaluate.planted_ground_truth``           test split
 audit               ``stages.audit.audit`` (default ``audit:`` block)  locate + test split
+locate_refineclip   ``stages.refineclip.locate_refineclip`` (phase 1)  shots of locate split
+locate_refineclip_  the same with ``selection="validation"`` (Ours*)   locate split
+star
 ==================  =================================================  ==================
 
 Before each stage the shards of the splits it reads are read once into the page cache
