@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--n-per-class", type=int, default=10)
     p.add_argument("--shots-split", default="train")
+    p.add_argument(
+        "--shot-sampling",
+        default="random",
+        choices=["random", "group_balanced"],
+        help="random (the paper) or group_balanced (the default config's choice)",
+    )
     p.add_argument("--val-split", default="val")
     p.add_argument("--test-split", default="test")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -59,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_method(args, method: str, seed: int, work: Path) -> tuple[Path, float]:
     """One method on one sampling seed through the stages; (predictions file, seconds)."""
     spec = registry.get(method)
-    overrides = {"n_per_class": args.n_per_class, "shots_split": args.shots_split}
+    overrides = {"n_per_class": args.n_per_class, "shots_split": args.shots_split,
+                 "shot_sampling": args.shot_sampling}  # fmt: skip
     params = spec.resolve_params(overrides if spec.shots else {})
     if "val_split" in params:
         params["val_split"] = args.val_split

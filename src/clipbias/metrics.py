@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -610,3 +611,30 @@ def delta_v_bootstrap(
     p = min(1.0, 2.0 * min(np.mean(d <= 0), np.mean(d >= 0))) if d.size else float("nan")
     out.update(ci_low=lo, ci_high=hi, p_boot=float(p))
     return out
+
+
+def protected_v_rows(
+    method: str,
+    split: str,
+    pred: np.ndarray,
+    labels: np.ndarray,
+    attr: np.ndarray,
+    attribute: str,
+    n_boot: int = 1000,
+    seed: int = 42,
+) -> list[dict[str, Any]]:
+    """Tidy metric rows of a method's protected-attribute bias (METHODS §6.8):
+    ``protected_v`` = V(pred, attr) and ``protected_v_excess`` = V(pred, attr) −
+    V(true class, attr) with a paired, class × value-stratified bootstrap interval
+    (:func:`delta_v_bootstrap` with the true classes as the "before" predictions). On a test
+    split balanced over class × value V(true) = 0, so the excess is the bias the model adds.
+    ``group_name`` holds the attribute's name; samples with ``attr < 0`` are left out."""
+    d = delta_v_bootstrap(labels, pred, labels, attr, n_boot=n_boot, seed=seed)
+    base = {"method": method, "split": split, "group_name": attribute, "n": int(d["n"])}
+    nan = float("nan")
+    return [
+        {**base, "metric": "protected_v", "value": float(d["v_after"]), "ci_low": nan,
+         "ci_high": nan},
+        {**base, "metric": "protected_v_excess", "value": float(d["delta_v"]),
+         "ci_low": float(d["ci_low"]), "ci_high": float(d["ci_high"])},
+    ]  # fmt: skip

@@ -177,3 +177,27 @@ def test_delta_v_bootstrap_stratifies_by_class_and_attribute():
         np.testing.assert_array_equal(
             np.bincount(idx_cells[row], minlength=6), np.bincount(idx_cells, minlength=6)
         )
+
+
+def test_protected_v_rows_by_hand():
+    """Test set balanced over class x attribute: V(true class, attr) = 0. A classifier that
+    predicts the attribute instead of the class has V(pred, attr) = 1, excess 1 (no spread:
+    every resample is a diagonal table); one that predicts the class exactly has excess 0."""
+    from clipbias.metrics import protected_v_rows
+
+    labels = np.array([0, 0, 1, 1] * 25)
+    attr = np.array([0, 1, 0, 1] * 25)
+    rows = protected_v_rows("m", "test", attr.copy(), labels, attr, "colour", n_boot=50, seed=0)
+    got = {r["metric"]: r for r in rows}
+    assert set(got) == {"protected_v", "protected_v_excess"}
+    assert got["protected_v"]["value"] == pytest.approx(1.0)
+    ex = got["protected_v_excess"]
+    assert ex["value"] == pytest.approx(1.0) and ex["ci_low"] == pytest.approx(1.0)
+    assert ex["group_name"] == "colour" and ex["n"] == 100
+    exact = protected_v_rows("m", "test", labels.copy(), labels, attr, "colour", n_boot=50)
+    assert [r["value"] for r in exact] == pytest.approx([0.0, 0.0])
+    # samples without an attribute value (attr < 0) are left out
+    attr2 = attr.copy()
+    attr2[:4] = -1
+    rows2 = protected_v_rows("m", "test", attr.copy(), labels, attr2, "colour", n_boot=0)
+    assert rows2[0]["n"] == 96 and np.isnan(rows2[1]["ci_low"])

@@ -479,3 +479,36 @@ def test_phase1_is_shared_by_ids_with_equal_phase1_params():
     # phase 1 reads every parameter it is keyed on
     spec = registry.get("refineclip_star")
     assert set(spec.params) | set(spec.fixed) >= set(registry.REFINECLIP_PHASE1_PARAMS)
+
+
+def test_evaluate_adds_protected_attribute_bias_rows(store, tmp_path):
+    """With a protected attribute in dataset.json, every method gets V(pred, attr) and its
+    excess over V(true class, attr) (with an interval) on the test split."""
+    import json
+
+    from clipbias import metrics
+
+    root, _ = store
+    meta = json.loads((root / "dataset.json").read_text())
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({**meta, "protected_attribute": "background"})
+    )
+    preds = {m: _run(store, m) for m in ("zero_shot", "ltc")}
+    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary")}
+    ev.evaluate(preds, tmp_path / "dataset.json", out["metrics"], out["paired"], out["draws"],
+                out["summary"], n_boot=100, seed=1)  # fmt: skip
+    m = pd.read_csv(out["metrics"])
+    ex = m[m["metric"] == "protected_v_excess"]
+    assert set(ex["method"]) == {"zero_shot", "ltc"} and set(ex["group_name"]) == {"background"}
+    df, _, _ = predict.read_predictions(preds["ltc"])
+    test = df[df["split"] == "test"]
+    v = metrics.cramers_v_table(test["pred"], test["label"], test["attr_background"])
+    row = ex[(ex["method"] == "ltc") & (ex["split"] == "test")].iloc[0]
+    assert row["value"] == pytest.approx(v["v"] - v["v_true"])
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    # without the key nothing is added
+    meta.pop("protected_attribute", None)
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    ev.evaluate(preds, tmp_path / "dataset.json", out["metrics"], out["paired"], out["draws"],
+                out["summary"], n_boot=10, seed=1)  # fmt: skip
+    assert "protected_v" not in set(pd.read_csv(out["metrics"])["metric"])

@@ -173,6 +173,7 @@ def evaluate(
             rows = part.index.to_numpy()
             sub = {m: p[rows] for m, p in preds.items()}
             tables.append(_edit_rows(edit_targets, meta, sub, part.reset_index(drop=True), split))
+    tables += _protected_rows(meta, preds, index, n_boot, seed)
     metrics = pd.concat(tables, ignore_index=True)
     _write_csv(metrics, out_metrics)
 
@@ -291,6 +292,35 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
         if out
         else []
     )
+
+
+def _protected_rows(meta, preds, index, n_boot: int, seed: int) -> list:
+    """V(pred, protected attribute) and its excess over V(true class, attribute) with a
+    paired bootstrap interval, per method and split, when ``dataset.json`` names a
+    ``protected_attribute`` that the predictions carry (``attr_<name>``)."""
+    import pandas as pd
+
+    from clipbias.metrics import protected_v_rows
+
+    name = meta.get("protected_attribute")
+    if not name or not preds or f"attr_{name}" not in index.columns:
+        return []
+    out = []
+    for split, part in index.groupby("split", sort=False):
+        rows = part.index.to_numpy()
+        labels, attr = part["label"].to_numpy(), part[f"attr_{name}"].to_numpy()
+        if not (attr >= 0).any():
+            continue
+        out.append(
+            pd.DataFrame(
+                [
+                    r
+                    for m, p in preds.items()
+                    for r in protected_v_rows(m, split, p[rows], labels, attr, name, n_boot, seed)
+                ]
+            )
+        )
+    return out
 
 
 def _edit_rows(spec, meta, preds, index, split):
