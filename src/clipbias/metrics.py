@@ -628,7 +628,10 @@ def protected_v_rows(
     V(true class, attr) with a paired, class × value-stratified bootstrap interval
     (:func:`delta_v_bootstrap` with the true classes as the "before" predictions). On a test
     split balanced over class × value V(true) = 0, so the excess is the bias the model adds.
-    ``group_name`` holds the attribute's name; samples with ``attr < 0`` are left out."""
+    ``group_name`` holds the attribute's name; samples with ``attr < 0`` are left out. V is
+    biased upwards in small samples (and V(true) is fixed under the stratified resampling),
+    so with few images and a small V the percentile interval can lie above the estimate;
+    V is NaN when every image gets the same prediction."""
     d = delta_v_bootstrap(labels, pred, labels, attr, n_boot=n_boot, seed=seed)
     base = {"method": method, "split": split, "group_name": attribute, "n": int(d["n"])}
     nan = float("nan")

@@ -84,7 +84,12 @@ def test_every_stage_produced_its_outputs(tiny_run):
     from clipbias.methods import registry
 
     assert set(table["method"]) == set(registry.names())  # tiny.yaml runs every method
-    assert (table["ci_low"] <= table["value"] + 1e-12).all()
+    # percentile intervals bracket the accuracy-type estimates; Cramér's V is biased upwards
+    # in small samples, so its resampled values (and interval) can lie above the estimate
+    prot = table["metric"].str.startswith("protected_v")
+    assert (table.loc[~prot, "ci_low"] <= table.loc[~prot, "value"] + 1e-12).all()
+    ex = table[table["metric"] == "protected_v_excess"].dropna(subset=["value"])
+    assert len(ex) and (ex["ci_low"] <= ex["ci_high"]).all() and ex["value"].between(-1, 1).all()
     paired = pd.read_csv(tiny_run / METRICS / "paired.csv")
     assert set(paired["method"]) == set(registry.names()) - {"zero_shot", "ltc_random"}
     truth_dir = tiny_run / EXP / "ground_truth/planted/planted-vit-tiny/seed-7"
