@@ -416,7 +416,7 @@ def test_output_sensitivity_rejects_misaligned_twins(twin_store, monkeypatch):
     monkeypatch.setattr(fs, "iter_batches", reversed_twins)
     meta = json.loads((root / "dataset.json").read_text())
     with pytest.raises(ValueError, match="not aligned"):
-        _output_sensitivity(fs, meta, "test", "background", 10, 0)
+        _output_sensitivity(fs, meta, "test", ["background"], 10, 0)
 
 
 def test_head_moments_add_equals_one_accumulation():

@@ -386,11 +386,12 @@ def planted_ground_truth(
     index = pd.concat([p[0] for p in parts], ignore_index=True)
     margins = np.concatenate([p[1][0] for p in parts])
     total = np.concatenate([p[1][1] for p in parts])
-    output = [
-        _output_sensitivity(fs, meta, split, kind, n_boot, seed)
+    kinds = [
+        kind
         for kind in TWIN_ATTRIBUTE_KEYS
         if meta.get(TWIN_ATTRIBUTE_KEYS[kind][0]) is not None and f"twin_{kind}" in present
     ]
+    output = _output_sensitivity(fs, meta, split, kinds, n_boot, seed)
     heads, totals = planted_tables_from_margins(
         index, margins, total, fs.layers, meta, split=split, n_boot=n_boot, seed=seed,
         extra=output,
@@ -427,37 +428,52 @@ def _rows_in_step(batches):
     return take
 
 
-def _output_sensitivity(fs, meta, split: str, kind: str, n_boot: int, seed: int):
-    """Output-sensitivity table (kind ``output``, :func:`clipbias.ground_truth.output_sensitivity_table`)
-    of the ``kind`` twins: one pass over ``split`` and ``twin_{kind}`` in lockstep (the
-    generator writes the twin of row i as row i of the twin split, ``"<id>|<kind>"``);
-    keeps only per-pair [L, H] squared changes and per-head sums."""
+def _output_sensitivity(fs, meta, split: str, kinds, n_boot: int, seed: int) -> list:
+    """Output-sensitivity tables (kind ``output``,
+    :func:`clipbias.ground_truth.output_sensitivity_table`) of the ``kinds`` twins: one pass
+    over ``split`` with every ``twin_{kind}`` split in lockstep (the generator writes the twin
+    of row i as row i of the twin split, ``"<id>|<kind>"``); keeps only per-pair [L, H]
+    squared changes and the originals' per-head sums (shared by all kinds)."""
     from clipbias.ground_truth import associated_values, head_spread, output_sensitivity_table
 
-    attr, _ = associated_values(meta, kind)
-    n_heads = (len(fs.layers), fs.n_heads)
-    s1, s2, n, pair_sq = np.zeros((*n_heads, fs.dim)), np.zeros(n_heads), 0, []
-    twins = _rows_in_step(fs.iter_batches(None, f"twin_{kind}", rest=False))
+    if not kinds:
+        return []
+    shape = (len(fs.layers), fs.n_heads)
+    s1, s2, n = np.zeros((*shape, fs.dim)), np.zeros(shape), 0
+    twins = {k: _rows_in_step(fs.iter_batches(None, f"twin_{k}", rest=False)) for k in kinds}
+    pair_sq = {k: [] for k in kinds}
     for idx, h, _ in fs.iter_batches(None, split, rest=False):
-        tids, th = twins(len(idx))
-        want = (idx["image_id"].astype(str) + f"|{kind}").to_numpy()
-        if len(tids) != len(want) or (tids != want).any():
-            raise ValueError(
-                f"rows of twin_{kind} are not aligned with {split} in {fs.folder}: regenerate "
-                "the planted dataset and its features (twins are written in the order of "
-                "their originals)"
-            )
         h64 = h.astype(np.float64)
         s1 += h64.sum(0)
         s2 += np.einsum("nlhd,nlhd->lh", h64, h64)
         n += len(h)
-        pair_sq.append(np.sum((th.astype(np.float64) - h64) ** 2, axis=-1))
-    if len(twins(1)[0]):
-        raise ValueError(f"twin_{kind} has more rows than {split} in {fs.folder}")
-    return output_sensitivity_table(
-        np.concatenate(pair_sq), head_spread(s1, s2, n), fs.layers,
-        attribute=attr, n_boot=n_boot, seed=seed,
-    )  # fmt: skip
+        ids = idx["image_id"].astype(str)
+        for kind, take in twins.items():
+            tids, th = take(len(idx))
+            want = (ids + f"|{kind}").to_numpy()
+            if len(tids) != len(want) or (tids != want).any():
+                raise ValueError(
+                    f"rows of twin_{kind} are not aligned with {split} in {fs.folder}: "
+                    "regenerate the planted dataset and its features (twins are written in "
+                    "the order of their originals)"
+                )
+            pair_sq[kind].append(np.sum((th.astype(np.float64) - h64) ** 2, axis=-1))
+    spread = head_spread(s1, s2, n)
+    tables = []
+    for kind, take in twins.items():
+        if len(take(1)[0]):
+            raise ValueError(f"twin_{kind} has more rows than {split} in {fs.folder}")
+        tables.append(
+            output_sensitivity_table(
+                np.concatenate(pair_sq[kind]),
+                spread,
+                fs.layers,
+                attribute=associated_values(meta, kind)[0],
+                n_boot=n_boot,
+                seed=seed,
+            )  # fmt: skip
+        )
+    return tables
 
 
 def score_locators(
