@@ -138,6 +138,28 @@ def default_workers(threads: int | None, device: torch.device) -> int:
     return max(0, int(threads) - 1)
 
 
+def select_splits(
+    index: pd.DataFrame, splits: Sequence[str] | None, where: str | os.PathLike = "the index"
+) -> pd.DataFrame:
+    """The rows of ``index`` whose split is in ``splits`` (all rows for ``None``), in index
+    order. Raises ``ValueError`` naming the available splits when one is not in the index
+    (e.g. a method's ``shots_split: train`` on a dataset without a train split)."""
+    if splits is None:
+        return index
+    wanted = list(dict.fromkeys(str(s) for s in splits))
+    if not wanted:
+        raise ValueError("features.splits is empty: name at least one split to extract")
+    have = set(index["split"].astype(str).unique())
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        raise ValueError(
+            f"split(s) {missing} requested for extraction are not in {where} (it has "
+            f"{sorted(have)}). Fix features.splits in the config, or the split parameters "
+            "(locate_split, test_split, eval_splits, methods' *_split) that ask for them."
+        )
+    return index[index["split"].astype(str).isin(wanted)].reset_index(drop=True)
+
+
 def extract_shard(
     loaded: LoadedModel,
     dataset_dir: str | os.PathLike,
@@ -150,9 +172,12 @@ def extract_shard(
     extra_meta: dict[str, Any] | None = None,
     num_workers: int = 0,
     precision: str = "float32",
+    splits: Sequence[str] | None = None,
 ) -> int:
     """Decompose the images of one index shard and write the Parquet shard atomically.
 
+    ``splits``: extract only the index rows of these splits (``None`` = every row); the
+    shards partition the selected rows in index order, see :func:`select_splits`.
     ``num_workers``: image loader processes (see :func:`image_batches`); the output does not
     depend on it. ``precision``: compute precision of :func:`clipbias.decompose.decompose`
     (``float32``; ``float16``/``bfloat16`` autocast). Every batch's parts are checked to sum
@@ -162,7 +187,7 @@ def extract_shard(
     from clipbias.decompose import decompose
 
     root = Path(dataset_dir)
-    index = pd.read_parquet(root / "index.parquet")
+    index = select_splits(pd.read_parquet(root / "index.parquet"), splits, root)
     start, stop = shard_bounds(len(index), n_shards, shard)
     part = index.iloc[start:stop].reset_index(drop=True)
 

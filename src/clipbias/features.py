@@ -304,11 +304,17 @@ class FeatureSet:
         (hashlib releases the GIL), so verification overlaps with decoding."""
         from concurrent.futures import ThreadPoolExecutor
 
+        shards = self.manifest["shards"]
         entries = [
-            e
-            for e in self.manifest["shards"]
-            if split is None or e.get("splits") is None or e["splits"].get(split)
+            e for e in shards if split is None or e.get("splits") is None or e["splits"].get(split)
         ]
+        if split is not None and not entries and all(e.get("splits") is not None for e in shards):
+            have = sorted({s for e in shards for s in e["splits"]})
+            raise FeatureError(
+                f"split {split!r} is not in the features of {self.folder} (extracted: {have}). "
+                "Add it to features.splits in the config (or leave features.splits at 'auto', "
+                "which extracts every split the configured stages read) and rerun snakemake."
+            )
         if not self.verify:
             yield from (self.folder / e["file"] for e in entries)
             return

@@ -67,8 +67,11 @@ def shard_states(work: Path) -> tuple[list[Path], list[Path]]:
 
 def test_every_stage_produced_its_outputs(tiny_run):
     manifest = json.loads((tiny_run / FEAT / "manifest.json").read_text())
-    # train + val + test and the two counterfactual twin splits of test
+    # train + val + test and the two counterfactual twin splits of test; features.splits is
+    # auto: train is extracted because tiny.yaml's RefineCLIP draws its shots from train
     assert manifest["n_shards"] == 2 and manifest["rows"] == 800 + 300 + 3 * 300
+    extracted = set().union(*(e["splits"] for e in manifest["shards"]))
+    assert extracted == {"train", "val", "test", "twin_background", "twin_protected"}
     from clipbias.features import FeatureSet
 
     fs = FeatureSet.open(tiny_run / FEAT)

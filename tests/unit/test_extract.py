@@ -51,6 +51,33 @@ def test_shard_rows_sum_and_manifest(dataset, loaded, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=1e-4)
 
 
+def test_only_the_requested_splits_are_extracted(dataset, loaded, tmp_path):
+    """features.splits: the shards partition the rows of the requested splits in index
+    order; a stage that asks for another split gets an error naming features.splits; a
+    split that is not in the index is refused before anything is written."""
+    import pandas as pd
+
+    from clipbias.features import FeatureError
+
+    index = pd.read_parquet(dataset / "index.parquet")
+    wanted = index[index["split"].isin(["test", "twin_background"])]
+    paths = [tmp_path / f"shard-{i:05d}.parquet" for i in range(2)]
+    for i, out in enumerate(paths):
+        extract_shard(loaded, dataset, out, i, 2, batch_size=16, splits=["twin_background", "test"])
+    write_manifest(paths, tmp_path / "manifest.json")
+    fs = FeatureSet.open(tmp_path)
+    assert fs.index()["image_id"].tolist() == wanted["image_id"].tolist()
+    assert len(fs.index("test")) == (index["split"] == "test").sum()
+    with pytest.raises(FeatureError, match="split 'train' is not in the features.*features.splits"):
+        fs.index("train")
+    with pytest.raises(FeatureError, match="split 'val' is not in the features"):
+        next(fs.iter_batches(split="val"))
+    bad = tmp_path / "bad.parquet"
+    with pytest.raises(ValueError, match=r"\['holdout'\].*not in .*features.splits"):
+        extract_shard(loaded, dataset, bad, 0, 1, splits=["test", "holdout"])
+    assert not bad.exists()
+
+
 def test_loader_workers_do_not_change_the_output(dataset, loaded, tmp_path):
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     extract_shard(loaded, dataset, a, 1, 2, batch_size=8, num_workers=0)

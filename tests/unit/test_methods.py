@@ -512,3 +512,20 @@ def test_evaluate_adds_protected_attribute_bias_rows(store, tmp_path):
     ev.evaluate(preds, tmp_path / "dataset.json", out["metrics"], out["paired"], out["draws"],
                 out["summary"], n_boot=10, seed=1)  # fmt: skip
     assert "protected_v" not in set(pd.read_csv(out["metrics"])["metric"])
+
+
+def test_feature_splits_are_the_dataset_splits_and_the_methods_split_parameters():
+    """features.splits: auto extracts the dataset's own splits, then every *_split parameter
+    of the methods that run on the dataset (in first-seen order, no repeats)."""
+    conf = registry.configured(
+        [
+            "ltc",
+            {"name": "refineclip", "shots_split": "train"},
+            {"name": "refineclip_star", "id": "star", "shots_split": "val", "val_split": "holdout"},
+            {"name": "tip_adapter", "shots_split": "train"},
+        ]
+    )
+    own = ["val", "test", "twin_background"]
+    assert registry.feature_splits(conf, list(conf), own) == [*own, "train", "holdout"]
+    # the dataset runs only zero-shot and LTC: no shots split
+    assert registry.feature_splits(conf, ["zero_shot", "ltc"], own) == own

@@ -297,16 +297,18 @@ def test_ours_star_on_a_split_without_rows_is_an_error(store, tmp_path):
     from clipbias.features import FeatureError
 
     root, _ = store
-    with pytest.raises(FeatureError, match="no rows for split 'holdout'"):
+    with pytest.raises(FeatureError, match="split 'holdout' is not in the features"):
         stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
                                 selection="validation", val_split="holdout")  # fmt: skip
 
 
 def test_shots_missing_from_the_store_are_an_error(store):
+    from clipbias.features import FeatureError
+
     root, _ = store
     with pytest.raises(ValueError, match="not in split 'train'"):
         fewshot.load_rows(FeatureSet.open(root), "train", ["train_0001", "nope"], [])
-    with pytest.raises(ValueError, match="split 'shots' has no rows"):
+    with pytest.raises(FeatureError, match="split 'shots' is not in the features"):
         fewshot.shot_rows(FeatureSet.open(root), "shots", 5, 1)
 
 

@@ -225,6 +225,19 @@ def shard_count(wildcards):
     return n_shards(wildcards.dataset)
 
 
+def extract_splits(wildcards):
+    """Splits to extract (features.splits): "auto" = the splits the dataset's stages read
+    (locate, test and eval splits, counterfactual twins, methods' *_split parameters)."""
+    spec = config["features"].get("splits", "auto")
+    if spec != "auto":
+        return list(spec)
+    d = DATASETS[wildcards.dataset]
+    own = [d["locate_split"], d["test_split"], *(d.get("eval_splits") or [])]
+    if is_planted(wildcards.dataset) and d["synth"].get("twin_splits", ["test"]):
+        own += ["twin_background", "twin_protected"]
+    return registry.feature_splits(METHODS, cell_methods(wildcards.dataset), own)
+
+
 def dataset_templates(wildcards):
     return templates(wildcards.dataset)
 

@@ -75,6 +75,7 @@ rule extract_features:
         pretrained=pretrained_arg,
         hf_home=hf_home_arg,
         n_shards=shard_count,
+        splits=extract_splits,
         layers=config["features"]["layers"],
         dtype=config["features"]["dtype"],
         precision=config["features"]["precision"],

@@ -18,6 +18,7 @@ extract_features(
     out=snakemake.output.shard,
     shard=int(snakemake.wildcards.shard),
     n_shards=snakemake.params.n_shards,
+    splits=snakemake.params.splits,
     layers=snakemake.params.layers,
     dtype=snakemake.params.dtype,
     precision=snakemake.params.precision,

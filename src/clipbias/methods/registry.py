@@ -556,6 +556,22 @@ def locator_owners(configured: Mapping[str, Configured], locator: str) -> list[s
     return list(dict.fromkeys(locator_owner(configured, locator, m) for m in ids))
 
 
+def feature_splits(
+    configured: Mapping[str, Configured],
+    method_ids: Iterable[str],
+    dataset_splits: Iterable[str],
+) -> list[str]:
+    """The splits a cell's stages read from its features (``features.splits: auto``):
+    ``dataset_splits`` (the dataset's locate, test and evaluation splits and counterfactual
+    twins, which the head-locating, evaluation and ground-truth stages read), then every
+    ``*_split`` parameter (``shots_split``, ``val_split``) of the methods ``method_ids``,
+    in first-seen order without repeats."""
+    out = [str(s) for s in dataset_splits]
+    for mid in method_ids:
+        out += [str(v) for k, v in configured[mid].params.items() if k.endswith("_split")]
+    return list(dict.fromkeys(out))
+
+
 def label(method_id: str, name: str | None = None) -> str:
     """Display name of a configured method id (registry label; aliases keep their id)."""
     spec = METHODS.get(name or method_id)

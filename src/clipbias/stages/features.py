@@ -81,9 +81,11 @@ def extract_features(
     dataset: str | None = None,
     hf_home: str | None = None,
     precision: str = "float32",
+    splits: Sequence[str] | None = None,
 ) -> int:
     """Decompose one shard of the dataset index into ``out`` (Parquet, written atomically).
 
+    ``splits``: only these splits of the index are extracted (``None``: all).
     ``dataset`` (the grid's dataset name) is recorded in the shard metadata; ``precision``:
     compute precision of the decomposition (``float32``, ``float16``, ``bfloat16``)."""
     from clipbias.extract import default_workers, extract_shard
@@ -103,6 +105,7 @@ def extract_features(
         batch_size=batch_size,
         extra_meta={"dataset": dataset} if dataset else None,
         num_workers=default_workers(threads, loaded.device),
+        splits=splits,
     )
 
 
