@@ -69,7 +69,7 @@ CONFIGS = {
             "spurious_correlation": 0.95,
             "protected_correlation": 0.5,
         },
-        "train": {"epochs": 8, "batch_size": 64, "lr": 0.001},
+        "train": {"epochs": 7, "batch_size": 64, "lr": 0.001},
         "model": "planted-vit-tiny",
         "texts": "config/texts/planted.yaml",
     },
