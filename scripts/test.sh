@@ -19,8 +19,8 @@ echo "== snakefmt --check"
 snakefmt --check Snakefile workflow/rules || { echo "FAIL: snakefmt" >&2; status=1; }
 
 echo "== ruff"
-ruff check src tests workflow/scripts benchmarks tools scripts || { echo "FAIL: ruff check" >&2; status=1; }
-ruff format --check src tests workflow/scripts benchmarks tools scripts || { echo "FAIL: ruff format" >&2; status=1; }
+ruff check src tests workflow/scripts benchmarks tools scripts notebooks || { echo "FAIL: ruff check" >&2; status=1; }
+ruff format --check src tests workflow/scripts benchmarks tools scripts notebooks || { echo "FAIL: ruff format" >&2; status=1; }
 
 echo "== notebooks are stripped"
 python tools/strip_notebooks.py --check notebooks/*.ipynb || { echo "FAIL: notebook outputs committed" >&2; status=1; }
