@@ -88,8 +88,9 @@ CONFIGS = {
             "protected_correlation": 0.8,
             "plain_fraction": 0.4,
         },
-        "train": {"epochs": 10, "batch_size": 64, "lr": 0.001},
-        "model": "planted-vit-tiny",
+        # as config/experiments/planted_multiclass.yaml
+        "train": {"epochs": 20, "batch_size": 64, "lr": 0.001},
+        "model": "planted-vit-wide",
         "texts": "config/texts/planted_multiclass.yaml",
     },
 }
