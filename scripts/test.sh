@@ -27,7 +27,8 @@ python tools/strip_notebooks.py --check notebooks/*.ipynb || { echo "FAIL: noteb
 
 echo "== pytest"
 log=$(mktemp)
-pytest -ra "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+# --durations: the slowest tests, to keep the suite under its 30-minute budget on 2 cores
+pytest -ra --durations=20 "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
 if [ $rc -eq 5 ]; then
   echo "FAIL: pytest collected no tests (exit code 5)" >&2; status=1
 elif [ $rc -ne 0 ]; then
