@@ -526,3 +526,20 @@ def test_without_a_misclassified_shot_the_edit_is_the_identity(store, tmp_path):
                                tmp_path / f"{objective}.csv", 1, {**params, "objective": objective})  # fmt: skip
         theta = ra.load_adapter(out)["theta"]
         assert np.any(theta != 1.0) == changed, objective
+
+
+def test_phase1_refuses_datasets_with_per_image_candidates(store, tmp_path):
+    """GenderBias-VL-style datasets (``candidate_columns``) classify each image among its own
+    candidates; phase 1's W/C/A and utility argmax over all classes, so the stage stops with
+    a message instead of editing for another task. Without candidates it runs as before."""
+    root, _ = store
+    meta = tmp_path / "dataset.json"
+    meta.write_text(json.dumps({"candidate_columns": ["label", "attr_counterpart"]}))
+    with pytest.raises(ValueError, match="candidate_columns.*datasets\\[\\].methods"):
+        stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
+                                dataset_meta=meta)  # fmt: skip
+    assert not (tmp_path / "s.json").exists()
+    meta.write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
+                            dataset_meta=meta)  # fmt: skip
+    assert (tmp_path / "s.json").is_file()

@@ -16,5 +16,6 @@ locate_refineclip(
     out=snakemake.output[0],
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
+    dataset_meta=snakemake.input.meta,
     **snakemake.params.phase1,
 )

@@ -47,6 +47,7 @@ def locate_refineclip(
     selection: str = "utility",
     val_split: str = "val",
     threads: int | None = None,
+    dataset_meta: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """RefineCLIP phase 1 (METHODS §5.1-5.5) on ``n_per_class`` shots per class of
     ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects S* by
@@ -64,6 +65,18 @@ def locate_refineclip(
     )
 
     limit_blas_threads(threads)
+    if dataset_meta is not None:
+        from clipbias.io import read_json
+
+        cols = read_json(dataset_meta).get("candidate_columns")
+        if cols:
+            # W/C/A, the utility and Ours*' validation counts argmax over all classes; with
+            # per-image candidates (GenderBias-VL) they would describe another task
+            raise ValueError(
+                f"RefineCLIP phase 1 classifies among all classes, but {dataset_meta} gives "
+                f"every image its own candidate classes (candidate_columns {cols}); leave the "
+                "RefineCLIP methods out of this dataset's datasets[].methods"
+            )
     if selection not in ("utility", "validation"):
         raise ValueError(f"selection must be 'utility' or 'validation', got {selection!r}")
     fs = FeatureSet.open(feature_dir)
