@@ -554,13 +554,18 @@ def audit_configured():
     return any("audit" in c.spec.locators for c in METHODS.values())
 
 
+def dataset_audits(dataset):
+    """True when a method that reads the audit runs on ``dataset`` (datasets[].methods)."""
+    return any("audit" in METHODS[m].spec.locators for m in cell_methods(dataset))
+
+
 def _check_audit_texts():
     """Every dataset needs a protected_attributes block when an audit method is configured."""
     import yaml
 
-    if not audit_configured():
-        return
     for name, entry in DATASETS.items():
+        if not dataset_audits(name):
+            continue
         path = Path(entry["texts"])
         spec = yaml.safe_load(path.read_text()) if path.is_file() else None
         if not isinstance(spec, dict) or not spec.get("protected_attributes"):
@@ -585,20 +590,19 @@ def audit_inputs(wildcards):
 
 
 def audit_table_targets():
-    if not audit_configured():
-        return []
     return [
         path.format(dataset=d, model=m, seed=s)
         for d, m, s in cells()
+        if dataset_audits(d)
         for path in (AUDIT, f"{HEADS}/audit.json")
     ]
 
 
 def audit_report_targets():
-    if not audit_configured():
-        return []
     return [
-        f"{REPORT_DIR.format(dataset=d, model=m, seed=s)}/report_audit.html" for d, m, s in cells()
+        f"{REPORT_DIR.format(dataset=d, model=m, seed=s)}/report_audit.html"
+        for d, m, s in cells()
+        if dataset_audits(d)
     ]
 
 
@@ -631,6 +635,21 @@ def refineclip_ids(locator):
 def refineclip_configured():
     """True when a method of the RefineCLIP family is configured (its report is made)."""
     return any(c.spec.family == "refineclip" for c in METHODS.values())
+
+
+def dataset_refineclip_ids(dataset, locator):
+    """The ids of refineclip_ids(locator) that run on ``dataset`` (datasets[].methods)."""
+    return [m for m in refineclip_ids(locator) if m in cell_methods(dataset)]
+
+
+def dataset_refineclip(dataset):
+    """True when a method of the RefineCLIP family runs on ``dataset`` (its report is made)."""
+    return any(METHODS[m].spec.family == "refineclip" for m in cell_methods(dataset))
+
+
+def dataset_sensitivity(dataset):
+    """True when the α/β study's method runs on ``dataset``."""
+    return sensitivity_method() in cell_methods(dataset)
 
 
 def sensitivity_method():
@@ -692,9 +711,10 @@ def export_pretrained(wildcards, input):
     return MODELS[wildcards.model]["pretrained"]
 
 
-def _report_phase1_id():
-    """The phase-1 file the RefineCLIP report shows (method refineclip first, else the first)."""
-    ids = registry.locator_owners(METHODS, "refineclip")
+def _report_phase1_id(dataset):
+    """The phase-1 file the RefineCLIP report of ``dataset`` shows: that of a method named
+    refineclip first, else the first of the dataset's methods that read phase 1 (None)."""
+    ids = [m for m in cell_methods(dataset) if "refineclip" in METHODS[m].spec.locators]
     named = [m for m in ids if METHODS[m].name == "refineclip"]
     return (named or ids or [None])[0]
 
@@ -709,12 +729,13 @@ def report_refineclip_inputs(wildcards):
         "summary": f"{RESULTS}/metrics/{wildcards.dataset}/{wildcards.model}/summary_over_seeds.csv",
         "curves": [
             f"{heads}/refineclip_adapter/{m}_curves.csv"
-            for m in refineclip_ids("refineclip_adapter")
+            for m in dataset_refineclip_ids(wildcards.dataset, "refineclip_adapter")
         ],
     }
-    if _report_phase1_id():
-        files["phase1_json"] = phase1_file(wildcards, _report_phase1_id())
-    if sensitivity_method():
+    shown = _report_phase1_id(wildcards.dataset)
+    if shown:
+        files["phase1_json"] = phase1_file(wildcards, shown)
+    if dataset_sensitivity(wildcards.dataset):
         files["sensitivity"] = f"{metrics}/refineclip_sensitivity.csv"
     return files
 
@@ -742,11 +763,10 @@ def refineclip_method_info(wildcards):
 
 
 def refineclip_table_targets():
-    if not sensitivity_method():
-        return []
     return [
         f"{METRICS.format(dataset=d, model=m, seed=s)}/refineclip_sensitivity.csv"
         for d, m, s in cells()
+        if dataset_sensitivity(d)
     ]
 
 
@@ -754,14 +774,13 @@ def refineclip_model_targets():
     return [
         f"{EDITED_MODELS.format(dataset=d, model=m, seed=s)}/{method}.safetensors"
         for d, m, s in cells()
-        for method in refineclip_ids("refineclip_adapter")
+        for method in dataset_refineclip_ids(d, "refineclip_adapter")
     ]
 
 
 def refineclip_report_targets():
-    if not refineclip_configured():
-        return []
     return [
         f"{REPORT_DIR.format(dataset=d, model=m, seed=s)}/report_refineclip.html"
         for d, m, s in cells()
+        if dataset_refineclip(d)
     ]
