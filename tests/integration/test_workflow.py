@@ -33,17 +33,19 @@ def clean_copy(tmp_path_factory):
     return make_workdir(tmp_path_factory.mktemp("dry") / "wf")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: p.stem)
-def test_dry_run_every_shipped_config(cfg, clean_copy):
+def _dry_run(workdir, *args: str) -> str:
+    """Output of ``snakemake -n <args>`` in ``workdir``; fails the test when planning fails."""
     res = subprocess.run(
-        [tool("snakemake"), "-n", "--configfile", str(cfg.relative_to(REPO))],
-        cwd=clean_copy,
-        capture_output=True,
-        text=True,
-        timeout=180,
+        [tool("snakemake"), *args, "-n"], cwd=workdir, capture_output=True, text=True, timeout=180
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
+    return out
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: p.stem)
+def test_dry_run_every_shipped_config(cfg, clean_copy):
+    out = _dry_run(clean_copy, "--configfile", str(cfg.relative_to(REPO)))
     assert "extract_features" in out and "evaluate" in out, out
 
 
@@ -65,11 +67,7 @@ def test_default_runs_refineclip_phase1_once_per_distinct_shots(clean_copy):
     """refineclip, refineclip_adapt and refineclip_std_ft share their phase-1 parameters in
     the default config, so phase 1 runs for them once (plus once for Ours*, which selects on
     validation); the adapters still run per id."""
-    res = subprocess.run(
-        [tool("snakemake"), "-n"], cwd=clean_copy, capture_output=True, text=True, timeout=180
-    )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
+    out = _dry_run(clean_copy)
     counts = _job_counts(out)
     assert counts.get("locate_refineclip") == 2, counts
     assert counts.get("adapt_refineclip") == 2, counts
@@ -81,15 +79,7 @@ def test_family_stages_run_only_on_datasets_that_run_the_family(clean_copy):
     LTC family only, so no audit, RefineCLIP phase 1 or α/β study is planned for it (they
     used to be, and phase 1 then asked for a split that features.splits: auto rightly did
     not extract)."""
-    res = subprocess.run(
-        [tool("snakemake"), "tables", "-n", "--configfile", "tests/config/grid.yaml"],
-        cwd=clean_copy,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
+    out = _dry_run(clean_copy, "tables", "--configfile", "tests/config/grid.yaml")
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert any("/planted_c80/" in line for line in outputs), out  # the LTC family runs
     for family in ("/refineclip", "/audit", "refineclip_sensitivity"):
