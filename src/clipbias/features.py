@@ -309,9 +309,9 @@ class FeatureSet:
             e for e in shards if split is None or e.get("splits") is None or e["splits"].get(split)
         ]
         if split is not None and not entries and all(e.get("splits") is not None for e in shards):
-            have = sorted({s for e in shards for s in e["splits"]})
             raise FeatureError(
-                f"split {split!r} is not in the features of {self.folder} (extracted: {have}). "
+                f"split {split!r} is not in the features of {self.folder} (extracted: "
+                f"{self.splits}). "
                 "Add it to features.splits in the config (or leave features.splits at 'auto', "
                 "which extracts every split the configured stages read) and rerun snakemake."
             )
@@ -341,6 +341,15 @@ class FeatureSet:
                 f"`rm {p} {checksum_path(p)}` and rerun the same snakemake command."
             )
         self._verified.add(entry["file"])
+
+    @property
+    def splits(self) -> list[str]:
+        """Splits present in the features, from the manifest's per-shard split counts (the
+        index columns are read only for manifests written before those counts existed)."""
+        shards = self.manifest["shards"]
+        if all(e.get("splits") is not None for e in shards):
+            return sorted({s for e in shards for s, n in e["splits"].items() if n})
+        return sorted(set(self.index()["split"].astype(str)))
 
     @property
     def files(self) -> list[Path]:

@@ -374,7 +374,7 @@ def planted_ground_truth(
         total = np.sum((heads.sum((1, 2)) + rest) * dirs[:, labels].T, axis=1)
         return true_class_margins(heads, classifier, labels), total
 
-    present = set(fs.index()["split"].astype(str))
+    present = set(fs.splits)
     parts = []
     for s in [split, "twin_background", "twin_protected"]:
         if s not in present:
