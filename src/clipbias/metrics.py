@@ -449,17 +449,21 @@ def cramers_v_counts(table: np.ndarray, bias_correction: bool = False) -> float:
     r, c = t.shape
     if min(r, c) < 2:
         return float("nan")
-    n = float(t.sum())
-    chi2 = float(stats.chi2_contingency(t, correction=False).statistic)
-    if not bias_correction:
-        return float(np.sqrt(chi2 / (n * (min(r, c) - 1))))
-    phi2 = max(0.0, chi2 / n - (c - 1) * (r - 1) / (n - 1))
-    r_t = r - (r - 1) ** 2 / (n - 1)
-    c_t = c - (c - 1) ** 2 / (n - 1)
-    denom = min(r_t - 1.0, c_t - 1.0)
-    if denom <= 0:
-        return float("nan")
-    return float(np.sqrt(phi2 / denom))
+    chi2 = stats.chi2_contingency(t, correction=False).statistic
+    return float(_v_from_chi2(chi2, t.sum(), r, c, bias_correction))
+
+
+def _v_from_chi2(chi2, n, r, c, bias_correction: bool):
+    """V (or Bergsma's corrected V) from Pearson's χ², n and the numbers of non-empty rows r
+    and columns c (scalars or arrays, r, c >= 2); NaN where the corrected denominator <= 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if not bias_correction:
+            return np.sqrt(chi2 / (n * (np.minimum(r, c) - 1)))
+        phi2 = np.maximum(0.0, chi2 / n - (c - 1) * (r - 1) / (n - 1))
+        r_t = r - (r - 1) ** 2 / (n - 1)
+        c_t = c - (c - 1) ** 2 / (n - 1)
+        denom = np.minimum(r_t - 1.0, c_t - 1.0)
+        return np.where(denom > 0, np.sqrt(phi2 / np.where(denom > 0, denom, 1.0)), np.nan)
 
 
 def cramers_v_batch(tables: np.ndarray, bias_correction: bool = False) -> np.ndarray:
@@ -485,15 +489,7 @@ def cramers_v_batch(tables: np.ndarray, bias_correction: bool = False) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         expected = rs[:, :, None] * cs[:, None, :] / n[:, None, None]
         terms = np.where(expected > 0, (t - expected) ** 2 / expected, 0.0)
-        chi2 = terms.sum(axis=(1, 2))
-        if not bias_correction:
-            v = np.sqrt(chi2 / (n * (np.minimum(r, c) - 1)))
-        else:
-            phi2 = np.maximum(0.0, chi2 / n - (c - 1) * (r - 1) / (n - 1))
-            r_t = r - (r - 1) ** 2 / (n - 1)
-            c_t = c - (c - 1) ** 2 / (n - 1)
-            denom = np.minimum(r_t - 1.0, c_t - 1.0)
-            v = np.where(denom > 0, np.sqrt(phi2 / np.where(denom > 0, denom, 1.0)), np.nan)
+    v = _v_from_chi2(terms.sum(axis=(1, 2)), n, r, c, bias_correction)
     return np.where(np.minimum(r, c) >= 2, v, np.nan)
 
 
