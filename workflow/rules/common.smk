@@ -234,6 +234,7 @@ def extract_splits(wildcards):
     d = DATASETS[wildcards.dataset]
     own = [d["locate_split"], d["test_split"], *(d.get("eval_splits") or [])]
     if is_planted(wildcards.dataset) and d["synth"].get("twin_splits", ["test"]):
+        # clipbias.synth.TWIN_SPLIT (not imported: pandas/PIL would slow every start-up)
         own += ["twin_background", "twin_protected"]
     return registry.feature_splits(METHODS, cell_methods(wildcards.dataset), own)
 
@@ -550,10 +551,6 @@ AUDIT_TABLES = ["audit_outcome", "audit_heads", "audit_random_control", "audit_t
 _AUDIT_TEXT_KEYS = ("min_concept_texts", "min_bias_texts")
 
 
-def audit_configured():
-    return any("audit" in c.spec.locators for c in METHODS.values())
-
-
 def dataset_audits(dataset):
     """True when a method that reads the audit runs on ``dataset`` (datasets[].methods)."""
     return any("audit" in METHODS[m].spec.locators for m in cell_methods(dataset))
@@ -630,11 +627,6 @@ EDITED_MODELS = f"{RESULTS}/models/{{dataset}}/{{model}}/seed-{{seed}}/edited"
 def refineclip_ids(locator):
     """Configured method ids that read ``locator`` (refineclip or refineclip_adapter)."""
     return [m for m, c in METHODS.items() if locator in c.spec.locators]
-
-
-def refineclip_configured():
-    """True when a method of the RefineCLIP family is configured (its report is made)."""
-    return any(c.spec.family == "refineclip" for c in METHODS.values())
 
 
 def dataset_refineclip_ids(dataset, locator):
