@@ -529,3 +529,25 @@ def test_feature_splits_are_the_dataset_splits_and_the_methods_split_parameters(
     assert registry.feature_splits(conf, list(conf), own) == [*own, "train", "holdout"]
     # the dataset runs only zero-shot and LTC: no shots split
     assert registry.feature_splits(conf, ["zero_shot", "ltc"], own) == own
+
+
+def test_method_modules_do_not_import_scipy_stats():
+    """Every predict job imports the method API, the registry, clipbias.metrics and its
+    method's module; importing scipy.stats costs 1.5-2.5 s on 2 cores (more than a numpy
+    method's whole work), so only the functions that need it import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import clipbias.metrics, clipbias.methods.api, clipbias.methods.registry\n"
+        "import clipbias.methods.audit, clipbias.stages.predict\n"
+        "from clipbias.methods import registry\n"
+        "for spec in registry.METHODS.values():\n"
+        "    if spec.env == 'analysis':\n"
+        "        spec.load()\n"
+        "print('scipy.stats' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

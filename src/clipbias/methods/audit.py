@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .. import metrics
 from . import HeadId, head_position, head_str, parse_head
@@ -367,6 +366,8 @@ def _smd(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """AUC = P(s_pos > s_neg) + ½ P(tie) per column, from Mann–Whitney ranks (average ties)."""
+    from scipy import stats
+
     n1, n2 = len(pos), len(neg)
     ranks = stats.rankdata(np.concatenate([pos, neg], axis=0), axis=0)
     u = ranks[:n1].sum(axis=0) - n1 * (n1 + 1) / 2.0
@@ -721,6 +722,8 @@ RANK_COLUMNS = [
 
 def _desc_rank(x: np.ndarray) -> np.ndarray:
     """Rank 1 = largest; NaN ranks last (average ranks for ties)."""
+    from scipy import stats
+
     x = np.where(np.isnan(x), -np.inf, x)
     return stats.rankdata(-x, method="average")
 
