@@ -20,6 +20,7 @@ CONFIG = "tests/config/tiny.yaml"
 EXP = "results/tiny"
 CELL = "planted/planted-vit-tiny/seed-7"  # the tiny config's only grid cell
 FEAT = f"{EXP}/features/{CELL}"
+MANIFEST = f"{FEAT}/manifest.json"  # target of the feature stage alone
 METRICS = f"{EXP}/metrics/{CELL}"
 HEADS = f"{EXP}/heads/{CELL}"
 REPORT = f"{EXP}/report/{CELL}"

@@ -75,18 +75,18 @@ def test_default_runs_refineclip_phase1_once_per_distinct_shots(clean_copy):
 
 
 def test_family_stages_run_only_on_datasets_that_run_the_family(clean_copy):
-    """datasets[].methods filters every stage: in the grid config the second dataset runs the
-    LTC family only, so no audit, RefineCLIP phase 1 or α/β study is planned for it (they
+    """datasets[].methods filters every stage: in the grid config the second dataset runs
+    zero-shot, LTC and its random control only, so no TextSpan, audit, RefineCLIP phase 1 or α/β study is planned for it (they
     used to be, and phase 1 then asked for a split that features.splits: auto rightly did
     not extract)."""
     out = _dry_run(clean_copy, "tables", "--configfile", "tests/config/grid.yaml")
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
-    assert any("/planted_c80/" in line for line in outputs), out  # the LTC family runs
-    for family in ("/refineclip", "/audit", "refineclip_sensitivity"):
+    assert any("/planted_c80/" in line for line in outputs), out  # LTC runs
+    for family in ("/refineclip", "/audit", "refineclip_sensitivity", "textspan.csv"):
         assert not [x for x in outputs if "/planted_c80/" in x and family in x], family
     counts = _job_counts(out)
     # 2 models x 2 seeds of the first dataset only
-    assert counts["audit"] == counts["refineclip_sensitivity"] == 4, counts
+    assert counts["audit"] == counts["refineclip_sensitivity"] == counts["textspan"] == 4, counts
     assert counts["locate_refineclip"] == 8, counts  # refineclip and Ours* per cell
 
 
