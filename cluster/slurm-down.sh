@@ -7,7 +7,11 @@
 #   CLIPBIAS_SLURM_STATE   state folder (default /run/clipbias-slurm)
 #   SLURM_CONF             slurm.conf used by the cluster (default /etc/slurm/slurm.conf)
 #   CLIPBIAS_SLURM_KEEP_JOBS=1   do not scancel jobs still queued/running (default: cancel)
-# Logs stay in $CLIPBIAS_SLURM_STATE/{slurm,munge}/ for inspection.
+# Logs stay in $CLIPBIAS_SLURM_STATE/{slurm,munge}/ for inspection. The slurm.conf that
+# slurm-up.sh wrote is removed once slurmctld and slurmd are stopped (slurm-up.sh writes it
+# again): with a slurm.conf naming a controller that is not running, every squeue/sacct call
+# waits ~9 s for it, and snakemake-executor-plugin-slurm makes such calls whenever snakemake
+# starts, even for a local run. A slurm.conf without slurm-up.sh's marker is never touched.
 set -euo pipefail
 
 STATE="${CLIPBIAS_SLURM_STATE:-/run/clipbias-slurm}"
@@ -57,4 +61,9 @@ fi
 stop "$STATE/slurm/slurmd.pid" slurmd
 stop "$ctld_pid" slurmctld
 stop "$STATE/munge/munged.pid" munged
+MARKER="# written by clipbias cluster/slurm-up.sh"
+if [[ -e "$SLURM_CONF" ]] && grep -qF "$MARKER" "$SLURM_CONF"; then
+    log "removing $SLURM_CONF (written by slurm-up.sh, which writes it again)"
+    rm -f "$SLURM_CONF"
+fi
 log "done (logs kept in $STATE/slurm and $STATE/munge)"
