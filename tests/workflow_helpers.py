@@ -17,6 +17,8 @@ from pathlib import Path
 from conftest import REPO, tool
 
 CONFIG = "tests/config/tiny.yaml"
+# overlay on CONFIG: one method of every family (tests/config/tiny_families.yaml)
+FAMILIES = "tests/config/tiny_families.yaml"
 EXP = "results/tiny"
 CELL = "planted/planted-vit-tiny/seed-7"  # the tiny config's only grid cell
 FEAT = f"{EXP}/features/{CELL}"
@@ -148,15 +150,49 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def result_tables(workdir: Path) -> dict[str, str]:
-    files = [
-        *(workdir / EXP / "metrics").rglob("*.csv"),
-        *(workdir / EXP / "tables").rglob("*.csv"),
-        *(workdir / EXP / "ground_truth").rglob("*.csv"),
-        *(workdir / EXP / "heads").rglob("*.csv"),
-        *(workdir / EXP / "heads").rglob("*.json"),
-    ]
-    return {str(p.relative_to(workdir)): digest(p) for p in sorted(files)}
+# Tables with one row set per method (or per locator variant): a run with fewer methods is
+# compared on its own rows; every other table of a cell must be byte-identical.
+PER_METHOD = {
+    "metrics.csv": ["method"],
+    "paired.csv": ["method"],
+    "locator_scores.csv": ["locator", "variant"],
+}
+
+
+def assert_same_cell_tables(subset: Path, full: Path, cell: str = CELL) -> None:
+    """The result tables (CSV/JSON under metrics/, heads/, ground_truth/) of ``cell`` in the
+    results folder ``subset`` equal those of ``full``, a run of the same cell with the same
+    or more methods: each of ``subset``'s files exists in ``full`` and is byte-identical,
+    except the per-method tables, whose rows must equal ``full``'s rows of the same methods
+    (exact floats). So the cell's results depend neither on where it ran (other cells, a
+    cluster) nor on which other methods ran."""
+    import pandas as pd
+
+    def tables(root: Path) -> dict[str, Path]:
+        return {
+            str(p.relative_to(root)): p
+            for sub in ("metrics", "heads", "ground_truth")
+            for p in sorted((root / sub / cell).rglob("*"))
+            if p.suffix in (".csv", ".json")
+        }
+
+    small, large = tables(subset), tables(full)
+    assert len(small) >= 10, sorted(small)
+    assert set(small) <= set(large), set(small) - set(large)
+    compared = 0
+    for rel, path in small.items():
+        key = PER_METHOD.get(path.name)
+        if key is None:
+            assert digest(path) == digest(large[rel]), rel
+            continue
+        rows = pd.read_csv(path)
+        ref = pd.read_csv(large[rel])
+        wanted = set(rows[key].itertuples(index=False))
+        ref = ref[[k in wanted for k in ref[key].itertuples(index=False)]].reset_index(drop=True)
+        assert len(rows), rel
+        pd.testing.assert_frame_equal(rows, ref, check_exact=True, obj=rel)
+        compared += 1
+    assert compared == len(PER_METHOD)
 
 
 # ----------------------------------------------------------------------------- SLURM

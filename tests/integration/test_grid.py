@@ -1,9 +1,11 @@
 """An experiment grid end to end: 2 small models x 2 planted datasets (spurious correlation
-0.95 and 0.8) x 2 seeds (tests/config/grid.yaml), every registered method on the first
+0.95 and 0.8) x 2 seeds (tests/config/grid.yaml), one method of every family on the first
 dataset and LTC with its zero-shot reference and random-heads control on the second, result
-tables only (`snakemake tables`). Every
-expected table exists, and the cell the tiny run computes alone (tests/config/tiny.yaml) has
-byte-identical tables inside the grid."""
+tables only (`snakemake tables`). Every expected table exists, and the cell the tiny run
+computes alone with every registered method (tests/config/tiny.yaml) has the same tables
+inside the grid: byte-identical files, and the same rows for the grid's methods where a
+table holds one row set per method or locator. So a cell's results depend neither on the
+other cells nor on which other methods run."""
 
 from __future__ import annotations
 
@@ -12,13 +14,19 @@ import json
 
 import pandas as pd
 import pytest
-from workflow_helpers import CELL, EXP, digest, make_workdir, run
+import yaml
+from conftest import REPO
+from workflow_helpers import EXP, assert_same_cell_tables, make_workdir, run
 
 from clipbias.methods import registry
 
 pytestmark = pytest.mark.slow
 
 GRID = "tests/config/grid.yaml"
+GRID_METHODS = [
+    m if isinstance(m, str) else m["name"]
+    for m in yaml.safe_load((REPO / GRID).read_text())["methods"]
+]
 DATASETS, MODELS, SEEDS = (
     ["planted", "planted_c80"],
     ["planted-vit-tiny", "planted-vit-micro"],
@@ -36,7 +44,7 @@ def grid_run(tmp_path_factory):
 
 def test_every_table_of_the_grid_exists(grid_run):
     root = grid_run / "results/grid"
-    methods = {"planted": set(registry.names()), "planted_c80": {"zero_shot", "ltc", "ltc_random"}}
+    methods = {"planted": set(GRID_METHODS), "planted_c80": {"zero_shot", "ltc", "ltc_random"}}
     for d, m, s in itertools.product(DATASETS, MODELS, SEEDS):
         cell = root / "metrics" / d / m / f"seed-{s}"
         metrics = pd.read_csv(cell / "metrics.csv")
@@ -49,17 +57,17 @@ def test_every_table_of_the_grid_exists(grid_run):
         heads = root / "heads" / d / m / f"seed-{s}"
         assert (heads / registry.LOCATORS["ltc"].file).is_file()
         if d == "planted":
-            for locator in ("ltc_full", "textspan"):
-                assert (heads / registry.LOCATORS[locator].file).is_file()
+            assert (heads / registry.LOCATORS["textspan"].file).is_file()
             assert (heads / "audit.json").is_file()
-            assert (heads / "refineclip" / "refineclip_star.json").is_file()
+            assert (heads / "refineclip" / "refineclip.json").is_file()
+            assert (heads / "refineclip_adapter" / "refineclip_adapt.safetensors").is_file()
     for d, m in itertools.product(DATASETS, MODELS):
         summary = pd.read_csv(root / "metrics" / d / m / "summary_over_seeds.csv")
         assert set(summary["n_seeds"]) == {2}
         assert set(summary["method"]) == methods[d]
     grid = pd.read_csv(root / "tables/grid_main.csv")
     assert len(grid.columns) == 1 + 2 * len(DATASETS) * len(MODELS)
-    assert len(grid) == len(registry.names())
+    assert len(grid) == len(GRID_METHODS)
     # the two planted datasets differ in their generator's spurious correlation
     for d, corr in (("planted", 0.95), ("planted_c80", 0.8)):
         meta = json.loads((root / "data" / d / "seed-7" / "dataset.json").read_text())
@@ -67,15 +75,4 @@ def test_every_table_of_the_grid_exists(grid_run):
 
 
 def test_a_cell_in_the_grid_equals_the_cell_run_alone(grid_run, tiny_run):
-    def tables(work, exp):
-        files = [
-            p
-            for sub in ("metrics", "heads", "ground_truth")
-            for p in (work / exp / sub / CELL).rglob("*")
-            if p.suffix in (".csv", ".json")
-        ]
-        return {str(p.relative_to(work / exp)): digest(p) for p in sorted(files)}
-
-    alone, in_grid = tables(tiny_run, EXP), tables(grid_run, "results/grid")
-    assert len(alone) >= 8
-    assert in_grid == alone
+    assert_same_cell_tables(grid_run / "results/grid", tiny_run / EXP)

@@ -87,7 +87,7 @@ def test_family_stages_run_only_on_datasets_that_run_the_family(clean_copy):
     counts = _job_counts(out)
     # 2 models x 2 seeds of the first dataset only
     assert counts["audit"] == counts["refineclip_sensitivity"] == counts["textspan"] == 4, counts
-    assert counts["locate_refineclip"] == 8, counts  # refineclip and Ours* per cell
+    assert counts["locate_refineclip"] == 4, counts  # phase 1 once per cell
 
 
 def test_snakefmt_clean():
