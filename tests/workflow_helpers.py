@@ -124,8 +124,10 @@ def copy_run(src: Path, dest: Path) -> Path:
     return dest
 
 
-def snakemake_cmd(*extra: str, cores: int = 2, config: str = CONFIG) -> list[str]:
-    return [tool("snakemake"), "--configfile", config, "--cores", str(cores), *extra]
+def snakemake_cmd(*extra: str, cores: int = 2, config: str | tuple[str, ...] = CONFIG) -> list[str]:
+    """``config``: one config file, or a tuple of files layered in order."""
+    files = (config,) if isinstance(config, str) else config
+    return [tool("snakemake"), "--configfile", *files, "--cores", str(cores), *extra]
 
 
 def run(
@@ -133,7 +135,7 @@ def run(
     *extra: str,
     env: dict | None = None,
     timeout: int = 600,
-    config: str = CONFIG,
+    config: str | tuple[str, ...] = CONFIG,
 ):
     res = subprocess.run(
         snakemake_cmd(*extra, config=config),

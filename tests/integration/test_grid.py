@@ -1,5 +1,6 @@
 """An experiment grid end to end: 2 small models x 2 planted datasets (spurious correlation
-0.95 and 0.8) x 2 seeds (tests/config/grid.yaml), one method of every family on the first
+0.95 and 0.8) x 2 seeds (tests/config/grid.yaml with the overlay
+tests/config/tiny_families.yaml), one method of every family on the first
 dataset and LTC with its zero-shot reference and random-heads control on the second, result
 tables only (`snakemake tables`). Every expected table exists, and the cell the tiny run
 computes alone with every registered method (tests/config/tiny.yaml) has the same tables
@@ -16,16 +17,16 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from workflow_helpers import EXP, assert_same_cell_tables, make_workdir, run
+from workflow_helpers import EXP, FAMILIES, assert_same_cell_tables, make_workdir, run
 
 from clipbias.methods import registry
 
 pytestmark = pytest.mark.slow
 
-GRID = "tests/config/grid.yaml"
+GRID = ("tests/config/grid.yaml", FAMILIES)
 GRID_METHODS = [
     m if isinstance(m, str) else m["name"]
-    for m in yaml.safe_load((REPO / GRID).read_text())["methods"]
+    for m in yaml.safe_load((REPO / FAMILIES).read_text())["methods"]
 ]
 DATASETS, MODELS, SEEDS = (
     ["planted", "planted_c80"],

@@ -8,7 +8,8 @@ what they check ends there, and the stages after it are covered by the tiny run 
 
 Determinism of the result tables across independent runs is checked where a second run
 happens anyway: the grid's copy of the tiny cell (tests/integration/test_grid.py) and the
-run through SLURM (test_slurm_pipeline.py) must equal ``tiny_run`` byte for byte.
+run through SLURM (test_slurm_pipeline.py) must have ``tiny_run``'s tables
+(``workflow_helpers.assert_same_cell_tables``).
 """
 
 from __future__ import annotations

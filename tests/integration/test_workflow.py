@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 from conftest import REPO, tool
-from workflow_helpers import make_workdir
+from workflow_helpers import FAMILIES, make_workdir
 
 CONFIGS = [REPO / "config/config.yaml", *sorted((REPO / "config/experiments").glob("*.yaml"))]
 
@@ -76,10 +76,10 @@ def test_default_runs_refineclip_phase1_once_per_distinct_shots(clean_copy):
 
 def test_family_stages_run_only_on_datasets_that_run_the_family(clean_copy):
     """datasets[].methods filters every stage: in the grid config the second dataset runs
-    zero-shot, LTC and its random control only, so no TextSpan, audit, RefineCLIP phase 1 or α/β study is planned for it (they
-    used to be, and phase 1 then asked for a split that features.splits: auto rightly did
-    not extract)."""
-    out = _dry_run(clean_copy, "tables", "--configfile", "tests/config/grid.yaml")
+    zero-shot, LTC and its random control only, so no TextSpan, audit, RefineCLIP phase 1
+    or α/β study is planned for it (they used to be, and phase 1 then asked for a split that
+    features.splits: auto rightly did not extract)."""
+    out = _dry_run(clean_copy, "tables", "--configfile", "tests/config/grid.yaml", FAMILIES)
     outputs = [line for line in out.splitlines() if line.strip().startswith("output:")]
     assert any("/planted_c80/" in line for line in outputs), out  # LTC runs
     for family in ("/refineclip", "/audit", "refineclip_sensitivity", "textspan.csv"):
