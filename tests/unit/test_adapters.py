@@ -23,6 +23,7 @@ from clipbias.data.adapters import (
 )
 from clipbias.data.index import IndexValidationError, read_index, validate_index, write_index
 from clipbias.data.registry import load_registry
+from clipbias.labels import classifier_class_names
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,7 +224,40 @@ def test_image_folder_adapters(folder_source, adapter):
     assert df["path"].iloc[0] == "n01443537/n01443537_0.jpg"
     assert (df["split"] == "test").all() and (df["group"] == -1).all()
     assert meta["attributes"] == {} and meta["splits"] == {"test": 6}
-    assert "imagenet_1k_indices" not in meta  # only 3 folders, not the 200 classes
+    # wnids -> ImageNet-1k indices and readable prompt names (not "a photo of a n01443537")
+    assert meta["imagenet_1k_indices"] == [1, 2, 4]
+    assert meta["class_prompt_names"] == ["goldfish", "great white shark", "hammerhead shark"]
+    assert classifier_class_names(meta) == meta["class_prompt_names"]
+
+
+def test_image_folder_keeps_folder_names_when_they_are_not_wnids(tmp_path):
+    for k, name in enumerate(["cat", "dog"]):
+        _png(tmp_path / "src" / name / "a.jpg", k)
+    _, meta = imagenet_r(tmp_path / "src", tmp_path / "src")
+    assert "class_prompt_names" not in meta and "imagenet_1k_indices" not in meta
+    assert classifier_class_names(meta) == ["cat", "dog"]
+
+
+def test_image_folder_refuses_a_full_class_set_that_is_not_the_published_one(tmp_path):
+    from clipbias.data.adapters import image_folder
+
+    for k, wnid in enumerate(["n01443537", "n01484850"]):
+        _png(tmp_path / "src" / wnid / "a.jpg", k)
+    with pytest.raises(AdapterError, match="not the dataset's published class list"):
+        image_folder(tmp_path / "src", tmp_path / "src", name="x", imagenet_1k_indices=[1, 3])
+
+
+def test_imagenet_resources_agree():
+    from clipbias.data.adapters import (
+        IMAGENET_R_1K_INDICES,
+        imagenet_class_names,
+        imagenet_wnid_index,
+    )
+
+    wnids = imagenet_wnid_index()
+    assert len(wnids) == 1000 and list(wnids) == sorted(wnids)
+    assert len(imagenet_class_names()) == 1000
+    assert wnids["n01443537"] == IMAGENET_R_1K_INDICES[0] == 1
 
 
 def test_registry_adapters_resolve():

@@ -415,8 +415,13 @@ def image_folder(
     """A torchvision-ImageFolder layout (``<class folder>/<image>``), classes in sorted order.
 
     Class names are the folder names (wnids). Non-folder entries at the top (README files)
-    and non-image files are skipped. When the folder count matches ``imagenet_1k_indices``,
-    ``dataset.json`` records the ImageNet-1k index of every class.
+    and non-image files are skipped. When every folder is an ImageNet-1k wnid
+    (``resources/imagenet_wnids.txt``), ``dataset.json`` records each class's ImageNet-1k
+    index (``imagenet_1k_indices``) and its readable name (``class_prompt_names``, from
+    ``resources/imagenet_classnames.txt``), so the zero-shot prompts say "a photo of a
+    goldfish", not "a photo of a n01443537". ``imagenet_1k_indices`` (the published list of
+    the dataset's 200 classes) is a cross-check: a folder set of that size that maps to other
+    indices is not the dataset it claims to be.
     """
     source = Path(source)
     if not source.is_dir():
@@ -460,17 +465,45 @@ def image_folder(
         "splits": _split_counts(df["split"]),
         "source": f"clipbias.data.adapters.image_folder ({name})",
     }
-    if imagenet_1k_indices is not None:
-        if len(imagenet_1k_indices) == len(classes):
-            meta["imagenet_1k_indices"] = [int(i) for i in imagenet_1k_indices]
-        else:
-            log.warning(
-                "%s: %d class folders but %d known ImageNet-1k indices; not recording them",
-                name,
-                len(classes),
-                len(imagenet_1k_indices),
-            )
+    wnid_index = imagenet_wnid_index()
+    unknown = [c for c in classes if c not in wnid_index]
+    if unknown:
+        log.warning(
+            "%s: %d class folder(s) are not ImageNet-1k wnids (e.g. %s); prompts use the folder "
+            "names", name, len(unknown), unknown[:3],
+        )  # fmt: skip
+        return df, meta
+    indices = [wnid_index[c] for c in classes]
+    if (
+        imagenet_1k_indices is not None
+        and len(imagenet_1k_indices) == len(classes)
+        and list(imagenet_1k_indices) != indices
+    ):
+        raise AdapterError(
+            f"{name}: the {len(classes)} class folders of {source} are not the dataset's "
+            "published class list (their ImageNet-1k indices differ); check the download"
+        )
+    names = imagenet_class_names()
+    meta["imagenet_1k_indices"] = indices
+    meta["class_prompt_names"] = [names[i] for i in indices]
     return df, meta
+
+
+def imagenet_wnid_index() -> dict[str, int]:
+    """ImageNet-1k wnid -> class index (``resources/imagenet_wnids.txt``)."""
+    from clipbias.methods.heads import load_resource_lines
+
+    wnids = load_resource_lines("imagenet_wnids.txt")
+    if len(wnids) != 1000:
+        raise AdapterError(f"resources/imagenet_wnids.txt has {len(wnids)} wnids, not 1000")
+    return {w: i for i, w in enumerate(wnids)}
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names of CLIP's classifier, in class-index order."""
+    from clipbias.methods.heads import load_resource_lines
+
+    return load_resource_lines("imagenet_classnames.txt")
 
 
 def imagenet_r(source: str | os.PathLike, dataset_root: str | os.PathLike) -> AdapterResult:
