@@ -90,7 +90,8 @@ def _fetch_and_index(entry: DatasetEntry, tmp_path: Path, **options):
 
 def test_get_adapter_knows_all_eight_datasets(registry):
     for name, entry in registry.items():
-        assert callable(get_adapter(entry.adapter)), name
+        if not entry.derived:  # built by clipbias.data.derive, no adapter
+            assert callable(get_adapter(entry.adapter)), name
     with pytest.raises(AdapterError, match="no adapter named 'nope'; known: celeba"):
         get_adapter("nope")
 

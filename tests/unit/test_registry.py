@@ -37,6 +37,11 @@ DATASETS_MD_TITLES = {
 DATASETS_MD_NAMES = set(DATASETS_MD_TITLES)
 # Protocol variants: another adapter setup of a dataset above, with the same files.
 PROTOCOL_VARIANTS = {"celeba_young": "celeba"}
+# Derived tasks (clipbias.data.derive): built from the prepared folders of these datasets.
+DERIVED = {
+    "waterbirds_imagenet_r": ["waterbirds", "imagenet_r"],
+    "imagenet_a_top10": ["imagenet_a"],
+}
 # the shared project notes beside the repository (../shared), when present
 DATASETS_MD = REPO.parent / "shared" / "DATASETS.md"
 
@@ -61,11 +66,15 @@ def test_schema_is_valid_json_schema(schema):
 
 
 def test_every_dataset_has_an_entry_and_registry_validates(registry):
-    assert set(registry) == DATASETS_MD_NAMES | set(PROTOCOL_VARIANTS)
+    assert set(registry) == DATASETS_MD_NAMES | set(PROTOCOL_VARIANTS) | set(DERIVED)
     for variant, base in PROTOCOL_VARIANTS.items():
         assert registry[variant].files == registry[base].files, variant
+    for name, comps in DERIVED.items():
+        e = registry[name]
+        assert e.derived and not e.files and not e.manual, name
+        assert [c["dataset"] for c in e.derive["components"]] == comps
     for name, e in registry.items():
-        assert e.files, name
+        assert bool(e.files) != e.derived, name
         assert e.licence_name and e.licence_url.startswith("http"), name
         if not e.manual:
             assert all(f.url for f in e.files), name
@@ -125,7 +134,7 @@ def test_known_gating_and_adapters(registry):
     assert not registry["imagenet_r"].gated and not registry["imagenet_r"].manual
     assert registry["celeba"].manual  # Google Drive
     for name in registry:
-        assert registry[name].adapter in ADAPTERS
+        assert registry[name].derived or registry[name].adapter in ADAPTERS
     assert registry["celeba"].adapter_options == {
         "target": "Blond_Hair",
         "attribute": "Male",
@@ -195,3 +204,24 @@ def test_load_registry_reports_file_and_missing_schema(tmp_path):
     reg.write_text("datasets: [unclosed\n")
     with pytest.raises(RegistryError, match="not valid YAML"):
         load_registry(reg, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dataset": "imagenet_x"}, "'imagenet_x' is not a dataset of the registry"),
+        ({"dataset": "waterbirds_imagenet_r"}, "is itself derived"),
+        ({"dataset": "imagenet_r", "classes": ["n01443537"], "top_classes": 2}, "not both"),
+    ],
+)
+def test_bad_derived_entry_names_the_key(raw, schema, change, message):
+    raw["datasets"]["imagenet_a_top10"]["derive"]["components"] = [change]
+    with pytest.raises(RegistryError, match=message) as err:
+        validate_registry(raw, schema, "reg.yaml")
+    assert "dataset 'imagenet_a_top10', key 'derive.components[0]" in str(err.value)
+
+
+def test_derived_entry_is_checked_against_its_own_schema(raw, schema):
+    raw["datasets"]["imagenet_a_top10"]["files"] = []
+    with pytest.raises(RegistryError, match="imagenet_a_top10.*files"):
+        validate_registry(raw, schema, "reg.yaml")

@@ -50,6 +50,37 @@ DATASETS = _unique(config["datasets"], lambda d: d["name"], "datasets")
 METHODS = registry.configured(config["methods"])
 
 
+def _derived_datasets(path):
+    """{derived dataset: its components} of the dataset registry (key "derive"); a registry
+    that cannot be read gives {} here and its error from the rule that loads it."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            entries = yaml.safe_load(f)["datasets"]
+        return {
+            n: [c["dataset"] for c in d["derive"]["components"]]
+            for n, d in entries.items()
+            if "derive" in d
+        }
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+
+
+DERIVED = _derived_datasets(config["dataset_registry"])
+# matches no name when the registry derives nothing
+DERIVED_PATTERN = "|".join(DERIVED) or "(?!x)x"
+
+
+def derived_components(wildcards):
+    """Index and metadata of every component of a derived dataset."""
+    files = {}
+    for c in DERIVED[wildcards.dataset]:
+        files[f"{c}_index"] = f"resources/datasets/{c}/index.parquet"
+        files[f"{c}_meta"] = f"resources/datasets/{c}/dataset.json"
+    return files
+
+
 def is_planted(dataset):
     return DATASETS[dataset]["kind"] == "planted"
 

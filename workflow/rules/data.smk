@@ -60,3 +60,29 @@ rule prepare_dataset:
         runtime=60,
     script:
         "../scripts/prepare_dataset.py"
+
+
+# A task built from other registry datasets' prepared folders (registry key "derive",
+# clipbias.data.derive): no download, only an index that points into their files.
+rule derive_dataset:
+    input:
+        unpack(derived_components),
+        registry=config["dataset_registry"],
+    output:
+        index="resources/datasets/{dataset}/index.parquet",
+        meta="resources/datasets/{dataset}/dataset.json",
+    log:
+        "logs/derive_dataset/{dataset}.log",
+    wildcard_constraints:
+        dataset=DERIVED_PATTERN,
+    conda:
+        "../../envs/download.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/derive_dataset.py"
+
+
+ruleorder: derive_dataset > prepare_dataset

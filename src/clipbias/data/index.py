@@ -254,7 +254,9 @@ def validate_index(
 
     if root is not None and check_files:
         root = Path(root)
-        missing_files = [p for p in paths if not os.path.isfile(root / p)]
+        # normpath: a path into another dataset's folder ("../imagenet_r/...") is checked
+        # before this folder exists (a derived dataset, clipbias.data.derive)
+        missing_files = [p for p in paths if not os.path.isfile(os.path.normpath(root / p))]
         if missing_files:
             raise _err(
                 "path",

@@ -70,11 +70,17 @@ class DatasetEntry:
     manual_steps: str | None = None
     expect: tuple[str, ...] = ()
     adapter_options: Mapping[str, Any] = field(default_factory=dict)
+    derive: Mapping[str, Any] | None = None
 
     @property
     def manual(self) -> bool:
         """True when the files must be placed by hand (gated, or no plain-HTTP download)."""
         return self.gated or bool(self.manual_steps)
+
+    @property
+    def derived(self) -> bool:
+        """True for a dataset built from other registry datasets (``clipbias.data.derive``)."""
+        return self.derive is not None
 
     @property
     def licence_name(self) -> str:
@@ -88,7 +94,7 @@ class DatasetEntry:
     def from_dict(cls, name: str, d: Mapping[str, Any]) -> DatasetEntry:
         return cls(
             name=name,
-            files=tuple(FileSpec.from_dict(f) for f in d["files"]),
+            files=tuple(FileSpec.from_dict(f) for f in d.get("files") or ()),
             layout=d.get("layout", "."),
             adapter=d.get("adapter", name),
             description=str(d.get("description", "")).strip(),
@@ -98,6 +104,7 @@ class DatasetEntry:
             manual_steps=(str(d["manual_steps"]).strip() if d.get("manual_steps") else None),
             expect=tuple(d.get("expect") or ()),
             adapter_options=dict(d.get("adapter_options") or {}),
+            derive=dict(d["derive"]) if d.get("derive") is not None else None,
         )
 
 
@@ -148,10 +155,36 @@ def _schema_errors(data: Any, schema: Mapping[str, Any], source: str) -> list[st
     return messages
 
 
+def _derive_errors(datasets: Mapping[str, Any], name: str, spec: Any, source: str) -> list[str]:
+    """Components of a derived entry: registry datasets that are not derived themselves,
+    each named once, with classes or top_classes (not both)."""
+    msgs = []
+    comps = spec.get("components") if isinstance(spec, Mapping) else None
+    seen: set[str] = set()
+    for i, c in enumerate(comps or []):
+        if not isinstance(c, Mapping):
+            continue
+        where = f"{source}: dataset '{name}', key 'derive.components[{i}]"
+        comp = c.get("dataset")
+        if comp not in datasets:
+            msgs.append(f"{where}.dataset': {comp!r} is not a dataset of the registry")
+        elif isinstance(datasets[comp], Mapping) and "derive" in datasets[comp]:
+            msgs.append(f"{where}.dataset': {comp!r} is itself derived; name its components")
+        if comp in seen:
+            msgs.append(f"{where}.dataset': {comp!r} is listed twice")
+        seen.add(comp)
+        if c.get("classes") and c.get("top_classes"):
+            msgs.append(f"{where}': give classes or top_classes, not both")
+    return msgs
+
+
 def _semantic_errors(datasets: Mapping[str, Any], source: str) -> list[str]:
     msgs = []
     for name, d in datasets.items():
         if not isinstance(d, Mapping):
+            continue
+        if "derive" in d:
+            msgs += _derive_errors(datasets, name, d["derive"], source)
             continue
         manual = bool(d.get("gated")) or bool(d.get("manual_steps"))
         seen: set[str] = set()

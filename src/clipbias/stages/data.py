@@ -36,6 +36,11 @@ def download_dataset(
     from clipbias.data.registry import get_entry, load_registry
 
     entry = get_entry(load_registry(registry), dataset)
+    if entry.derived:
+        raise ValueError(
+            f"dataset {dataset!r} is derived from {entry.derive['components']} and has no "
+            "files to download; its folder is built by rule derive_dataset"
+        )
     base = Path(resources_dir) / dataset
     root = fetch_dataset(entry, base / "raw", out, lock_file)
     log.info("dataset %s ready at %s", dataset, root)
@@ -55,3 +60,21 @@ def prepare_dataset(
     entry = get_entry(load_registry(registry), dataset)
     source = check_layout(entry, Path(extracted))
     build_index(entry, source, dataset_root)
+
+
+def derive_dataset(
+    registry: str | os.PathLike,
+    dataset: str,
+    resources_dir: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+) -> None:
+    """Build the derived dataset ``dataset`` (``clipbias.data.derive``) from the prepared
+    folders ``<resources_dir>/<component>`` of its components."""
+    from clipbias.data.derive import build_derived, component_names
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    if not entry.derived:
+        raise ValueError(f"dataset {dataset!r} has no 'derive' entry in {registry}")
+    roots = {c: Path(resources_dir) / c for c in component_names(entry.derive)}
+    build_derived(dataset, entry.derive, roots, dataset_root)
