@@ -543,3 +543,36 @@ def test_phase1_refuses_datasets_with_per_image_candidates(store, tmp_path):
     stage.locate_refineclip(root, tmp_path / "s.json", seed=9, n_per_class=6, T=3,
                             dataset_meta=meta)  # fmt: skip
     assert (tmp_path / "s.json").is_file()
+
+
+def test_shots_from_the_edit_targets_only(store, tmp_path):
+    """METHODS §5.8: the edit's shots come from its target classes (by name or worst:<k>)."""
+    root, _ = store
+    res = stage.locate_refineclip(
+        root, tmp_path / "t.json", seed=9, n_per_class=4, T=3,
+        shot_classes="edit_targets", edit_targets=["c", "a"],
+    )  # fmt: skip
+    assert sorted(set(res["shots"]["labels"])) == [0, 2]
+    assert np.bincount(res["shots"]["labels"]).tolist() == [4, 0, 4]
+    assert res["shots"]["classes"] == [0, 2] and res["shots"]["shot_classes"] == "edit_targets"
+    # the draw is the plain draw restricted to those classes
+    idx = FeatureSet.open(root).index(split="train")
+    want = fewshot.shot_index(idx[idx["label"].isin([0, 2])], 4, seed=9)
+    assert res["shots"]["image_ids"] == want["image_id"].tolist()
+    # worst:1 = the class with the lowest zero-shot test accuracy
+    fs = FeatureSet.open(root)
+    tidx, _, temb = fs.load(layers=[], split="test")
+    pred = metrics.predict(temb, fewshot.read_classifier(root / "classifier.parquet")[1])
+    worst = fewshot.edit_target_classes("worst:1", CLASSES, tidx["label"].to_numpy(), pred)
+    res = stage.locate_refineclip(
+        root, tmp_path / "w.json", seed=9, n_per_class=4, T=3,
+        shot_classes="edit_targets", edit_targets="worst:1",
+    )  # fmt: skip
+    assert sorted(set(res["shots"]["labels"])) == worst
+    # later stages refuse a phase-1 file drawn from other classes
+    with pytest.raises(ValueError, match="shot_classes 'edit_targets' vs 'all'"):
+        check_phase1(res, 9, 4, "train", 3, 4, "cosine", "utility")
+    with pytest.raises(ValueError, match="needs the dataset's edit_targets"):
+        stage.locate_refineclip(root, tmp_path / "x.json", seed=9, shot_classes="edit_targets")
+    with pytest.raises(ValueError, match="'all' or 'edit_targets'"):
+        stage.locate_refineclip(root, tmp_path / "x.json", seed=9, shot_classes="targets")

@@ -22,6 +22,8 @@ rule locate_refineclip:
         runtime=30,
     params:
         phase1=phase1_params,
+        edit_targets=dataset_edit_targets,
+        test_split=test_split,
         code_version=CODE_VERSION,
     script:
         "../scripts/locate_refineclip.py"

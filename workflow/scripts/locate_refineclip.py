@@ -17,5 +17,7 @@ locate_refineclip(
     seed=int(snakemake.wildcards.seed),
     threads=snakemake.threads,
     dataset_meta=snakemake.input.meta,
+    edit_targets=snakemake.params.edit_targets,
+    test_split=snakemake.params.test_split,
     **snakemake.params.phase1,
 )

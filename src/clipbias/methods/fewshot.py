@@ -89,13 +89,20 @@ def shot_index(
     seed: int,
     split: str = "",
     sampling: str = "random",
+    classes: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The shots among ``index`` (the rows of one split, feature-store order): ``n_per_class``
     per class present, drawn with ``seed`` by :func:`~clipbias.methods.refineclip.sample_shots`
     (``sampling="random"``, the paper's draw) or :func:`group_balanced_shots`
-    (``"group_balanced"``). Rows stay in store order."""
+    (``"group_balanced"``). ``classes``: draw only from these labels (an edit's target
+    classes, METHODS §5.8); None = every class. Rows stay in store order."""
     if sampling not in SHOT_SAMPLING:
         raise ValueError(f"shot_sampling must be one of {SHOT_SAMPLING}, got {sampling!r}")
+    if classes is not None:
+        missing = sorted(set(map(int, classes)) - set(index["label"].astype(int)))
+        if missing:
+            raise ValueError(f"split {split!r} has no rows of the shot classes {missing}")
+        index = index[index["label"].isin(list(classes))]
     if len(index) == 0:
         raise ValueError(
             f"split {split!r} has no rows in the feature store; set the method's shots_split to "
@@ -147,20 +154,30 @@ def shot_rows(
     seed: int,
     layers: Sequence[int] | None = None,
     sampling: str = "random",
+    classes: Sequence[int] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """:func:`shot_index` then :func:`load_rows`: the shots' index, heads and rest."""
-    shots = shot_index(fs.index(split=split), n_per_class, seed, split, sampling)
+    shots = shot_index(fs.index(split=split), n_per_class, seed, split, sampling, classes)
     return load_rows(fs, split, shots["image_id"], layers)
 
 
 def shots_record(
-    index: pd.DataFrame, split: str, n_per_class: int, seed: int, sampling: str = "random"
+    index: pd.DataFrame,
+    split: str,
+    n_per_class: int,
+    seed: int,
+    sampling: str = "random",
+    shot_classes: str = "all",
+    classes: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """What the phase-1 file stores about its shots (so later stages reuse exactly them)."""
+    """What the phase-1 file stores about its shots (so later stages reuse exactly them);
+    ``shot_classes``/``classes``: the setting and the class ids it resolved to."""
     return {
         "split": split,
         "n_per_class": int(n_per_class),
         "sampling": sampling,
+        "shot_classes": shot_classes,
+        "classes": None if classes is None else [int(c) for c in classes],
         "seed": int(seed),
         "image_ids": [str(x) for x in index["image_id"]],
         "labels": [int(x) for x in index["label"]],

@@ -29,6 +29,7 @@ def check_phase1(
     similarity: str,
     selection: str,
     shot_sampling: str = "random",
+    shot_classes: str = "all",
     **_: Any,
 ) -> Mapping[str, Any]:
     """``result`` if it was made with these parameters and seed; a clear error otherwise (a
@@ -39,6 +40,7 @@ def check_phase1(
         "n_per_class": shots.get("n_per_class"),
         "shots_split": shots.get("split"),
         "shot_sampling": shots.get("sampling", "random"),
+        "shot_classes": shots.get("shot_classes", "all"),
         "T": result.get("T"),
         "score_layers": len(result.get("score_layers") or []),
         "similarity": result.get("similarity"),
@@ -49,6 +51,7 @@ def check_phase1(
         "n_per_class": int(n_per_class),
         "shots_split": shots_split,
         "shot_sampling": shot_sampling,
+        "shot_classes": shot_classes,
         "T": int(T),
         "score_layers": min(int(score_layers), len(result.get("layers") or [])),
         "similarity": similarity,

@@ -57,8 +57,8 @@ class Locator:
 
 #: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.
 REFINECLIP_PHASE1_PARAMS = (
-    "n_per_class", "shots_split", "shot_sampling", "T", "score_layers", "similarity",
-    "selection", "val_split",
+    "n_per_class", "shots_split", "shot_sampling", "shot_classes", "T", "score_layers",
+    "similarity", "selection", "val_split",
 )  # fmt: skip
 
 LOCATORS: Mapping[str, Locator] = MappingProxyType(
@@ -175,8 +175,12 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 # ``shot_sampling``: "random" (the paper: n per class uniformly) or "group_balanced" (n per
 # class spread over the class's groups, so bias-conflicting samples are among the shots;
 # clipbias.methods.fewshot.group_balanced_shots).
+# ``shot_classes`` (phase 1 and everything built on its shots): "all", or "edit_targets" = the
+# shots come from the dataset's ``edit_targets`` classes only (METHODS §5.8: 10 Waterbirds
+# shots per bird class in the 20-way Waterbirds + ImageNet-R task, 4 per target class on
+# ImageNet-A); n_per_class shots of each of those classes.
 _SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
-_PHASE1 = {**_SHOTS, "T": 15, "score_layers": 4, "similarity": "cosine"}
+_PHASE1 = {**_SHOTS, "shot_classes": "all", "T": 15, "score_layers": 4, "similarity": "cosine"}
 _ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
 _RC = "clipbias.methods.refineclip_ablate"
 _RC_TORCH = "clipbias.methods.refineclip_torch"

@@ -41,6 +41,7 @@ def locate_refineclip(
     n_per_class: int = 10,
     shots_split: str = "train",
     shot_sampling: str = "random",
+    shot_classes: str = "all",
     T: int = 15,
     score_layers: int = 4,
     similarity: str = "cosine",
@@ -48,13 +49,19 @@ def locate_refineclip(
     val_split: str = "val",
     threads: int | None = None,
     dataset_meta: str | os.PathLike | None = None,
+    edit_targets: str | Sequence[str] | None = None,
+    test_split: str = "test",
 ) -> dict[str, Any]:
     """RefineCLIP phase 1 (METHODS §5.1-5.5) on ``n_per_class`` shots per class of
     ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects S* by
     worst-group accuracy on ``val_split`` ("Ours*"). Only the rows of the shots (and, for
     Ours*, the validation split) and only the last ``score_layers`` stored layers are read,
     batch by batch: memory holds the shots and, for Ours*, per-group counts of correct
-    predictions of every candidate set, independent of the splits' sizes."""
+    predictions of every candidate set, independent of the splits' sizes.
+
+    ``shot_classes="edit_targets"`` draws the shots from the dataset's ``edit_targets``
+    classes only (METHODS §5.8); ``"worst:<k>"`` targets are the k classes with the lowest
+    zero-shot accuracy on ``test_split`` (embeddings only), as the phase-2 curves use."""
     from clipbias.features import FeatureError, FeatureSet, read_classifier
     from clipbias.io import write_json
     from clipbias.methods.fewshot import shot_rows, shots_record
@@ -82,7 +89,8 @@ def locate_refineclip(
     fs = FeatureSet.open(feature_dir)
     names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     layers = sorted(fs.layers)[-int(score_layers) :]
-    idx, heads, rest = shot_rows(fs, shots_split, n_per_class, seed, layers, shot_sampling)
+    classes = _shot_classes(shot_classes, edit_targets, fs, names, classifier, test_split)
+    idx, heads, rest = shot_rows(fs, shots_split, n_per_class, seed, layers, shot_sampling, classes)
     labels = idx["label"].to_numpy()
     result = identify_then_ablate(
         heads, rest, classifier, labels, layers,
@@ -102,15 +110,46 @@ def locate_refineclip(
             raise FeatureError(f"no rows for split {val_split!r} in {fs.folder}")
         result = select_on_validation_counts(result, counts)
         result["validation"]["split"] = val_split
-    result["shots"] = shots_record(idx, shots_split, n_per_class, seed, shot_sampling)
+    result["shots"] = shots_record(
+        idx, shots_split, n_per_class, seed, shot_sampling, shot_classes, classes
+    )
     result["params"] = {
         "n_per_class": int(n_per_class), "shots_split": shots_split,
-        "shot_sampling": shot_sampling, "T": int(T),
+        "shot_sampling": shot_sampling, "shot_classes": shot_classes, "T": int(T),
         "score_layers": int(score_layers), "similarity": similarity, "selection": selection,
         "val_split": val_split if selection == "validation" else None,
     }  # fmt: skip
     write_json(out, result)
     return result
+
+
+def _shot_classes(
+    setting: str,
+    edit_targets: str | Sequence[str] | None,
+    fs: Any,
+    names: Sequence[str],
+    classifier: np.ndarray,
+    test_split: str,
+) -> list[int] | None:
+    """Class ids the shots are drawn from: None for ``"all"``, the resolved edit targets for
+    ``"edit_targets"``."""
+    from clipbias import metrics
+    from clipbias.methods.fewshot import edit_target_classes
+
+    if setting == "all":
+        return None
+    if setting != "edit_targets":
+        raise ValueError(f"shot_classes must be 'all' or 'edit_targets', got {setting!r}")
+    if not edit_targets:
+        raise ValueError(
+            "shot_classes 'edit_targets' needs the dataset's edit_targets (datasets[]."
+            "edit_targets in the config: class names or 'worst:<k>')"
+        )
+    labels = preds = None
+    if isinstance(edit_targets, str) and edit_targets.startswith("worst:"):
+        tidx, _, temb = fs.load(layers=[], split=test_split)
+        labels, preds = tidx["label"].to_numpy(), metrics.predict(temb, classifier)
+    return edit_target_classes(edit_targets, names, labels, preds)
 
 
 # ---------------------------------------------------------------------------------- phase 2
