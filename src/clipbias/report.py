@@ -509,15 +509,19 @@ def _info_name(method: str, info: Mapping[str, Mapping[str, Any]] | None) -> str
 
 
 def refineclip_label(method: str, info: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """Display name of a configured id: the registry label, with the shots for aliased ids of
-    ``refineclip`` ("RefineCLIP phase 1 (n = 20)") and "linear probe" for
+    """Display name of a configured id: the registry label, with the shots for aliased ids
+    ("RefineCLIP phase 1 (n = 20)"; "(n = 10, target classes)" when the shots come from the
+    edit targets only, ``shot_classes: edit_targets``) and "linear probe" for
     ``refineclip_classifier`` without ablation (Table 6's "Original CLIP" row)."""
     name = _info_name(method, info)
     entry = (info or {}).get(method, {})
     if name == "refineclip_classifier" and entry.get("ablate") is False:
         return "Linear probe (no ablation)"
     if method != name and name in METHOD_LABELS and entry.get("n_per_class"):
-        return f"{METHOD_LABELS[name]} (n = {entry['n_per_class']})"
+        shots = f"n = {entry['n_per_class']}"
+        if entry.get("shot_classes") == "edit_targets":
+            shots += ", target classes"
+        return f"{METHOD_LABELS[name]} ({shots})"
     return method_label(method) if method in METHOD_LABELS else method
 
 

@@ -576,3 +576,17 @@ def test_shots_from_the_edit_targets_only(store, tmp_path):
         stage.locate_refineclip(root, tmp_path / "x.json", seed=9, shot_classes="edit_targets")
     with pytest.raises(ValueError, match="'all' or 'edit_targets'"):
         stage.locate_refineclip(root, tmp_path / "x.json", seed=9, shot_classes="targets")
+
+
+def test_labels_of_aliased_ids_name_their_shots():
+    info = {
+        "refineclip_n20": {"name": "refineclip", "n_per_class": 20},
+        "std_t": {"name": "refineclip_std_ft", "n_per_class": 10, "shot_classes": "edit_targets"},
+        "probe": {"name": "refineclip_classifier", "ablate": False},
+    }
+    assert report.refineclip_label("refineclip_n20", info) == "RefineCLIP phase 1 (n = 20)"
+    assert (
+        report.refineclip_label("std_t", info) == "STD-FT (diag, CE only) (n = 10, target classes)"
+    )
+    assert report.refineclip_label("probe", info) == "Linear probe (no ablation)"
+    assert report.refineclip_label("refineclip", info) == "RefineCLIP phase 1"

@@ -779,6 +779,7 @@ def refineclip_method_info(wildcards):
         m: {
             "name": c.name,
             "n_per_class": c.params.get("n_per_class"),
+            "shot_classes": c.params.get("shot_classes"),
             "ablate": c.params.get("ablate"),
         }
         for m, c in METHODS.items()
