@@ -119,6 +119,14 @@ BAD = [
         "models with pretrained 'train' are trained on planted datasets only",
     ),
     (_set("seeds", []), "seeds"),
+    (
+        _set("methods", [{"name": "refineclip", "shot_sampling": "stratified"}]),
+        "shot_sampling must be one of ['random', 'group_balanced']",
+    ),
+    (
+        _set("methods", [{"name": "refineclip", "shot_classes": "edit_targets"}]),
+        "but datasets ['planted'] set no edit_targets",
+    ),
 ]
 
 

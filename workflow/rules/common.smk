@@ -151,9 +151,27 @@ def _check_heads_from():
             )
 
 
+def _check_edit_shots():
+    """Shots of the edit targets only need edit targets on every dataset that runs them."""
+    for mid, c in METHODS.items():
+        if c.params.get("shot_classes") != "edit_targets":
+            continue
+        bare = [
+            d for d in DATASETS if mid in cell_methods(d) and not DATASETS[d].get("edit_targets")
+        ]
+        if bare:
+            raise ValueError(
+                f"config methods: {mid!r} draws its shots from the edit targets "
+                f"(shot_classes: edit_targets), but datasets {bare} set no edit_targets; set "
+                "datasets[].edit_targets (class names or 'worst:<k>') or leave the method out "
+                "of their datasets[].methods"
+            )
+
+
 _check_grid()
 _check_heads_from()
 _check_dataset_methods()
+_check_edit_shots()
 
 
 def fseed(dataset, model, seed):

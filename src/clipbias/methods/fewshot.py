@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from clipbias.features import FeatureSet, read_classifier
+from clipbias.methods import registry
 from clipbias.methods.refineclip import sample_shots
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-SHOT_SAMPLING = ("random", "group_balanced")
+SHOT_SAMPLING = registry.SHOT_SAMPLING
 
 
 def group_balanced_shots(

@@ -179,6 +179,8 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 # shots come from the dataset's ``edit_targets`` classes only (METHODS §5.8: 10 Waterbirds
 # shots per bird class in the 20-way Waterbirds + ImageNet-R task, 4 per target class on
 # ImageNet-A); n_per_class shots of each of those classes.
+SHOT_SAMPLING = ("random", "group_balanced")
+SHOT_CLASSES = ("all", "edit_targets")
 _SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
 _PHASE1 = {**_SHOTS, "shot_classes": "all", "T": 15, "score_layers": 4, "similarity": "cosine"}
 _ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
@@ -524,6 +526,11 @@ def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configur
         out = {REFERENCE_METHOD: ref, **out}
     names = {c.name for c in out.values()}
     for c in out.values():
+        for key, allowed in (("shot_sampling", SHOT_SAMPLING), ("shot_classes", SHOT_CLASSES)):
+            if key in c.params and c.params[key] not in allowed:
+                raise MethodConfigError(
+                    f"method {c.id!r}: {key} must be one of {list(allowed)}, got {c.params[key]!r}"
+                )
         missing = [r for r in c.spec.requires if r not in out and r not in names]
         if missing:
             raise MethodConfigError(
