@@ -27,12 +27,17 @@ def _space(meta: Mapping[str, Any]) -> str:
     return space
 
 
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names of CLIP's classifier, in class-index order."""
+    from clipbias.methods.heads import load_resource_lines
+
+    return load_resource_lines("imagenet_classnames.txt")
+
+
 def classifier_class_names(meta: Mapping[str, Any]) -> list[str]:
     """Class names in prompts, in classifier-column order."""
     if _space(meta) == "imagenet_1k":
-        from clipbias.methods.heads import load_resource_lines
-
-        return load_resource_lines("imagenet_classnames.txt")
+        return imagenet_class_names()
     return list(meta.get("class_prompt_names") or meta["classes"])
 
 

@@ -248,11 +248,8 @@ def test_image_folder_refuses_a_full_class_set_that_is_not_the_published_one(tmp
 
 
 def test_imagenet_resources_agree():
-    from clipbias.data.adapters import (
-        IMAGENET_R_1K_INDICES,
-        imagenet_class_names,
-        imagenet_wnid_index,
-    )
+    from clipbias.data.adapters import IMAGENET_R_1K_INDICES, imagenet_wnid_index
+    from clipbias.labels import imagenet_class_names
 
     wnids = imagenet_wnid_index()
     assert len(wnids) == 1000 and list(wnids) == sorted(wnids)

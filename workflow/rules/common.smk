@@ -51,20 +51,15 @@ METHODS = registry.configured(config["methods"])
 
 
 def _derived_datasets(path):
-    """{derived dataset: its components} of the dataset registry (key "derive"); a registry
-    that cannot be read gives {} here and its error from the rule that loads it."""
-    import yaml
+    """{derived dataset: its components} of the dataset registry (clipbias.data.registry,
+    which also validates it: a broken registry stops the run here, before any job)."""
+    from clipbias.data.registry import RegistryError, load_registry
 
     try:
-        with open(path) as f:
-            entries = yaml.safe_load(f)["datasets"]
-        return {
-            n: [c["dataset"] for c in d["derive"]["components"]]
-            for n, d in entries.items()
-            if "derive" in d
-        }
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return {}
+        entries = load_registry(path)
+    except (OSError, RegistryError) as err:
+        raise ValueError(f"config dataset_registry: {err}") from None
+    return {n: e.components for n, e in entries.items() if e.derived}
 
 
 DERIVED = _derived_datasets(config["dataset_registry"])

@@ -483,6 +483,8 @@ def image_folder(
             f"{name}: the {len(classes)} class folders of {source} are not the dataset's "
             "published class list (their ImageNet-1k indices differ); check the download"
         )
+    from clipbias.labels import imagenet_class_names
+
     names = imagenet_class_names()
     meta["imagenet_1k_indices"] = indices
     meta["class_prompt_names"] = [names[i] for i in indices]
@@ -497,13 +499,6 @@ def imagenet_wnid_index() -> dict[str, int]:
     if len(wnids) != 1000:
         raise AdapterError(f"resources/imagenet_wnids.txt has {len(wnids)} wnids, not 1000")
     return {w: i for i, w in enumerate(wnids)}
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1,000 ImageNet-1k class names of CLIP's classifier, in class-index order."""
-    from clipbias.methods.heads import load_resource_lines
-
-    return load_resource_lines("imagenet_classnames.txt")
 
 
 def imagenet_r(source: str | os.PathLike, dataset_root: str | os.PathLike) -> AdapterResult:

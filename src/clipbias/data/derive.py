@@ -39,7 +39,7 @@ import fnmatch
 import logging
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,7 @@ def top_classes(index: pd.DataFrame, n: int, count_files: str = "*") -> list[int
 
 
 def _component_classes(meta: Mapping[str, Any], index: pd.DataFrame, spec: Mapping) -> list[int]:
-    if spec.get("classes") and spec.get("top_classes"):
-        raise DeriveError(f"component {spec['dataset']!r}: give classes or top_classes, not both")
+    """Labels a component keeps (``classes`` xor ``top_classes`` is checked by the registry)."""
     if spec.get("classes"):
         names = list(meta["classes"])
         unknown = [c for c in spec["classes"] if c not in names]
@@ -181,19 +180,14 @@ def derive_index(
         group_names += [f"{cname}: {g}" for g in comp_groups]
         minority += [offset + int(g) for g in meta.get("minority_groups") or []]
         prefix = posixpath.relpath(root.resolve().as_posix(), out_root.resolve().as_posix())
+        group = rows["group"].to_numpy(np.int64)
         part = pd.DataFrame(
             {
                 "image_id": cname + "/" + rows["image_id"].astype(str),
                 "path": [posixpath.normpath(posixpath.join(prefix, p)) for p in rows["path"]],
                 "split": rows["split"].astype(str).to_numpy(),
                 "label": rows["label"].map(relabel).to_numpy(np.int64),
-                "group": np.where(
-                    rows["group"].to_numpy(np.int64) >= 0,
-                    rows["group"].to_numpy(np.int64) + offset,
-                    -1,
-                )
-                if comp_groups
-                else np.full(len(rows), -1, dtype=np.int64),
+                "group": np.where((group >= 0) & bool(comp_groups), group + offset, -1),
             }
         )
         for a in (meta.get("attributes") or {}).keys():
@@ -201,9 +195,8 @@ def derive_index(
         frames.append(part)
         record.append({"dataset": cname, "classes": [names[k] for k in keep], "n": len(part)})
     df = pd.concat(frames, ignore_index=True)
-    for a in attributes:
-        col = f"attr_{a}"
-        df[col] = df[col].fillna(-1).astype(np.int64) if col in df else np.int64(-1)
+    for a in attributes:  # NaN where a component lacks the attribute
+        df[f"attr_{a}"] = df[f"attr_{a}"].fillna(-1).astype(np.int64)
     hold = spec.get("holdout")
     if hold:
         df = holdout_split(
@@ -243,8 +236,3 @@ def build_derived(
         name, len(df), len(meta["classes"]), [c["dataset"] for c in meta["components"]],
     )  # fmt: skip
     return write_index(df, meta, out_root, check_files=check_files)
-
-
-def component_names(spec: Mapping[str, Any]) -> Sequence[str]:
-    """Names of the datasets a ``derive`` spec is built from, in order."""
-    return [c["dataset"] for c in spec["components"]]

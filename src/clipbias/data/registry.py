@@ -83,6 +83,11 @@ class DatasetEntry:
         return self.derive is not None
 
     @property
+    def components(self) -> list[str]:
+        """Names of the datasets a derived entry is built from, in order ([] otherwise)."""
+        return [c["dataset"] for c in self.derive["components"]] if self.derive else []
+
+    @property
     def licence_name(self) -> str:
         return str(self.licence.get("name", "unknown"))
 

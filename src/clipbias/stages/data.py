@@ -70,11 +70,11 @@ def derive_dataset(
 ) -> None:
     """Build the derived dataset ``dataset`` (``clipbias.data.derive``) from the prepared
     folders ``<resources_dir>/<component>`` of its components."""
-    from clipbias.data.derive import build_derived, component_names
+    from clipbias.data.derive import build_derived
     from clipbias.data.registry import get_entry, load_registry
 
     entry = get_entry(load_registry(registry), dataset)
     if not entry.derived:
         raise ValueError(f"dataset {dataset!r} has no 'derive' entry in {registry}")
-    roots = {c: Path(resources_dir) / c for c in component_names(entry.derive)}
+    roots = {c: Path(resources_dir) / c for c in entry.components}
     build_derived(dataset, entry.derive, roots, dataset_root)
