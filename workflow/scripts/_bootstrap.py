@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-if str(SRC) not in sys.path:
-    sys.path.insert(0, str(SRC))
+# Always first: another checkout's editable install (or a PYTHONPATH entry) may also provide
+# a ``clipbias``; the rules of this checkout must run this checkout's code.
+sys.path[:] = [str(SRC)] + [p for p in sys.path if Path(p or ".").resolve() != SRC]
 
 
 def setup_logging(log_path: str) -> None:
