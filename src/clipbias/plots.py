@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from clipbias import report
-from clipbias.io import atomic_path
+from clipbias.io import atomic_path, rehearsal_banner
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,24 @@ def _stem(out: str | os.PathLike) -> Path:
 
 
 def save_figure(fig: Figure, out: str | os.PathLike) -> dict[str, Path]:
-    """Write ``out.png`` (200 dpi) and ``out.pdf`` atomically; returns the two paths."""
+    """Write ``out.png`` (200 dpi) and ``out.pdf`` atomically; returns the two paths.
+
+    In a rehearsal's folder (:func:`clipbias.io.rehearsal_banner`) the figure carries the
+    banner across its top, and in the files' metadata (PNG ``Comment``, PDF ``Subject``)."""
     stem = _stem(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    banner = rehearsal_banner(stem)
+    png_meta: dict[str, Any] = {"Software": None}
+    pdf_meta: dict[str, Any] = {"CreationDate": None}
+    if banner:
+        fig.text(
+            0.5, 1.0, banner, ha="center", va="bottom", color="#b00000", fontsize=11,
+            fontweight="bold", transform=fig.transFigure,
+        )  # fmt: skip
+        png_meta["Comment"] = banner
+        pdf_meta["Subject"] = banner
     paths = {}
-    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+    for fmt, meta in (("png", png_meta), ("pdf", pdf_meta)):
         path = stem.with_name(f"{stem.name}.{fmt}")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta)

@@ -8,6 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from clipbias import plots, report
+from clipbias.io import REHEARSAL_BANNER, read_csv
 
 FIX = "tests/data/report_fixture"
 CELL = "planted/planted-vit-tiny/seed-42"
@@ -270,11 +271,26 @@ def test_write_table(fx, tmp_path):
         "main_table.md",
         "main_table.tex",
     ]
-    assert pd.read_csv(paths["csv"]).equals(t)
+    # the caption travels with every file: CSV comment line, Markdown paragraph, LaTeX caption
+    assert paths["csv"].read_text().startswith("# Main\n")
+    assert read_csv(paths["csv"]).equals(t)
     md = paths["md"].read_text().splitlines()
-    assert len(md) == 2 + len(t)
+    assert md[0] == "Main" and md[1] == ""
+    assert len(md) == 2 + 2 + len(t)
     assert "| LTC-random (mean of draws) |" in md[-1]
     assert "\\caption{Main}" in paths["tex"].read_text()
+    assert "REHEARSAL" not in paths["md"].read_text()
+
+
+def test_write_table_in_a_rehearsal_folder_says_so(fx, tmp_path):
+    t = report.main_table(fx["metrics"])
+    folder = tmp_path / "results" / "ltc_waterbirds-rehearsal" / "tables"
+    paths = report.write_table(t, folder / "main_table", caption="Main")
+    csv = paths["csv"].read_text().splitlines()
+    assert csv[0] == f"# {REHEARSAL_BANNER}" and csv[1] == "# Main"
+    assert read_csv(paths["csv"]).equals(t)
+    assert paths["md"].read_text().startswith(f"**{REHEARSAL_BANNER}**\n\nMain\n\n")
+    assert f"\\caption{{{REHEARSAL_BANNER.replace('—', '—')} Main}}" in paths["tex"].read_text()
 
 
 def test_random_summary_table(fx):

@@ -1,4 +1,5 @@
 # Helpers shared by all stages: config validation, the experiment grid, paths, resources.
+import re
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from snakemake.utils import validate
 # The package's pure-Python parts (version, method registry) are read by the workflow itself.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from clipbias import __version__ as CODE_VERSION  # noqa: E402
+from clipbias import rehearsal  # noqa: E402
 from clipbias.methods import registry  # noqa: E402
 
 # Methods first: an unknown name gets a message listing the registry, not a schema dump.
@@ -28,9 +30,23 @@ if _SYNTH_ON_REAL:
     )
 validate(config, schema="../schemas/config.schema.yaml")
 
-EXPERIMENT = config["experiment"]
+# A dress rehearsal (config/overlays/rehearsal.yaml, clipbias.rehearsal): random weights of
+# the real architectures and fixture datasets, in its own experiment folder.
+REHEARSAL = config["rehearsal"]
+IS_REHEARSAL = bool(REHEARSAL["enabled"])
+if config["experiment"].endswith(rehearsal.SUFFIX):
+    raise ValueError(
+        f"config experiment: names ending in {rehearsal.SUFFIX!r} are reserved for "
+        f"rehearsals; name the experiment {config['experiment'][: -len(rehearsal.SUFFIX)]!r} "
+        "and add config/overlays/rehearsal.yaml to rehearse it"
+    )
+EXPERIMENT = config["experiment"] + (rehearsal.SUFFIX if IS_REHEARSAL else "")
 SEEDS = [int(s) for s in config["seeds"]]
+if IS_REHEARSAL and REHEARSAL["seeds"] == "first":
+    SEEDS = SEEDS[:1]
 RESULTS = f"results/{EXPERIMENT}"
+# Prepared registry datasets: the downloads, or a rehearsal's fixtures (never the same folder).
+DATASETS_DIR = REHEARSAL["datasets_dir"] if IS_REHEARSAL else "resources/datasets"
 
 
 def _model_id(entry):
@@ -46,6 +62,18 @@ def _unique(entries, key, what):
 
 
 MODELS = _unique(config["models"], _model_id, "models (id or name)")
+# Rehearsal: a tag's or checkpoint's weights become random weights of the same architecture
+# (rule make_rehearsal_weights); models trained by the pipeline are kept.
+REHEARSAL_WEIGHTS = {}
+if IS_REHEARSAL:
+    if REHEARSAL["models"] == "smallest":
+        _keep = _model_id(rehearsal.smallest(MODELS.values()))
+        MODELS = {_keep: MODELS[_keep]}
+    for _m in MODELS.values():
+        if _m["pretrained"] != "train":
+            _stem = rehearsal.weights_stem(_m["name"], _m["pretrained"])
+            REHEARSAL_WEIGHTS[_stem] = {"name": _m["name"], "pretrained": _m["pretrained"]}
+            _m["pretrained"] = f"{REHEARSAL['weights_dir']}/{_stem}.safetensors"
 DATASETS = _unique(config["datasets"], lambda d: d["name"], "datasets")
 METHODS = registry.configured(config["methods"])
 
@@ -71,8 +99,8 @@ def derived_components(wildcards):
     """Index and metadata of every component of a derived dataset."""
     files = {}
     for c in DERIVED[wildcards.dataset]:
-        files[f"{c}_index"] = f"resources/datasets/{c}/index.parquet"
-        files[f"{c}_meta"] = f"resources/datasets/{c}/dataset.json"
+        files[f"{c}_index"] = f"{DATASETS_DIR}/{c}/index.parquet"
+        files[f"{c}_meta"] = f"{DATASETS_DIR}/{c}/dataset.json"
     return files
 
 
@@ -182,7 +210,7 @@ def data_root(dataset, seed):
     """Folder with index.parquet and dataset.json (``seed``: int or None for real data)."""
     if is_planted(dataset):
         return f"{RESULTS}/data/{dataset}/seed-{seed}"
-    return f"resources/datasets/{dataset}"
+    return f"{DATASETS_DIR}/{dataset}"
 
 
 def feature_dir(dataset, model, seed):
@@ -198,7 +226,31 @@ def planted_synth(wildcards):
 
 
 def n_shards(dataset):
-    return DATASETS[dataset].get("n_shards") or config["features"]["n_shards"]
+    n = DATASETS[dataset].get("n_shards") or config["features"]["n_shards"]
+    return min(n, REHEARSAL["max_shards"]) if IS_REHEARSAL else n
+
+
+def rehearsal_weights_params(wildcards):
+    """Architecture and tag whose random weights a rehearsal checkpoint stands in for."""
+    return REHEARSAL_WEIGHTS[wildcards.weights]
+
+
+# matches no name when nothing is rehearsed
+REHEARSAL_WEIGHTS_PATTERN = "|".join(map(re.escape, REHEARSAL_WEIGHTS)) or "(?!x)x"
+# Logs of the dataset rules (not per experiment: prepared datasets are shared).
+DATA_LOGS = "logs/rehearsal-datasets" if IS_REHEARSAL else "logs"
+
+
+def rehearsal_weights_mem_mb(wildcards, attempt):
+    """Building and saving random weights holds them twice (model + contiguous copy)."""
+    name = REHEARSAL_WEIGHTS[wildcards.weights]["name"]
+    base = next((v for k, v in _MODEL_MEM_MB.items() if name.startswith(k)), 4000)
+    return base // 2 * attempt
+
+
+def text_pool_cap():
+    """General TextSpan pool cap: a rehearsal's (rehearsal.text_pool_cap), else none."""
+    return REHEARSAL["text_pool_cap"] if IS_REHEARSAL else 0
 
 
 def templates(dataset):
@@ -207,6 +259,19 @@ def templates(dataset):
 
 def texts_file(dataset):
     return DATASETS[dataset]["texts"]
+
+
+_TEXT_SPECS = {}
+
+
+def text_spec(dataset):
+    """The parsed text file of ``dataset`` ({} when missing: the rules then report it)."""
+    import yaml
+
+    if dataset not in _TEXT_SPECS:
+        path = Path(texts_file(dataset))
+        _TEXT_SPECS[dataset] = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+    return _TEXT_SPECS[dataset]
 
 
 def cells():
@@ -374,9 +439,16 @@ def score_locators_inputs(wildcards):
     return files
 
 
+def has_retrieval(dataset):
+    """The dataset's text file defines retrieval prompts (FairFace's concepts): every method's
+    predictions then carry retrieval scores, so every method gets MaxSkew."""
+    return bool(((text_spec(dataset).get("retrieval") or {}).get("concepts")))
+
+
 def predict_inputs(wildcards):
     spec = METHODS[wildcards.method].spec
-    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or spec.texts}
+    texts = spec.texts or has_retrieval(wildcards.dataset)
+    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or texts}
     return {**files, "texts_yaml": cell_texts_yaml(wildcards), **located_files(wildcards)}
 
 
@@ -416,8 +488,31 @@ def grid_summaries(wildcards):
     return [f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS]
 
 
+def cell_table_metrics(dataset):
+    """Metrics summarised over seeds and shown in the grid table for ``dataset``: the seed
+    metrics and the metrics its paper table reports (clipbias.protocols.table_metrics)."""
+    from clipbias.tables import table_metrics
+
+    own = table_metrics(
+        DATASETS[dataset]["protocol"],
+        edit_targets=bool(DATASETS[dataset].get("edit_targets")),
+        protected=dataset_audits(dataset),
+    )
+    return own
+
+
+def seed_metric_names(wildcards):
+    from clipbias.tables import SEED_METRICS
+
+    return list(dict.fromkeys([*SEED_METRICS, *cell_table_metrics(wildcards.dataset)]))
+
+
 def grid_cells():
-    return [{"dataset": d, "model": m} for d in DATASETS for m in MODELS]
+    return [
+        {"dataset": d, "model": m, "metrics": cell_table_metrics(d)}
+        for d in DATASETS
+        for m in MODELS
+    ]
 
 
 # Memory (MB) by model size; the profile can override with set-resources.
@@ -602,13 +697,11 @@ def dataset_audits(dataset):
 
 def _check_audit_texts():
     """Every dataset needs a protected_attributes block when an audit method is configured."""
-    import yaml
-
     for name, entry in DATASETS.items():
         if not dataset_audits(name):
             continue
         path = Path(entry["texts"])
-        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        spec = text_spec(name)
         if not isinstance(spec, dict) or not spec.get("protected_attributes"):
             raise ValueError(
                 f"config: the audit methods need a protected_attributes block in the text "

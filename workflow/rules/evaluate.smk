@@ -13,6 +13,8 @@ rule evaluate:
         random_summary=f"{METRICS}/random_summary.csv",
     log:
         f"logs/{EXPERIMENT}/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -36,6 +38,8 @@ rule planted_ground_truth:
         total=f"{GROUND_TRUTH}/total.csv",
     log:
         f"logs/{EXPERIMENT}/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -57,6 +61,8 @@ rule score_locators:
         f"{GROUND_TRUTH}/locator_scores.csv",
     log:
         f"logs/{EXPERIMENT}/score_locators/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/score_locators/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -76,6 +82,8 @@ rule summarize_seeds:
         f"{RESULTS}/metrics/{{dataset}}/{{model}}/summary_over_seeds.csv",
     log:
         f"logs/{EXPERIMENT}/summarize_seeds/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/summarize_seeds/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -83,6 +91,8 @@ rule summarize_seeds:
         mem_mb=1000,
         runtime=10,
     params:
+        split=test_split,
+        metrics=seed_metric_names,
         code_version=CODE_VERSION,
     script:
         "../scripts/summarize_seeds.py"
@@ -97,6 +107,8 @@ rule grid_table:
         tex=f"{RESULTS}/tables/grid_main.tex",
     log:
         f"logs/{EXPERIMENT}/grid_table.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/grid_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1

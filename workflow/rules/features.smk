@@ -11,6 +11,8 @@ rule encode_classes:
         f"{FEATURES}/classifier.parquet",
     log:
         f"logs/{EXPERIMENT}/encode_classes/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/encode_classes/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -36,6 +38,8 @@ rule encode_method_texts:
         f"{FEATURES}/texts.parquet",
     log:
         f"logs/{EXPERIMENT}/encode_method_texts/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/encode_method_texts/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -47,6 +51,7 @@ rule encode_method_texts:
         pretrained=pretrained_arg,
         hf_home=hf_home_arg,
         device=config["device"],
+        pool_cap=text_pool_cap(),
         code_version=CODE_VERSION,
     script:
         "../scripts/encode_method_texts.py"
@@ -61,7 +66,7 @@ rule extract_features:
     log:
         f"logs/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     # On a GPU, all but one thread decode and resize images for the next batches.
@@ -94,6 +99,8 @@ rule feature_manifest:
         f"{FEATURES}/manifest.json",
     log:
         f"logs/{EXPERIMENT}/feature_manifest/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/feature_manifest/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1

@@ -9,7 +9,7 @@ rule textspan:
     log:
         f"logs/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/textspan/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -34,7 +34,7 @@ rule locate_ltc:
     log:
         f"logs/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1

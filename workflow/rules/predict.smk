@@ -11,7 +11,7 @@ rule predict:
     log:
         f"logs/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=method_pattern("analysis"),
     conda:
@@ -39,7 +39,7 @@ rule predict_torch:
     log:
         f"logs/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=method_pattern("torch"),
     conda:

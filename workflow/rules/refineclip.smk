@@ -11,7 +11,7 @@ rule locate_refineclip:
     log:
         f"logs/{EXPERIMENT}/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip"),
     conda:
@@ -38,7 +38,7 @@ rule adapt_refineclip:
     log:
         f"logs/{EXPERIMENT}/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip_adapter"),
     conda:
@@ -66,6 +66,8 @@ rule export_refineclip_model:
         info=f"{EDITED_MODELS}/{{method}}.json",
     log:
         f"logs/{EXPERIMENT}/export_refineclip_model/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/export_refineclip_model/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip_adapter"),
     conda:
@@ -91,7 +93,7 @@ rule refineclip_sensitivity:
     log:
         f"logs/{EXPERIMENT}/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -128,6 +130,8 @@ rule report_refineclip:
         tables=report_tables(REFINECLIP_TABLES),
     log:
         f"logs/{EXPERIMENT}/report_refineclip/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_refineclip/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1

@@ -46,13 +46,50 @@ def download_dataset(
     log.info("dataset %s ready at %s", dataset, root)
 
 
+def make_rehearsal_dataset(
+    registry: str | os.PathLike,
+    dataset: str,
+    out: str | os.PathLike,
+    image_size: int = 224,
+    seed: int = 0,
+) -> None:
+    """A rehearsal's stand-in for rule download_dataset: the fixture-scale copy of
+    ``dataset`` in its real on-disk layout (:func:`clipbias.data.fixtures.write_extracted`),
+    written to ``out`` (``<rehearsal datasets_dir>/<dataset>/extracted``)."""
+    from clipbias.data.fixtures import write_extracted
+    from clipbias.data.registry import get_entry, load_registry
+
+    entry = get_entry(load_registry(registry), dataset)
+    if entry.derived:
+        raise ValueError(f"dataset {dataset!r} is derived; rule derive_dataset builds it")
+    write_extracted(dataset, Path(out), image_size=int(image_size), seed=int(seed))
+    log.info("rehearsal fixture of %s at %s", dataset, out)
+
+
+def _mark_if_fixture(dataset_root: Path, sources: list[Path]) -> None:
+    """Copy the rehearsal marker into ``dataset.json`` when any source is a fixture (its
+    extracted folder holds the fixture marker, or its dataset.json is marked)."""
+    from clipbias.io import read_json, write_json
+    from clipbias.rehearsal import BANNER, FIXTURE_MARKER, KEY
+
+    marked = any(
+        (s / FIXTURE_MARKER).is_file()
+        or ((s / "dataset.json").is_file() and read_json(s / "dataset.json").get(KEY))
+        for s in sources
+    )
+    if marked:
+        meta_path = dataset_root / "dataset.json"
+        write_json(meta_path, {**read_json(meta_path), KEY: BANNER})
+
+
 def prepare_dataset(
     registry: str | os.PathLike,
     dataset: str,
     extracted: str | os.PathLike,
     dataset_root: str | os.PathLike,
 ) -> None:
-    """Run the dataset's adapter: extracted files -> index.parquet + dataset.json."""
+    """Run the dataset's adapter: extracted files -> index.parquet + dataset.json (marked as
+    a rehearsal when ``extracted`` is a fixture)."""
     from clipbias.data.adapters import build_index
     from clipbias.data.download import check_layout
     from clipbias.data.registry import get_entry, load_registry
@@ -60,6 +97,7 @@ def prepare_dataset(
     entry = get_entry(load_registry(registry), dataset)
     source = check_layout(entry, Path(extracted))
     build_index(entry, source, dataset_root)
+    _mark_if_fixture(Path(dataset_root), [Path(extracted)])
 
 
 def derive_dataset(
@@ -78,3 +116,4 @@ def derive_dataset(
         raise ValueError(f"dataset {dataset!r} has no 'derive' entry in {registry}")
     roots = {c: Path(resources_dir) / c for c in entry.components}
     build_derived(dataset, entry.derive, roots, dataset_root)
+    _mark_if_fixture(Path(dataset_root), list(roots.values()))

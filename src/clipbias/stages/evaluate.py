@@ -8,17 +8,17 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipbias.stages.common import limit_blas_threads
+from clipbias.tables import LOWER_IS_BETTER, SEED_METRICS
 
 log = logging.getLogger(__name__)
 
-#: Metrics compared with zero-shot in ``paired.csv`` and summarised over seeds.
+#: Metrics compared with zero-shot in ``paired.csv``.
 PAIRED_METRICS = ("worst_group_acc", "avg_acc")
-SEED_METRICS = ("avg_acc", "avg_group_acc", "worst_group_acc", "gap")
-LOWER_IS_BETTER = ("gap",)
 PAIRED_COLUMNS = [
     "method",
     "baseline",
@@ -35,10 +35,9 @@ PAIRED_COLUMNS = [
 
 
 def _write_csv(df, out: str | os.PathLike) -> None:
-    from clipbias.io import atomic_path
+    from clipbias.io import write_csv
 
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(df, out)
 
 
 def paired_rows(
@@ -218,8 +217,13 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
       top-10 occupations fixed from zero-shot) on every evaluation split;
     * ``counteranimal``: common and counter accuracy, their gap, worst-10-class accuracy (the
       classes with the largest zero-shot drop); needs both splits among the evaluation splits;
-    * ``fairface``: MaxSkew@k of the retrieval prompts' scores, uniform and empirical prior,
-      k = min(1000, images).
+    * ``fairface``: MaxSkew@1000 of the retrieval prompts' scores, uniform and empirical
+      prior (on a split of fewer than 1,000 images with a known gender the rows are NaN and
+      their ``note`` says so; k is never lowered silently).
+
+    Every method with predictions gets every row (a method that uses no texts still gets the
+    retrieval scores: the predict stage reads the texts file of a dataset with retrieval
+    prompts for every method).
     """
 
     from clipbias import protocols
@@ -276,22 +280,24 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
                 "(retrieval: {template, concepts}) so predictions carry their scores"
             )
         gender = index["attr_gender"].to_numpy()
-        k = int(min(1000, (gender >= 0).sum()))
+        k, n_known = protocols.MAXSKEW_K, int((gender >= 0).sum())
+        missing = sorted(set(preds) - set(scores))
+        if missing:
+            raise ValueError(f"protocol fairface: methods {missing} have no retrieval scores")
         for method, sc in scores.items():
             for fn in (protocols.maxskew_uniform, protocols.maxskew_empirical):
-                rows = fn(sc, gender, n_values=2, k=k)
-                out.append(tidy(rows, method, str(split[0])).assign(n=k))
+                if n_known >= k:
+                    rows = fn(sc, gender, n_values=2, k=k)
+                else:
+                    name = fn.__name__
+                    why = f"{n_known} images with a known gender < k = {k}"
+                    rows = protocols.tidy_rows([(f"{name}@{k}", float("nan"), "mean", why)])
+                out.append(tidy(rows, method, str(split[0])).assign(n=min(k, n_known)))
+    cols = ["method", "split", "metric", "value", "ci_low", "ci_high", "group_name", "n", "note"]
     for df in out:
         df["ci_low"] = float("nan")
         df["ci_high"] = float("nan")
-    return (
-        [
-            df[["method", "split", "metric", "value", "ci_low", "ci_high", "group_name", "n"]]
-            for df in out
-        ]
-        if out
-        else []
-    )
+    return [df[cols] for df in out]
 
 
 def _protected_rows(meta, preds, index, n_boot: int, seed: int) -> list:
@@ -485,13 +491,12 @@ def score_locators(
     """``locator_scores.csv``: every located-heads file of the cell ({name: path}) scored
     against the planted ground truth (precision@|S|, top-1 head, Spearman;
     :func:`clipbias.ground_truth.score_locators`)."""
-    import pandas as pd
 
     from clipbias.ground_truth import score_locators as score
-    from clipbias.io import read_json
+    from clipbias.io import read_csv, read_json
 
     meta = read_json(dataset_meta)
-    truth = pd.read_csv(ground_truth)
+    truth = read_csv(ground_truth)
     specs = {name: read_json(path) for name, path in located.items()}
     table = score(truth, specs, spurious_attribute=meta.get("spurious_attribute", "background"))
     _write_csv(table, out)
@@ -501,19 +506,26 @@ def score_locators(
 def summarize_seeds(
     metrics: Mapping[int, str | os.PathLike],
     out: str | os.PathLike,
+    split: str,
     metric_names: Sequence[str] = SEED_METRICS,
 ) -> None:
     """``summary_over_seeds.csv``: per method and metric the mean, sd (ddof 1), min and max
-    over seeds, the number of seeds, and on how many seeds the method beat zero-shot (higher
-    is better, except ``gap``)."""
+    over seeds, the number of seeds, on how many seeds the method beat zero-shot (higher is
+    better, except :data:`LOWER_IS_BETTER`), and a ``note`` when a metric could not be
+    computed (its rows' note). Only the dataset-level rows of the evaluation split ``split``
+    count (:func:`clipbias.protocols.table_rows`; a dataset with several evaluation splits
+    has one row per split and metric in metrics.csv)."""
     import pandas as pd
 
+    from clipbias.io import read_csv
     from clipbias.methods.registry import REFERENCE_METHOD
+    from clipbias.protocols import table_rows
 
     frames = []
     for seed, path in metrics.items():
-        df = pd.read_csv(path)
-        df = df[df["metric"].isin(metric_names)][["method", "metric", "value"]].copy()
+        df = table_rows(read_csv(path), split, metric_names)
+        keep = ["method", "metric", "value", *(["note"] if "note" in df else [])]
+        df = df[keep].copy()
         df["seed"] = int(seed)
         frames.append(df)
     allv = pd.concat(frames, ignore_index=True)
@@ -523,32 +535,38 @@ def summarize_seeds(
         v = g["value"].to_numpy(dtype=np.float64)
         base = np.array([ref.get((s, metric), np.nan) for s in g["seed"]])
         better = v < base if metric in LOWER_IS_BETTER else v > base
+        notes = g["note"].fillna("").astype(str) if "note" in g else pd.Series([], dtype=str)
+        finite = v[np.isfinite(v)]
         rows.append(
             {
                 "method": method,
                 "metric": metric,
-                "mean": float(v.mean()),
-                "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                "min": float(v.min()),
-                "max": float(v.max()),
-                "n_seeds": len(v),
+                "mean": float(finite.mean()) if len(finite) else float("nan"),
+                "sd": float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
+                "min": float(finite.min()) if len(finite) else float("nan"),
+                "max": float(finite.max()) if len(finite) else float("nan"),
+                "n_seeds": len(finite),
                 "n_better_than_zero_shot": int(np.sum(better & ~np.isnan(base))),
+                "note": next((n for n in notes if n), ""),
             }
         )
     _write_csv(pd.DataFrame(rows), out)
 
 
 def grid_table(
-    summaries: Sequence[Mapping[str, str]],
+    summaries: Sequence[Mapping[str, Any]],
     out_stem: str | os.PathLike,
-    metric_names: Sequence[str] = ("worst_group_acc", "avg_acc"),
 ) -> None:
     """The experiment's table: one row per method, one column per (dataset, model, metric)
     with the mean over seeds (± sd when there are several), written as CSV/Markdown/LaTeX.
 
-    ``summaries``: ``{"dataset", "model", "path"}`` of each cell's ``summary_over_seeds.csv``.
+    ``summaries``: ``{"dataset", "model", "path", "metrics"}`` of each cell: its
+    ``summary_over_seeds.csv`` and the metrics its paper table reports
+    (:func:`clipbias.protocols.table_metrics`: MaxSkew for FairFace, the bias for
+    GenderBias-VL, the common/counter gap for CounterAnimal, Cramér's V for an audited
+    attribute, edit success and locality for the edit tasks).
     """
-    from clipbias.report import grid_main_table, write_table
+    from clipbias.report import GRID_CAPTION, grid_main_table, write_table
 
-    table = grid_main_table(summaries, metric_names)
-    write_table(table, out_stem, caption="Mean over seeds (%; ± sd)", label="tab:grid")
+    table = grid_main_table(summaries)
+    write_table(table, out_stem, caption=GRID_CAPTION, label="tab:grid")
