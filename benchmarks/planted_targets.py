@@ -36,7 +36,9 @@ import argparse
 import copy
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,7 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", choices=sorted(CONFIGS), default="default")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", default="/tmp/clipbias_planted_targets", help="datasets, models")
+    p.add_argument(
+        "--work",
+        default=os.path.join(tempfile.gettempdir(), "clipbias_planted_targets"),
+        help="datasets, models (default: a folder in the system's temporary directory)",
+    )
     p.add_argument("--reuse", action="store_true", help="reuse existing dataset and checkpoint")
     p.add_argument("--tag", default="", help="label of this run (column 'tag')")
     p.add_argument(

@@ -114,13 +114,15 @@ else
     fi
     log "installing slurm-wlm munge with apt-get (about 15-60 s) ..."
     export DEBIAN_FRONTEND=noninteractive
-    if ! timeout -s KILL 300 apt-get -o DPkg::Lock::Timeout=120 update -qq >"/tmp/clipbias-slurm-apt.log" 2>&1 \
+    apt_log=$(mktemp -t clipbias-slurm-apt.XXXXXX.log)
+    if ! timeout -s KILL 300 apt-get -o DPkg::Lock::Timeout=120 update -qq >"$apt_log" 2>&1 \
         || ! timeout -s KILL 600 apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
-            slurm-wlm munge >>"/tmp/clipbias-slurm-apt.log" 2>&1; then
-        tail -n 30 /tmp/clipbias-slurm-apt.log >&2
-        log "ERROR: apt-get failed (full log: /tmp/clipbias-slurm-apt.log)"
+            slurm-wlm munge >>"$apt_log" 2>&1; then
+        tail -n 30 "$apt_log" >&2
+        log "ERROR: apt-get failed (full log: $apt_log)"
         exit 1
     fi
+    rm -f "$apt_log"
     log "installed in $((SECONDS - T0)) s"
 fi
 T_INSTALL=$((SECONDS - T0))

@@ -22,11 +22,14 @@ if ! command -v chromium >/dev/null 2>&1; then
   if [ "${CLIPBIAS_NO_APT:-0}" != 1 ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "install.sh: installing Debian's chromium (headless report test) ..."
     export DEBIAN_FRONTEND=noninteractive
+    apt_log=$(mktemp -t clipbias-chromium-apt.XXXXXX.log)
     if ! { timeout -s KILL 300 apt-get -o DPkg::Lock::Timeout=120 update -qq \
            && timeout -s KILL 600 apt-get -o DPkg::Lock::Timeout=120 install -y -qq \
-              --no-install-recommends chromium; } >/tmp/clipbias-chromium-apt.log 2>&1; then
-      tail -n 20 /tmp/clipbias-chromium-apt.log >&2
-      echo "install.sh: WARNING: chromium could not be installed; the report screenshot test will be skipped" >&2
+              --no-install-recommends chromium; } >"$apt_log" 2>&1; then
+      tail -n 20 "$apt_log" >&2
+      echo "install.sh: WARNING: chromium could not be installed (log: $apt_log); the report screenshot test will be skipped" >&2
+    else
+      rm -f "$apt_log"
     fi
   else
     echo "install.sh: NOTE: chromium not found (needs root + apt-get); the report screenshot test will be skipped" >&2

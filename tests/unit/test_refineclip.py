@@ -167,7 +167,7 @@ def test_proposition1_direct_scores_on_arbitrary_sets():
     sc = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1, 2], [3, 4], [5, 6, 7, 8], "dot")
     np.testing.assert_allclose(sc["A"], -sc["B"], atol=1e-6)
     np.testing.assert_allclose(sc["C"], -sc["D"], atol=1e-6)
-    # with the cosine they are only approximately opposite (Appendix E)
+    # with the cosine they are only approximately opposite (paper Appendix E)
     cs = rc.direct_effect_scores(emb, contrib, cls, 0, 1, [0, 1, 2], [3, 4], [5, 6, 7, 8])
     assert not np.allclose(cs["A"], -cs["B"], atol=1e-6)
 

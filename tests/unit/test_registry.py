@@ -23,7 +23,7 @@ from clipbias.data.registry import (
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "config" / "datasets.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "datasets.schema.yaml"
-# The datasets of /work/shared/DATASETS.md (sections 2-8), registry name -> title there.
+# The datasets of docs/DATASETS.md (sections 2-8), registry name -> title there.
 DATASETS_MD_TITLES = {
     "waterbirds": "Waterbirds",
     "celeba": "CelebA",
@@ -42,8 +42,7 @@ DERIVED = {
     "waterbirds_imagenet_r": ["waterbirds", "imagenet_r"],
     "imagenet_a_top10": ["imagenet_a"],
 }
-# the shared project notes beside the repository (../shared), when present
-DATASETS_MD = REPO.parent / "shared" / "DATASETS.md"
+DATASETS_MD = REPO / "docs" / "DATASETS.md"
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +84,10 @@ def test_every_dataset_has_an_entry_and_registry_validates(registry):
                 assert f.sha256_source, (name, f.filename)
 
 
-@pytest.mark.skipif(not DATASETS_MD.exists(), reason="shared DATASETS.md not available")
 def test_pins_come_from_datasets_md(registry):
-    """No invented facts: every pinned checksum and URL host appears in DATASETS.md."""
-    text = DATASETS_MD.read_text()
+    """No invented facts: every pinned checksum and size of config/datasets.yaml appears in
+    docs/DATASETS.md, where its source is named."""
+    text = DATASETS_MD.read_text(encoding="utf-8")
     # every dataset section (2-8) of DATASETS.md is covered by a registry entry
     headings = re.findall(r"^## [2-8]\. (.+)$", text, re.M)
     assert len(headings) == 7
@@ -99,23 +98,11 @@ def test_pins_come_from_datasets_md(registry):
     digits = text.replace(",", "")
     for e in registry.values():
         for f in e.files:
-            if _pinned_at_commit(f):
-                continue
             for value in (f.sha256, f.md5):
                 if value:
                     assert value in text, (e.name, f.filename, value)
             if f.size is not None:
                 assert str(f.size) in digits, (e.name, f.filename, f.size)
-
-
-def _pinned_at_commit(f) -> bool:
-    """A file whose URL pins a git commit and whose sha256_source names that same commit.
-
-    Its bytes cannot change, so a size and sha256 computed from the file at that commit are
-    facts, not guesses (e.g. the GenderBias-VL pairing table).
-    """
-    m = re.search(r"/([0-9a-f]{40})/", f.url or "")
-    return bool(m and f.sha256 and m.group(1) in (f.sha256_source or ""))
 
 
 def test_manual_datasets_name_the_raw_files(registry):
