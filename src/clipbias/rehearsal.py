@@ -43,8 +43,6 @@ SUFFIX = _io.REHEARSAL_SUFFIX
 #: Key of the marker in dataset.json, checkpoint and feature metadata and JSON outputs.
 KEY = _io.REHEARSAL_KEY
 
-#: File that :func:`clipbias.data.fixtures.write_extracted` leaves in a fixture's extracted/.
-FIXTURE_MARKER = ".clipbias-rehearsal.json"
 #: safetensors metadata keys of a random-weight checkpoint.
 META_PREFIX = "clipbias."
 
@@ -219,4 +217,65 @@ def checkpoint_settings(path: str | os.PathLike) -> dict[str, Any]:
             out[k] = json.loads(value)
         elif k in (KEY, "rehearsal_of"):
             out[k] = value
+    return out
+
+
+#: Files under a rehearsal folder that carry no marker of their own, and why.
+UNMARKED_OK = {
+    ".sha256": "checksum sidecar of a marked feature shard",
+    ".lock": "Snakemake/filelock lock files",
+}
+
+
+def _is_marked(path: Path) -> bool:
+    """Whether one artifact carries the rehearsal banner (by its file type)."""
+    suffix = path.suffix
+    if suffix in (".csv", ".md", ".tex", ".html", ".ipynb", ".txt"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read() if suffix in (".html", ".ipynb") else f.read(1 << 16)
+        if suffix == ".csv":
+            return text.startswith(f"# {BANNER}")
+        return BANNER in text
+    if suffix == ".json":
+        obj = json.loads(path.read_text())
+        return isinstance(obj, dict) and obj.get(KEY) == BANNER
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.read_schema(path).metadata or {}
+        return any(BANNER.encode() in v for v in meta.values())
+    if suffix == ".safetensors":
+        return checkpoint_settings(path).get(KEY) == BANNER or _safetensors_marked(path)
+    if suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return BANNER in str(getattr(im, "text", {}).get("Comment", ""))
+    if suffix == ".pdf":
+        data = path.read_bytes()
+        return BANNER.encode("utf-16-be") in data or BANNER.encode() in data
+    return False
+
+
+def _safetensors_marked(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return (f.metadata() or {}).get(f"{META_PREFIX}{KEY}") == BANNER
+
+
+def unmarked_artifacts(root: str | os.PathLike, skip_dirs: Iterable[str] = ("images",)) -> list[Path]:
+    """Files under a rehearsal's results folder that do not carry the banner (for the test
+    that every artifact does). Dataset images (folders named in ``skip_dirs``) and the
+    files of :data:`UNMARKED_OK` are exempt."""
+    out = []
+    for path in sorted(Path(root).rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if set(path.relative_to(root).parts[:-1]) & set(skip_dirs):
+            continue
+        if path.suffix in UNMARKED_OK:
+            continue
+        if not _is_marked(path):
+            out.append(path)
     return out

@@ -507,6 +507,31 @@ def seed_metric_names(wildcards):
     return list(dict.fromkeys([*SEED_METRICS, *cell_table_metrics(wildcards.dataset)]))
 
 
+def completeness_cells():
+    """Every (dataset, model, seed) cell with its metrics file, evaluation split, methods and
+    the metrics its paper table reports (rule table_completeness)."""
+    out = []
+    for d, m, s in cells():
+        methods = cell_methods(d)
+        out.append(
+            {
+                "dataset": d,
+                "model": m,
+                "seed": s,
+                "path": f"{METRICS.format(dataset=d, model=m, seed=s)}/metrics.csv",
+                "split": DATASETS[d]["test_split"],
+                "methods": [x for x in methods if not METHODS[x].spec.control_of],
+                "controls": [x for x in methods if METHODS[x].spec.control_of],
+                "metrics": cell_table_metrics(d),
+            }
+        )
+    return out
+
+
+def completeness_inputs(wildcards):
+    return [c["path"] for c in completeness_cells()]
+
+
 def grid_cells():
     return [
         {"dataset": d, "model": m, "metrics": cell_table_metrics(d)}
@@ -640,6 +665,7 @@ def table_targets():
         f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
     ]
     targets.append(f"{RESULTS}/tables/grid_main.csv")
+    targets.append(f"{RESULTS}/tables/completeness.csv")
     targets += audit_table_targets()
     targets += refineclip_table_targets()
     return list(dict.fromkeys(targets))

@@ -69,8 +69,9 @@ def make_rehearsal_dataset(
 def _mark_if_fixture(dataset_root: Path, sources: list[Path]) -> None:
     """Copy the rehearsal marker into ``dataset.json`` when any source is a fixture (its
     extracted folder holds the fixture marker, or its dataset.json is marked)."""
+    from clipbias.data.fixtures import FIXTURE_MARKER
     from clipbias.io import read_json, write_json
-    from clipbias.rehearsal import BANNER, FIXTURE_MARKER, KEY
+    from clipbias.rehearsal import BANNER, KEY
 
     marked = any(
         (s / FIXTURE_MARKER).is_file()

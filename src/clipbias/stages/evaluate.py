@@ -570,3 +570,70 @@ def grid_table(
 
     table = grid_main_table(summaries)
     write_table(table, out_stem, caption=GRID_CAPTION, label="tab:grid")
+
+
+class IncompleteTablesError(RuntimeError):
+    """A configured method lacks a metric that its cell's paper table reports."""
+
+
+def table_completeness(cells: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> None:
+    """``completeness.csv``: for every cell, configured method and metric its paper table
+    reports (:func:`clipbias.tables.table_metrics`), whether ``metrics.csv`` has it on the
+    evaluation split (``ok``; ``not computable`` when the row says why it is NaN, e.g.
+    MaxSkew@1000 on fewer than 1,000 images, with that ``note``; ``missing``). Random controls
+    (``controls``) are checked for the seed metrics they summarise only.
+
+    ``cells``: ``{"dataset", "model", "seed", "path", "split", "methods", "controls",
+    "metrics"}``. Raises :class:`IncompleteTablesError` naming every missing (cell, method,
+    metric) after logging them: a run that leaves out a table's number fails loudly."""
+    import pandas as pd
+
+    from clipbias.io import read_csv
+    from clipbias.protocols import missing_table_metrics, table_rows
+
+    rows = []
+    for cell in cells:
+        metrics = read_csv(cell["path"])
+        names = list(cell["metrics"])
+        checks = [(m, names) for m in cell["methods"]]
+        checks += [(m, [n for n in names if n in SEED_METRICS]) for m in cell.get("controls", [])]
+        present = table_rows(metrics, cell["split"], names)
+        for method, wanted in checks:
+            missing = {
+                (mm, k): why
+                for mm, k, why in missing_table_metrics(metrics, cell["split"], [method], wanted)
+            }
+            for name in wanted:
+                got = present[(present["method"] == method) & (present["metric"] == name)]
+                note = ""
+                if "note" in got and len(got):
+                    note = str(got["note"].fillna("").iloc[0])
+                if (method, name) in missing:
+                    status, note = "missing", missing[(method, name)]
+                elif got["value"].isna().all():
+                    status = "not computable"
+                else:
+                    status = "ok"
+                rows.append(
+                    {
+                        "dataset": cell["dataset"], "model": cell["model"], "seed": cell["seed"],
+                        "split": cell["split"], "method": method, "metric": name,
+                        "status": status, "note": note,
+                    }
+                )  # fmt: skip
+    table = pd.DataFrame(
+        rows, columns=["dataset", "model", "seed", "split", "method", "metric", "status", "note"]
+    )
+    bad = table[table["status"] == "missing"]
+    counts = table["status"].value_counts().to_dict()
+    log.info("table completeness: %s", counts)
+    if len(bad):
+        raise IncompleteTablesError(
+            f"{len(bad)} table metric(s) missing (method, metric, cell):\n"
+            + bad.to_string(index=False)
+            + "\nEvery configured method must report every metric of its paper table "
+            "(clipbias.tables.TABLE_METRICS); see the evaluate job of each cell."
+        )
+    from clipbias.io import write_csv
+
+    write_csv(table, out, comments=["Paper-table metrics per configured method and cell"])
