@@ -264,7 +264,9 @@ def _safetensors_marked(path: Path) -> bool:
         return (f.metadata() or {}).get(f"{META_PREFIX}{KEY}") == BANNER
 
 
-def unmarked_artifacts(root: str | os.PathLike, skip_dirs: Iterable[str] = ("images",)) -> list[Path]:
+def unmarked_artifacts(
+    root: str | os.PathLike, skip_dirs: Iterable[str] = ("images",)
+) -> list[Path]:
     """Files under a rehearsal's results folder that do not carry the banner (for the test
     that every artifact does). Dataset images (folders named in ``skip_dirs``) and the
     files of :data:`UNMARKED_OK` are exempt."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 from clipbias import io, rehearsal
 from clipbias.methods.texts import capped
 
+REPO = Path(__file__).resolve().parents[2]
 REH = "results/ltc_waterbirds-rehearsal"
 
 
@@ -139,3 +141,18 @@ def test_method_texts_cap_only_the_general_pool(cap):
     got = method_texts(spec, pool_cap=cap)["pool"]
     assert got[-1] == "a dataset text" and got[0] == full[0]
     assert len(got) == (len(full) if cap == 0 else cap + 1)
+
+
+def test_prepare_marks_a_fixture_and_a_real_run_refuses_one(tmp_path):
+    from clipbias.data.fixtures import write_extracted
+    from clipbias.stages.data import prepare_dataset
+
+    registry = REPO / "config" / "datasets.yaml"
+    extracted = tmp_path / "waterbirds" / "extracted"
+    write_extracted("waterbirds", extracted, image_size=16)
+    with pytest.raises(ValueError, match="holds a rehearsal fixture"):
+        prepare_dataset(registry, "waterbirds", extracted, tmp_path / "waterbirds")
+    assert not (tmp_path / "waterbirds" / "index.parquet").exists()
+    prepare_dataset(registry, "waterbirds", extracted, tmp_path / "waterbirds", rehearsal=True)
+    meta = json.loads((tmp_path / "waterbirds" / "dataset.json").read_text())
+    assert meta["rehearsal"] == rehearsal.BANNER and meta["classes"] == ["landbird", "waterbird"]

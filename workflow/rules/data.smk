@@ -87,6 +87,8 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        rehearsal=IS_REHEARSAL,
     script:
         "../scripts/prepare_dataset.py"
 

@@ -16,4 +16,5 @@ prepare_dataset(
     dataset=snakemake.wildcards.dataset,
     extracted=snakemake.input.extracted,
     dataset_root=Path(snakemake.output.index).parent,
+    rehearsal=snakemake.params.rehearsal,
 )

@@ -88,13 +88,22 @@ def prepare_dataset(
     dataset: str,
     extracted: str | os.PathLike,
     dataset_root: str | os.PathLike,
+    rehearsal: bool = False,
 ) -> None:
     """Run the dataset's adapter: extracted files -> index.parquet + dataset.json (marked as
-    a rehearsal when ``extracted`` is a fixture)."""
+    a rehearsal when ``extracted`` is a fixture). Outside a rehearsal a fixture is refused:
+    a real experiment never indexes fixture data as if it were the download."""
     from clipbias.data.adapters import build_index
     from clipbias.data.download import check_layout
+    from clipbias.data.fixtures import fixture_info
     from clipbias.data.registry import get_entry, load_registry
 
+    if not rehearsal and fixture_info(extracted) is not None:
+        raise ValueError(
+            f"{extracted} holds a rehearsal fixture (clipbias.data.fixtures), not the download "
+            f"of {dataset!r}; delete that folder and rerun, so that rule download_dataset "
+            "fetches the real files"
+        )
     entry = get_entry(load_registry(registry), dataset)
     source = check_layout(entry, Path(extracted))
     build_index(entry, source, dataset_root)
