@@ -156,3 +156,26 @@ def test_prepare_marks_a_fixture_and_a_real_run_refuses_one(tmp_path):
     prepare_dataset(registry, "waterbirds", extracted, tmp_path / "waterbirds", rehearsal=True)
     meta = json.loads((tmp_path / "waterbirds" / "dataset.json").read_text())
     assert meta["rehearsal"] == rehearsal.BANNER and meta["classes"] == ["landbird", "waterbird"]
+
+
+def test_imagenet_classifier_subset_keeps_the_mapping():
+    from clipbias.labels import (
+        capped_imagenet_subset,
+        classifier_class_names,
+        classifier_labels,
+        imagenet_class_names,
+    )
+
+    meta = {"classifier_classes": "imagenet_1k", "imagenet_1k_indices": [2, 10, 100]}
+    assert len(classifier_class_names(meta)) == 1000
+    np.testing.assert_array_equal(classifier_labels([0, 2, 1], meta), [2, 100, 10])
+    subset = capped_imagenet_subset([2, 10, 100], 5)
+    assert len(subset) == 5 and {2, 10, 100} <= set(subset) and subset == sorted(subset)
+    capped = {**meta, "classifier_subset": subset}
+    names = classifier_class_names(capped)
+    np.testing.assert_array_equal(
+        [names[c] for c in classifier_labels([0, 2, 1], capped)],
+        [imagenet_class_names()[i] for i in (2, 100, 10)],
+    )
+    with pytest.raises(ValueError, match="include every class"):
+        classifier_labels([0], {**meta, "classifier_subset": [2, 10]})

@@ -89,6 +89,7 @@ rule prepare_dataset:
         runtime=60,
     params:
         rehearsal=IS_REHEARSAL,
+        class_cap=REHEARSAL["class_text_cap"],
     script:
         "../scripts/prepare_dataset.py"
 

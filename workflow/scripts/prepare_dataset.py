@@ -17,4 +17,5 @@ prepare_dataset(
     extracted=snakemake.input.extracted,
     dataset_root=Path(snakemake.output.index).parent,
     rehearsal=snakemake.params.rehearsal,
+    class_cap=snakemake.params.class_cap,
 )

@@ -66,9 +66,12 @@ def make_rehearsal_dataset(
     log.info("rehearsal fixture of %s at %s", dataset, out)
 
 
-def _mark_if_fixture(dataset_root: Path, sources: list[Path]) -> None:
+def _mark_if_fixture(dataset_root: Path, sources: list[Path], class_cap: int = 0) -> None:
     """Copy the rehearsal marker into ``dataset.json`` when any source is a fixture (its
-    extracted folder holds the fixture marker, or its dataset.json is marked)."""
+    extracted folder holds the fixture marker, or its dataset.json is marked). ``class_cap``
+    (a rehearsal's ``class_text_cap``): a dataset classified among the 1,000 ImageNet-1k
+    classes gets a ``classifier_subset`` of at most that many (its own classes included,
+    :func:`clipbias.labels.capped_imagenet_subset`)."""
     from clipbias.data.fixtures import FIXTURE_MARKER
     from clipbias.io import read_json, write_json
     from clipbias.rehearsal import BANNER, KEY
@@ -79,8 +82,16 @@ def _mark_if_fixture(dataset_root: Path, sources: list[Path]) -> None:
         for s in sources
     )
     if marked:
+        from clipbias.labels import capped_imagenet_subset
+
         meta_path = dataset_root / "dataset.json"
-        write_json(meta_path, {**read_json(meta_path), KEY: BANNER})
+        meta = {**read_json(meta_path), KEY: BANNER}
+        if class_cap and meta.get("classifier_classes") == "imagenet_1k" and class_cap < 1000:
+            meta["classifier_subset"] = capped_imagenet_subset(
+                meta["imagenet_1k_indices"], class_cap
+            )
+            meta["classifier_subset_why"] = f"rehearsal: class prompts capped at {class_cap}"
+        write_json(meta_path, meta)
 
 
 def prepare_dataset(
@@ -89,6 +100,7 @@ def prepare_dataset(
     extracted: str | os.PathLike,
     dataset_root: str | os.PathLike,
     rehearsal: bool = False,
+    class_cap: int = 0,
 ) -> None:
     """Run the dataset's adapter: extracted files -> index.parquet + dataset.json (marked as
     a rehearsal when ``extracted`` is a fixture). Outside a rehearsal a fixture is refused:
@@ -107,7 +119,7 @@ def prepare_dataset(
     entry = get_entry(load_registry(registry), dataset)
     source = check_layout(entry, Path(extracted))
     build_index(entry, source, dataset_root)
-    _mark_if_fixture(Path(dataset_root), [Path(extracted)])
+    _mark_if_fixture(Path(dataset_root), [Path(extracted)], class_cap if rehearsal else 0)
 
 
 def derive_dataset(
