@@ -17,8 +17,8 @@ rule encode_audit_texts:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -44,8 +44,8 @@ rule audit:
         "../../envs/analysis.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=240,
+        mem_mb=stream_mem_mb("audit"),
+        runtime=stream_runtime("audit"),
     params:
         locate_split=locate_split,
         test_split=test_split,

@@ -242,10 +242,9 @@ DATA_LOGS = "logs/rehearsal-datasets" if IS_REHEARSAL else "logs"
 
 
 def rehearsal_weights_mem_mb(wildcards, attempt):
-    """Building and saving random weights holds them twice (model + contiguous copy)."""
+    """Building and saving random weights holds them about twice (model + contiguous copy)."""
     name = REHEARSAL_WEIGHTS[wildcards.weights]["name"]
-    base = next((v for k, v in _MODEL_MEM_MB.items() if name.startswith(k)), 4000)
-    return base // 2 * attempt
+    return 2 * _costs.text_mem_mb(COSTS, name, False, attempt)
 
 
 def text_pool_cap():
@@ -540,14 +539,113 @@ def grid_cells():
     ]
 
 
-# Memory (MB) by model size; the profile can override with set-resources.
-_MODEL_MEM_MB = {"ViT-H-14": 48000, "ViT-L-14": 24000, "ViT-B-16": 12000, "ViT-B-32": 8000}
+# ---------------------------------------------------------------------------- resources
+# Requests from measured costs (clipbias.costs, workflow/resources.yaml written by
+# benchmarks/rehearse.py --fit; docs/DESIGN.md "Resources"), with each job's own sizes: the
+# rows of its feature shard (dataset index), the MiB of its cell's shards, its model. A
+# profile or --set-resources still overrides them. Failed jobs are retried with attempt x.
+import yaml as _yaml  # noqa: E402
+
+from clipbias import costs as _costs  # noqa: E402
+
+COSTS = _yaml.safe_load((Path(workflow.basedir) / "workflow" / "resources.yaml").read_text())
+ON_GPU = config["device"] != "cpu"
+# rows assumed for a job whose inputs do not exist yet (a dry run prints these requests)
+_PLANNED_ROWS = 1000
+
+
+def _arch(wildcards):
+    return MODELS[wildcards.model]["name"]
+
+
+def _row_mib(wildcards):
+    """MiB of one in-memory feature row of the job's model and stored layers."""
+    cfg = (rehearsal._model_config(_arch(wildcards)) or {}).get("vision_cfg", {})
+    n_layers, width = int(cfg.get("layers", 32)), int(cfg.get("width", 1280))
+    n_heads = width // int(cfg.get("head_width", 64))
+    dim = int((rehearsal._model_config(_arch(wildcards)) or {}).get("embed_dim", 1024))
+    spec = config["features"]["layers"]
+    stored = n_layers if spec == "all" else (-spec if isinstance(spec, int) else len(spec))
+    return _costs.feature_row_mib(n_layers, n_heads, dim, min(stored, n_layers))
+
+
+def _shard_rows(wildcards, input):
+    """Rows of the job's feature shard: its share of the extracted splits of the index."""
+    index = Path(input.index)
+    if not index.is_file():
+        return _PLANNED_ROWS
+    import pyarrow.parquet as pq
+
+    split = pq.read_table(index, columns=["split"]).column("split").to_pylist()
+    wanted = set(extract_splits(wildcards))
+    n = sum(1 for s in split if s in wanted)
+    n_sh = n_shards(wildcards.dataset)
+    base, extra = divmod(n, n_sh)
+    return base + (1 if int(wildcards.shard) < extra else 0)
+
+
+def extract_mem_mb(wildcards, input, attempt):
+    rows = _shard_rows(wildcards, input)
+    batch = config["features"]["batch_size"]
+    return _costs.extract_mem_mb(
+        COSTS, _arch(wildcards), rows, _row_mib(wildcards), batch, ON_GPU, attempt
+    )
+
+
+def extract_runtime(wildcards, input):
+    return _costs.extract_runtime_min(
+        COSTS, _arch(wildcards), _shard_rows(wildcards, input), ON_GPU
+    )
+
+
+def text_mem_mb(wildcards, attempt):
+    return _costs.text_mem_mb(COSTS, _arch(wildcards), ON_GPU, attempt)
+
+
+def text_runtime(wildcards, input):
+    """Prompts of the dataset's classifier (its classes x templates) or of its method texts
+    (the general TextSpan pool, capped in a rehearsal, and the dataset's own texts)."""
+    n = 1448 if not IS_REHEARSAL else REHEARSAL["text_pool_cap"] + 500
+    meta = Path(getattr(input, "meta", "") or "")
+    if meta.is_file():
+        import json
+
+        m = json.loads(meta.read_text())
+        n_classes = len(m.get("classifier_subset") or m.get("classes") or [])
+        if m.get("classifier_classes") == "imagenet_1k" and not m.get("classifier_subset"):
+            n_classes = 1000
+        n = max(n_classes * len(templates(wildcards.dataset)), 1)
+    return _costs.text_runtime_min(COSTS, _arch(wildcards), n, ON_GPU)
+
+
+def _feature_mib(input):
+    manifest = Path(input.manifest) if hasattr(input, "manifest") else None
+    if manifest is None or not manifest.is_file():
+        return float(_PLANNED_ROWS)
+    return sum(p.stat().st_size for p in manifest.parent.glob("shard-*.parquet")) / 2**20
+
+
+def stream_mem_mb(rule):
+    """mem_mb of the streamed CPU stage ``rule`` (a resource callable)."""
+
+    def mem(wildcards, attempt):
+        return _costs.stream_mem_mb(COSTS, rule, attempt)
+
+    return mem
+
+
+def stream_runtime(rule):
+    """runtime of the streamed CPU stage ``rule``, from its cell's feature MiB."""
+
+    def runtime(wildcards, input):
+        return _costs.stream_runtime_min(COSTS, rule, _feature_mib(input))
+
+    return runtime
 
 
 def model_mem_mb(wildcards, attempt):
-    name = MODELS[wildcards.model]["name"]
-    base = next((v for k, v in _MODEL_MEM_MB.items() if name.startswith(k)), 4000)
-    return base * attempt
+    """A rule that loads the job's model (text encoding, exporting an edited checkpoint)."""
+    return text_mem_mb(wildcards, attempt)
 
 
 # ------------------------------------------------------------------------------- report

@@ -19,8 +19,8 @@ rule evaluate:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=stream_mem_mb("evaluate"),
+        runtime=stream_runtime("evaluate"),
     params:
         n_boot=config["evaluate"]["n_boot"],
         protocol=protocol,
@@ -44,8 +44,8 @@ rule planted_ground_truth:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=stream_mem_mb("planted_ground_truth"),
+        runtime=stream_runtime("planted_ground_truth"),
     params:
         split=test_split,
         n_boot=config["ground_truth"]["n_boot"],

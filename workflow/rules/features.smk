@@ -17,8 +17,8 @@ rule encode_classes:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -44,8 +44,8 @@ rule encode_method_texts:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -73,8 +73,8 @@ rule extract_features:
     threads: 4
     resources:
         gpu=1,
-        mem_mb=model_mem_mb,
-        runtime=120,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,

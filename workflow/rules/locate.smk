@@ -14,8 +14,8 @@ rule textspan:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stream_mem_mb("textspan"),
+        runtime=stream_runtime("textspan"),
     params:
         split=locate_split,
         m=config["locate"]["textspan"]["m"],
@@ -39,8 +39,8 @@ rule locate_ltc:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=stream_mem_mb("locate_ltc"),
+        runtime=stream_runtime("locate_ltc"),
     params:
         split=locate_split,
         use_group_labels=config["locate"]["ltc"]["use_group_labels"],

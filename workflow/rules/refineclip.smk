@@ -18,8 +18,8 @@ rule locate_refineclip:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=stream_mem_mb("locate_refineclip"),
+        runtime=stream_runtime("locate_refineclip"),
     params:
         phase1=phase1_params,
         edit_targets=dataset_edit_targets,
@@ -46,8 +46,8 @@ rule adapt_refineclip:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stream_mem_mb("adapt_refineclip"),
+        runtime=stream_runtime("adapt_refineclip"),
     params:
         method_params=method_params,
         edit_targets=dataset_edit_targets,
@@ -75,7 +75,7 @@ rule export_refineclip_model:
     threads: 1
     resources:
         mem_mb=model_mem_mb,
-        runtime=30,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=export_pretrained,
@@ -99,8 +99,8 @@ rule refineclip_sensitivity:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=stream_mem_mb("refineclip_sensitivity"),
+        runtime=stream_runtime("refineclip_sensitivity"),
     params:
         method_params=sensitivity_params,
         values=config["analysis"]["sensitivity"]["values"],
