@@ -204,6 +204,37 @@ def test_bad_inputs_get_clear_errors(spurious_case):
         ra.train_adapter(emb, labels, cls.T, teacher, success, locality)
     with pytest.raises(ValueError, match="variant"):
         ra.apply_adapter(emb, {"variant": "conv"})
+    no_groups = (emb, labels, np.full(len(labels), -1))
+    with pytest.raises(ValueError, match="group ids"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality, select_set=no_groups)
+    with pytest.raises(ValueError, match="select_set"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                         select_set=(emb[:, :2], labels, labels))  # fmt: skip
+    with pytest.raises(ValueError, match="reserved"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                         eval_sets={"success": (emb, labels)})  # fmt: skip
+
+
+def test_step_is_chosen_on_the_select_set_by_worst_group_then_average(spurious_case):
+    """The select set's worst group is the W-like rows: at step 0 they are wrong (WG 0); once
+    θ_3 has shrunk they are right. The kept adapter is that of the first evaluated step
+    reaching the best (worst-group, average) pair, and reproduces it."""
+    emb, labels, cls, teacher, success, locality = spurious_case
+    groups = np.array([0, 0, 1, 2])
+    kw = {"alpha": 100.0, "beta": 10.0, "tau": 5.0, "lr": 0.05, "steps": 60, "eval_every": 5}
+    res = ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                           select_set=(emb, labels, groups), **kw)  # fmt: skip
+    sel = res.curves[res.curves.set == "select"].pivot(
+        index="step", columns="metric", values="value"
+    )
+    assert sel.loc[0, "worst_group_acc"] == 0 and sel["worst_group_acc"].max() == 1
+    best = max(zip(sel.worst_group_acc, sel.avg_group_acc, -sel.index, strict=True))
+    assert res.config["selected_step"] == -best[2] < 60
+    edited = ra.apply_adapter(emb, res.params)
+    assert _acc(edited, labels, cls) == 1.0
+    last = ra.train_adapter(emb, labels, cls, teacher, success, locality, **kw)
+    assert last.config["selected_step"] == 60
+    assert not np.allclose(last.params["theta"], res.params["theta"])
 
 
 def test_thread_count_is_restored(spurious_case):
