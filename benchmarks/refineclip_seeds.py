@@ -37,8 +37,8 @@ from clipbias.stages import predict as predict_stage
 from clipbias.stages import refineclip as rc_stage
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("zero_shot", "tip_adapter", "refineclip", "refineclip_star", "refineclip_adapt",
-           "refineclip_std_ft")  # fmt: skip
+METHODS = ("zero_shot", "tip_adapter", "refineclip", "refineclip_star", "refineclip_star_t",
+           "refineclip_adapt", "refineclip_std_ft")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="random (the paper) or group_balanced (the default config's choice)",
     )
     p.add_argument("--val-split", default="val")
+    p.add_argument(
+        "--T-ratio",
+        type=float,
+        default=None,
+        help="candidate lists of min(15, round(ratio x scored heads)); the default config's "
+        "0.234375 = 15/64 (default: none, T = 15)",
+    )
+    p.add_argument(
+        "--step-split",
+        default=None,
+        help="the adapters keep the step of best worst-group accuracy on this split "
+        "(default: none, the last step)",
+    )
     p.add_argument("--test-split", default="test")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--n-boot", type=int, default=1000)
@@ -66,7 +79,9 @@ def run_method(args, method: str, seed: int, work: Path) -> tuple[Path, float]:
     """One method on one sampling seed through the stages; (predictions file, seconds)."""
     spec = registry.get(method)
     overrides = {"n_per_class": args.n_per_class, "shots_split": args.shots_split,
-                 "shot_sampling": args.shot_sampling}  # fmt: skip
+                 "shot_sampling": args.shot_sampling, "T_ratio": args.T_ratio,
+                 "step_split": args.step_split}  # fmt: skip
+    overrides = {k: v for k, v in overrides.items() if k in spec.params and v is not None}
     params = spec.resolve_params(overrides if spec.shots else {})
     if "val_split" in params:
         params["val_split"] = args.val_split

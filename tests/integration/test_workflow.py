@@ -65,11 +65,11 @@ def _job_counts(out: str) -> dict[str, int]:
 
 def test_default_runs_refineclip_phase1_once_per_distinct_shots(clean_copy):
     """refineclip, refineclip_adapt and refineclip_std_ft share their phase-1 parameters in
-    the default config, so phase 1 runs for them once (plus once for Ours*, which selects on
-    validation); the adapters still run per id."""
+    the default config, so phase 1 runs for them once (plus once each for Ours* and Ours*
+    with t on validation, which select on validation); the adapters still run per id."""
     out = _dry_run(clean_copy)
     counts = _job_counts(out)
-    assert counts.get("locate_refineclip") == 2, counts
+    assert counts.get("locate_refineclip") == 3, counts
     assert counts.get("adapt_refineclip") == 2, counts
     assert "refineclip/refineclip_adapt.json" not in out and "refineclip/refineclip.json" in out
 

@@ -273,15 +273,21 @@ def _expected_fewshot(store):
     p1 = rc.identify_then_ablate(sh, sr, cls, sy, LAYERS, T=15, n_score_layers=4)
     star = rc.select_on_validation(p1, vh, vr, cls, vidx["label"].to_numpy(),
                                    vidx["group"].to_numpy(), LAYERS)  # fmt: skip
+    star_t = rc.select_on_validation(p1, vh, vr, cls, vidx["label"].to_numpy(),
+                                     vidx["group"].to_numpy(), LAYERS, choose_t="validation")  # fmt: skip
     s_star = p1["selected"]["heads"]
     out = {
         "refineclip": metrics.predict(rc.zero_ablate(h, r, LAYERS, s_star), cls),
         "refineclip_star": metrics.predict(
             rc.zero_ablate(h, r, LAYERS, star["selected"]["heads"]), cls
         ),
+        "refineclip_star_t": metrics.predict(
+            rc.zero_ablate(h, r, LAYERS, star_t["selected"]["heads"]), cls
+        ),
     }
     teacher = rc.zero_ablate(sh, sr, LAYERS, s_star)
-    succ, loc = rc.phase2_masks(sy, metrics.predict(semb, cls))
+    # the success and locality sets of the error direction S* was selected for (eqs. 11-12)
+    succ, loc = rc.phase2_masks(sy, metrics.predict(semb, cls), p1["selected"]["direction"])
     variants = {
         "refineclip_adapt": {"variant": "diag", "alpha": 1e3, "beta": 1e3},
         "refineclip_adapt_full": {"variant": "full", "alpha": 1e3, "beta": 1e3},

@@ -59,6 +59,25 @@ def test_error_directions_by_hand(known_case):
     np.testing.assert_array_equal(locality, [False, True, True])
 
 
+def test_phase2_sets_of_the_selected_direction():
+    """Eqs. 11-12 name one error type: success on W_{y_e,ŷ_e}, locality on C_{y_e} ∪ A_{ŷ_e}.
+    Shots (label, pred): 0:(0,1) 1:(0,0) 2:(1,1) 3:(2,1) 4:(2,2) 5:(0,2); directions 0->1,
+    0->2, 2->1."""
+    labels = np.array([0, 0, 1, 2, 2, 0])
+    preds = np.array([1, 0, 1, 1, 2, 2])
+    success, locality = rc.phase2_masks(labels, preds, "2->1")
+    np.testing.assert_array_equal(success, [0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(locality, [0, 0, 1, 0, 1, 0])  # C_2 = {4}, A_1 = {2}
+    success, locality = rc.phase2_masks(labels, preds, "0->1")
+    np.testing.assert_array_equal(success, [1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(locality, [0, 1, 1, 0, 0, 0])
+    success, locality = rc.phase2_masks(labels, preds)  # every direction
+    np.testing.assert_array_equal(success, [1, 0, 0, 1, 0, 1])
+    np.testing.assert_array_equal(locality, [0, 1, 1, 0, 1, 0])
+    with pytest.raises(ValueError, match="direction"):
+        rc.phase2_masks(labels, preds, "1->0")
+
+
 def test_replacement_effect_matches_direct_formula():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(4, 6))
@@ -322,8 +341,8 @@ def test_validation_selection_matches_brute_force():
     vh, vr, _, vl, _ = _random_case(7)
     vr = vr + 0.3 * np.random.default_rng(9).normal(size=vr.shape)
     vg = vl.copy()
-    out = rc.select_on_validation(res, vh, vr, cls, vl, vg, layers)
-    assert out["selection"] == "validation" and res["selection"] == "utility"
+    out = rc.select_on_validation(res, vh, vr, cls, vl, vg, layers, choose_t="validation")
+    assert out["selection"] == "validation_t" and res["selection"] == "utility"
     # brute force over every list and t
     from clipbias import metrics
 
@@ -409,7 +428,7 @@ def test_validation_selection_follows_the_worst_group(tie_break):
         counts = rc.validation_counts(
             res, ((h[a:b], rest[a:b], labels[a:b], groups[a:b]) for a, b in batches), cls, [0]
         )
-        out = rc.select_on_validation_counts(res, counts, tie_break)
+        out = rc.select_on_validation_counts(res, counts, tie_break, choose_t="validation")
         sel = out["selected"]
         assert sel["heads"] == ["L0H0"] and sel["score"] == "C" and sel["t"] == 1
         assert sel["validation_worst_group_acc"] == 0.25
@@ -420,17 +439,131 @@ def test_validation_selection_follows_the_worst_group(tie_break):
         assert first[f"validation_{tie_break}"] == want
         assert out["validation"]["no_ablation_worst_group_acc"] == 0.0
         assert out["validation"]["n"] == 10
-    assert rc.select_on_validation(res, h, rest, cls, labels, groups, [0], tie_break) == out
+    again = rc.select_on_validation(res, h, rest, cls, labels, groups, [0], tie_break, "validation")
+    assert again == out
 
 
 def test_validation_selection_breaks_worst_group_ties_by_average():
     """{H0} and {H3} share the worst group (.25); {H3} has the better group average."""
     h, rest, cls, labels, groups = _worst_group_case()
     res = _phase1_with_lists([("A", ["L0H0"]), ("D", ["L0H3"])])
+    for choose_t in ("utility", "validation"):
+        out = rc.select_on_validation(res, h, rest, cls, labels, groups, [0], choose_t=choose_t)
+        assert out["selected"]["heads"] == ["L0H3"] and out["selected"]["score"] == "D"
+        assert out["selected"]["validation_avg_group_acc"] == 0.8125
+        json.dumps(out)
+
+
+def test_ours_star_chooses_the_list_on_validation_and_t_by_utility():
+    """Paper Appendix A.2: Ours* selects the *list* on the validation set; t stays the
+    utility's. List A = [H1, H3] with utility [.9, .5] keeps t = 1, {H1} (WG 0); list C =
+    [H0] gives {H0} (WG .25, avg-g .625): Ours* takes {H0}. Choosing t on validation too
+    (``refineclip_star_t``) takes {H1, H3} (fixes rows 4 and 5, breaks 0-2: WG .25, avg-g
+    .8125) at t = 2 of list A."""
+    h, rest, cls, labels, groups = _worst_group_case()
+    res = _phase1_with_lists([("A", ["L0H1", "L0H3"]), ("C", ["L0H0"])])
+    res["directions"][0]["lists"][0]["utility"] = [0.9, 0.5]
     out = rc.select_on_validation(res, h, rest, cls, labels, groups, [0])
-    assert out["selected"]["heads"] == ["L0H3"] and out["selected"]["score"] == "D"
-    assert out["selected"]["validation_avg_group_acc"] == 0.8125
-    json.dumps(out)
+    assert out["selection"] == "validation" and out["validation"]["choose_t"] == "utility"
+    sel = out["selected"]
+    assert (sel["heads"], sel["score"], sel["t"]) == (["L0H0"], "C", 1)
+    assert sel["validation_worst_group_acc"] == 0.25
+    assert sel["validation_avg_group_acc"] == 0.625
+    first, second = out["directions"][0]["lists"]
+    assert (first["utility_t"], second["utility_t"]) == (1, 1)
+    assert first["validation_worst_group_acc"] == [0.0, 0.25]  # the whole curve is kept
+    out_t = rc.select_on_validation(res, h, rest, cls, labels, groups, [0], choose_t="validation")
+    assert out_t["selection"] == "validation_t"
+    sel = out_t["selected"]
+    assert (sel["heads"], sel["score"], sel["t"]) == (["L0H1", "L0H3"], "A", 2)
+    assert sel["validation_avg_group_acc"] == 0.8125
+    with pytest.raises(ValueError, match="choose_t"):
+        rc.select_on_validation(res, h, rest, cls, labels, groups, [0], choose_t="test")
+
+
+def test_ours_star_list_ties_go_to_the_earlier_list():
+    """Both lists' utility prefixes ({H3} and {H3, H2}, H2 a zero head) have the same
+    validation accuracies: the earlier list wins, with its own utility t."""
+    h, rest, cls, labels, groups = _worst_group_case()
+    res = _phase1_with_lists([("B", ["L0H2", "L0H3"]), ("D", ["L0H3"])])
+    res["directions"][0]["lists"][0]["utility"] = [0.1, 0.9]
+    out = rc.select_on_validation(res, h, rest, cls, labels, groups, [0])
+    assert (out["selected"]["score"], out["selected"]["t"]) == ("B", 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate-list length (T, T_ratio) and the utility's label (eq. 10)
+# --------------------------------------------------------------------------------------------
+
+
+def test_candidate_length_scales_with_the_scored_heads():
+    # the paper: 15 of 4 x 16 = 64 heads (ViT-L/14, ViT-H/14) and 15 of ViT-B/16's 48
+    assert rc.candidate_length(15, None, 64) == 15
+    assert rc.candidate_length(15, None, 48) == 15
+    assert rc.candidate_length(15, None, 10) == 10  # never more than the scored heads
+    # the ratio 15/64: 64 -> 15, 48 -> 11.25 -> 11, 16 (the embedded 4 x 4) -> 3.75 -> 4
+    r = 15 / 64
+    assert [rc.candidate_length(15, r, k) for k in (64, 48, 16, 4, 1)] == [15, 11, 4, 1, 1]
+    assert rc.candidate_length(15, r, 128) == 15  # at most T
+    assert rc.candidate_length(15, 0.5, 3) == 2  # 1.5 rounds half up
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="T_ratio"):
+            rc.candidate_length(15, bad, 16)
+    with pytest.raises(ValueError, match="T must"):
+        rc.candidate_length(0, None, 16)
+
+
+def test_phase1_lists_have_the_ratio_length():
+    heads, rest, cls, labels, _ = _random_case(2)  # 4 scored layers x 4 heads = 16
+    res = rc.identify_then_ablate(heads, rest, cls, labels, list(range(5)), T_ratio=15 / 64)
+    assert (res["T"], res["T_ratio"], res["T_used"], res["n_scored_heads"]) == (15, 15 / 64, 4, 16)
+    for d in res["directions"]:
+        for item in d["lists"]:
+            assert len(item["heads"]) == 4 == len(item["utility"])
+    assert res["selected"]["t"] <= 4
+    full = rc.identify_then_ablate(heads, rest, cls, labels, list(range(5)))
+    assert full["T_used"] == 15 and full["T_ratio"] is None
+    for d, d_full in zip(res["directions"], full["directions"], strict=True):
+        for item, item_full in zip(d["lists"], d_full["lists"], strict=True):
+            assert item["heads"] == item_full["heads"][:4]  # the same order, cut at 4
+
+
+def test_utility_with_the_error_class_by_hand(known_case):
+    """eq. 10 as printed: every shot against t_{y_e} of the list's direction (0->1, y_e = 0).
+    Without ablation: shot 0 (.5,.9,.3) gives (.5 − .9)/√1.15, shot 1 (.6,.1,.3) gives
+    (.6 − .1)/√.46, shot 2 (0,.7,.3), labelled 1, gives (0 − .7)/√.58 (with its own label it
+    would count +.7/√.58)."""
+    h, rest, cls, labels = known_case
+    res = rc.identify_then_ablate(h, rest, cls, labels, LAYERS, utility_label="y_e")
+    d = res["directions"][0]
+    want = ((0.5 - 0.9) / math.sqrt(1.15) + 0.5 / math.sqrt(0.46) - 0.7 / math.sqrt(0.58)) / 3
+    assert d["utility_no_ablation"] == pytest.approx(want, abs=1e-12)
+    own = rc.identify_then_ablate(h, rest, cls, labels, LAYERS)
+    want_own = want + 2 * 0.7 / math.sqrt(0.58) / 3
+    assert own["directions"][0]["utility_no_ablation"] == pytest.approx(want_own, abs=1e-12)
+    assert res["utility_label"] == "y_e" and own["utility_label"] == "own"
+    emb = h.sum((1, 2)) + rest
+    for item in d["lists"]:
+        order = [rc.head_position(rc.parse_head(x), LAYERS)[1] for x in item["heads"]]
+        curve = rc.utility_curve(emb, h[:, 0], cls, np.zeros(3, dtype=int), order)
+        np.testing.assert_allclose(item["utility"], curve, atol=1e-12)
+    with pytest.raises(ValueError, match="utility_label"):
+        rc.identify_then_ablate(h, rest, cls, labels, LAYERS, utility_label="true")
+
+
+def test_utility_with_the_error_class_can_choose_another_set():
+    """With either label, S* is the candidate of largest utility computed with that label."""
+    heads, rest, cls, labels, _ = _random_case(3)
+    layers = list(range(5))
+    for ul in ("own", "y_e"):
+        res = rc.identify_then_ablate(heads, rest, cls, labels, layers, T=6, utility_label=ul)
+        sel = res["selected"]
+        d = next(x for x in res["directions"] if x["key"] == sel["direction"])
+        y = labels if ul == "own" else np.full(len(labels), d["true_label"])
+        emb = rc.zero_ablate(heads, rest, layers, sel["heads"])
+        assert sel["utility"] == pytest.approx(rc.utility(emb, cls, y), abs=1e-12)
+        best = max(max(i["utility"]) for x in res["directions"] for i in x["lists"])
+        assert sel["utility"] == best
 
 
 # --------------------------------------------------------------------------------------------

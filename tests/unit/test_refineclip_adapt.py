@@ -204,6 +204,37 @@ def test_bad_inputs_get_clear_errors(spurious_case):
         ra.train_adapter(emb, labels, cls.T, teacher, success, locality)
     with pytest.raises(ValueError, match="variant"):
         ra.apply_adapter(emb, {"variant": "conv"})
+    no_groups = (emb, labels, np.full(len(labels), -1))
+    with pytest.raises(ValueError, match="group ids"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality, select_set=no_groups)
+    with pytest.raises(ValueError, match="select_set"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                         select_set=(emb[:, :2], labels, labels))  # fmt: skip
+    with pytest.raises(ValueError, match="reserved"):
+        ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                         eval_sets={"success": (emb, labels)})  # fmt: skip
+
+
+def test_step_is_chosen_on_the_select_set_by_worst_group_then_average(spurious_case):
+    """The select set's worst group is the W-like rows: at step 0 they are wrong (WG 0); once
+    θ_3 has shrunk they are right. The kept adapter is that of the first evaluated step
+    reaching the best (worst-group, average) pair, and reproduces it."""
+    emb, labels, cls, teacher, success, locality = spurious_case
+    groups = np.array([0, 0, 1, 2])
+    kw = {"alpha": 100.0, "beta": 10.0, "tau": 5.0, "lr": 0.05, "steps": 60, "eval_every": 5}
+    res = ra.train_adapter(emb, labels, cls, teacher, success, locality,
+                           select_set=(emb, labels, groups), **kw)  # fmt: skip
+    sel = res.curves[res.curves.set == "select"].pivot(
+        index="step", columns="metric", values="value"
+    )
+    assert sel.loc[0, "worst_group_acc"] == 0 and sel["worst_group_acc"].max() == 1
+    best = max(zip(sel.worst_group_acc, sel.avg_group_acc, -sel.index, strict=True))
+    assert res.config["selected_step"] == -best[2] < 60
+    edited = ra.apply_adapter(emb, res.params)
+    assert _acc(edited, labels, cls) == 1.0
+    last = ra.train_adapter(emb, labels, cls, teacher, success, locality, **kw)
+    assert last.config["selected_step"] == 60
+    assert not np.allclose(last.params["theta"], res.params["theta"])
 
 
 def test_thread_count_is_restored(spurious_case):
@@ -211,3 +242,72 @@ def test_thread_count_is_restored(spurious_case):
     before = torch.get_num_threads()
     res = ra.train_adapter(emb, labels, cls, teacher, success, locality, steps=2, num_threads=1)
     assert torch.get_num_threads() == before and res.config["num_threads"] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Success against locality at the defaults (τ = 100, α = β = 10³, lr 10⁻³, 500 Adam steps).
+# D = 4: coordinates 1, 2 are the shapes (causal), 3, 4 the backgrounds A and B (spurious);
+# t_0 = (1, 0, 1, 0)/√2 and t_1 = (0, 1, 0, 1)/√2, each class text also names its usual
+# background. The spurious head writes the background coordinates; S* = {that head}, so the
+# ablated teacher is e with coordinates 3 and 4 zeroed.
+#   W (class 0 on background B):  (.6, 0, 0, 1), (.5, 0, 0, .9)  ->  <t_1> > <t_0>: predicted 1;
+#                                 the teacher (.6, 0, 0, 0) -> class 0: they disagree.
+#   correct class 0 on A:         (.6, 0, 1, 0)                   ->  0
+#   correct class 1 on B:         (.3, .2, 0, .12)                ->  1 (cos margin .037, so
+#                                 g gives it .976 at τ = 100), held by its background: the
+#                                 teacher's full edit (coordinate 4 zeroed) gives (.3, .2, 0, 0)
+#                                 -> class 0.
+# So the success loss (imitate the teacher on W: shrink θ_4, grow θ_1) and the locality loss
+# (keep the class-1 shot's output) pull against each other; a diagonal θ satisfies both
+# in argmax, e.g. θ = (1.2, 1.5, 1, .6): W .72 > .6 and .6 > .54, the class-1 shot
+# .3 + .072 > .36. At τ = 100 the KL of a confidently classified shot is ~0 (a cosine margin
+# of .1 is 10 logits), so locality binds only for shots near the boundary, as this one.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conflict_case():
+    emb = np.array(
+        [[0.6, 0, 0, 1.0], [0.5, 0, 0, 0.9], [0.6, 0, 1.0, 0], [0.3, 0.2, 0, 0.12]],
+        dtype=np.float32,
+    )
+    labels = np.array([0, 0, 0, 1])
+    cls = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=np.float32) / np.sqrt(2)
+    teacher = emb.copy()
+    teacher[:, 2:] = 0
+    success = np.array([True, True, False, False])
+    return emb, labels, cls.astype(np.float32), teacher, success, ~success
+
+
+def test_adapter_at_the_defaults_follows_the_teacher_on_w_and_keeps_the_correct_shots(
+    conflict_case,
+):
+    emb, labels, cls, teacher, success, locality = conflict_case
+    assert (ra.DEFAULTS["alpha"], ra.DEFAULTS["beta"], ra.DEFAULTS["tau"]) == (1e3, 1e3, 100.0)
+    assert (ra.DEFAULTS["lr"], ra.DEFAULTS["steps"]) == (1e-3, 500)
+    pred = lambda x: np.argmax(x @ cls, axis=1)  # noqa: E731
+    # the premise: original and teacher disagree on W; the teacher's full edit breaks the
+    # class-1 shot, so success and locality conflict
+    np.testing.assert_array_equal(pred(emb), [1, 1, 0, 1])
+    np.testing.assert_array_equal(pred(teacher[success]), [0, 0])
+    assert pred(teacher[3:])[0] == 0
+    res = ra.train_adapter(emb, labels, cls, teacher, success, locality)
+    edited = ra.apply_adapter(emb, res.params)
+    np.testing.assert_array_equal(pred(edited), labels)  # W follows the teacher, C ∪ A kept
+    theta = res.params["theta"]
+    assert 0 < theta[3] < 1  # background B shrunk, not removed
+    assert theta[0] > 1  # the shape of class 0 amplified
+    c = res.curves
+    loss = c[c.set == "train"].pivot(index="step", columns="metric", values="value")
+    assert loss["success"].iloc[-1] < 0.01 * loss["success"].iloc[0]
+    assert loss["locality"].iloc[0] == 0 and loss["locality"].iloc[-1] > 1e-3  # the conflict
+    acc = c[c.metric == "acc"].pivot(index="step", columns="set", values="value")
+    assert acc.loc[0, "success"] == 0 and acc.loc[500, "success"] == 1
+    assert acc.loc[0, "locality"] == 1 and acc.loc[500, "locality"] == 1  # (it dips on the way)
+    assert res.config["teacher_acc_success"] == 1.0
+    assert res.config["success_acc"] == 1.0 and res.config["locality_acc"] == 1.0
+    assert res.config["selected_step"] == 500 and res.config["step_selection"] == "last"
+    # the locality term holds the class-1 shot nearer to the original output than CE alone
+    no_loc = ra.train_adapter(emb, labels, cls, teacher, success, locality, beta=0.0)
+    final = no_loc.curves[(no_loc.curves.set == "train") & (no_loc.curves.step == 500)]
+    assert loss["locality"].iloc[-1] < 0.8 * final.set_index("metric").value["locality"]

@@ -127,12 +127,16 @@ def test_phase1_records_the_shots_that_tip_adapter_draws(store, tmp_path):
         check_phase1(on_disk, 1, 6, "train", 5, 4, "cosine", "utility")
 
 
-def test_ours_star_selects_on_the_validation_split(store, tmp_path):
+@pytest.mark.parametrize("selection", ["validation", "validation_t"])
+def test_ours_star_selects_on_the_validation_split(store, tmp_path, selection):
+    """Ours* (paper App. A.2): the list whose utility-chosen prefix has the best worst group
+    on val; ``validation_t``: the best prefix of any list."""
     root, text = store
     res = stage.locate_refineclip(
-        root, tmp_path / "s.json", seed=9, n_per_class=6, T=5, selection="validation"
+        root, tmp_path / "s.json", seed=9, n_per_class=6, T=5, selection=selection
     )
-    assert res["selection"] == "validation" and res["validation"]["split"] == "val"
+    assert res["selection"] == selection and res["validation"]["split"] == "val"
+    assert res["params"]["selection"] == selection and res["params"]["val_split"] == "val"
     vidx, vh, vr = FeatureSet.open(root).load(split="val")
     s = res["selected"]
     pred = metrics.predict(rc.zero_ablate(vh, vr, LAYERS, s["heads"]), text)
@@ -140,7 +144,14 @@ def test_ours_star_selects_on_the_validation_split(store, tmp_path):
     assert s["validation_worst_group_acc"] == pytest.approx(wg)
     for d in res["directions"]:
         for item in d["lists"]:
-            assert max(item["validation_worst_group_acc"]) <= wg + 1e-12
+            t_u = int(np.argmax(item["utility"])) + 1  # first maximum: the smaller t
+            assert item["utility_t"] == t_u
+            if selection == "validation":
+                assert item["validation_worst_group_acc"][t_u - 1] <= wg + 1e-12
+                if item["heads"][: s["t"]] == s["heads"]:
+                    assert s["t"] == t_u
+            else:
+                assert max(item["validation_worst_group_acc"]) <= wg + 1e-12
 
 
 # ------------------------------------------------------------ Ours*, streamed (issue 15)
@@ -216,6 +227,17 @@ def _reference_select_on_validation(
     return out
 
 
+def _as_validation_t(ref):
+    """The frozen reference's output in today's format: its choice of list and t is the
+    ``validation_t`` selection (list and t on validation); lists record their utility t."""
+    ref["selection"] = "validation_t"
+    ref["validation"]["choose_t"] = "validation"
+    for d in ref["directions"]:
+        for item in d["lists"]:
+            item["utility_t"] = rc.select_max_utility([np.asarray(item["utility"])])[1]
+    return ref
+
+
 def _assert_same(a, b, where="result"):
     """Equal JSON documents; floats within 1e-12."""
     if isinstance(a, dict):
@@ -246,18 +268,20 @@ def test_streamed_ours_star_equals_the_in_memory_selection(store, tmp_path, monk
     fs = FeatureSet.open(root)
     vidx, vh, vr = fs.load(layers=LAYERS, split="val")
     _, classifier, _ = features.read_classifier(root / "classifier.parquet")
-    ref = _reference_select_on_validation(
-        p1, vh, vr, classifier, vidx["label"].to_numpy(), vidx["group"].to_numpy(), LAYERS
+    ref = _as_validation_t(
+        _reference_select_on_validation(
+            p1, vh, vr, classifier, vidx["label"].to_numpy(), vidx["group"].to_numpy(), LAYERS
+        )
     )
     ref["validation"]["split"] = "val"
-    ref["params"] = dict(ref["params"], selection="validation", val_split="val")
+    ref["params"] = dict(ref["params"], selection="validation_t", val_split="val")
 
     def no_load(*a, **k):
         raise AssertionError("Ours* must stream the validation split, not load it")
 
     monkeypatch.setattr(FeatureSet, "load", no_load)
     stage.locate_refineclip(
-        root, tmp_path / "star.json", seed=9, n_per_class=6, T=5, selection="validation"
+        root, tmp_path / "star.json", seed=9, n_per_class=6, T=5, selection="validation_t"
     )
     new = json.loads((tmp_path / "star.json").read_text())
     _assert_same(json.loads(json.dumps(ref)), new)
@@ -280,16 +304,20 @@ def test_validation_counts_in_any_batches_equal_the_in_memory_selection(store, t
     vidx, vh, vr = fs.load(split="val")
     labels, groups = vidx["label"].to_numpy(), vidx["group"].to_numpy().copy()
     groups[::9] = -1
-    ref = _reference_select_on_validation(p1, vh, vr, text, labels, groups, LAYERS, tie_break)
+    ref = _as_validation_t(
+        _reference_select_on_validation(p1, vh, vr, text, labels, groups, LAYERS, tie_break)
+    )
     cuts = np.sort(np.random.default_rng(1).choice(np.arange(1, len(labels)), 6, replace=False))
     bounds = list(zip([0, *cuts], [*cuts, len(labels)], strict=True))
     counts = rc.validation_counts(
         p1, ((vh[a:b], vr[a:b], labels[a:b], groups[a:b]) for a, b in bounds), text, LAYERS
     )
     assert counts.n == len(labels)
-    _assert_same(ref, rc.select_on_validation_counts(p1, counts, tie_break))
+    _assert_same(ref, rc.select_on_validation_counts(p1, counts, tie_break, "validation"))
     # the in-memory entry point is the one-batch case
-    whole = rc.select_on_validation(p1, vh, vr, text, labels, groups, LAYERS, tie_break)
+    whole = rc.select_on_validation(
+        p1, vh, vr, text, labels, groups, LAYERS, tie_break, "validation"
+    )
     _assert_same(ref, whole)
 
 
@@ -335,14 +363,15 @@ def test_adapt_stage_trains_on_the_phase1_shots_and_tracks_targets(store, phase1
     idx, h, r = fewshot.load_rows(fs, "train", p1["shots"]["image_ids"], LAYERS)
     emb = h.sum((1, 2), dtype=np.float64) + r
     y = idx["label"].to_numpy()
-    succ, loc = rc.phase2_masks(y, metrics.predict(emb, text))
+    # eqs. 11-12: W and C ∪ A of the error direction S* was selected for
+    succ, loc = rc.phase2_masks(y, metrics.predict(emb, text), p1["selected"]["direction"])
     teacher = rc.zero_ablate(h, r, LAYERS, p1["selected"]["heads"])
     direct = ra.train_adapter(emb, y, text, teacher, succ, loc, alpha=100.0, beta=10.0, lr=0.02,
                               steps=40, tau=50.0, seed=5)  # fmt: skip
     saved = ra.load_adapter(tmp_path / "a.safetensors")
     np.testing.assert_allclose(saved["theta"], direct.params["theta"], rtol=1e-5)
     curves = pd.read_csv(tmp_path / "c.csv")
-    assert set(curves["set"]) == {"train", "test", "target", "other"}
+    assert set(curves["set"]) == {"train", "success", "locality", "test", "target", "other"}
     assert sorted(curves.loc[curves["set"] == "target", "step"].unique()) == [0, 10, 20, 30, 40]
     # target = the class with the lowest zero-shot test accuracy, tracked on its images only
     tidx, _, temb = fs.load(layers=[], split="test")
@@ -364,7 +393,8 @@ def test_sensitivity_sweeps_alpha_beta_and_both(store, phase1, tmp_path):
     assert list(df.columns) == stage.SENSITIVITY_COLUMNS
     runs = df[["sweep", "alpha", "beta"]].drop_duplicates().itertuples(index=False)
     assert sorted(map(tuple, runs)) == sorted(stage.sensitivity_runs([10.0, 1000.0]))
-    assert set(df["set"]) == {"test", "target", "other"} and df["step"].max() == 20
+    assert set(df["set"]) == {"success", "locality", "test", "target", "other"}
+    assert df["step"].max() == 20
     # each run is the adapter trained with its (α, β); α = β = 0 is the std_ft objective
     inp = stage._phase2_inputs(root, root / "dataset.json", json.loads(phase1.read_text()),
                                ["c"], "test")  # fmt: skip
@@ -380,6 +410,77 @@ def test_sensitivity_sweeps_alpha_beta_and_both(store, phase1, tmp_path):
         c = c[c["set"] != "train"].reset_index(drop=True)
         got = df[(df["sweep"] == sweep) & (df["alpha"] == a) & (df["beta"] == b)]
         np.testing.assert_allclose(got["value"].to_numpy(), c["value"].to_numpy(), err_msg=sweep)
+
+
+def test_adapt_stage_teaches_only_the_selected_direction(store, phase1, tmp_path):
+    """The success loss covers W_{y_e,ŷ_e} of S*'s direction; ``all_directions`` every
+    misclassified shot. The run records the teacher's and the adapter's accuracy on W."""
+    from safetensors import safe_open
+
+    root, text = store
+    phase1 = tmp_path / "p1.json"
+    p1 = stage.locate_refineclip(root, phase1, seed=1, n_per_class=20, T=6)
+    assert len(p1["directions"]) > 1  # several error directions compete
+    base = {"variant": "diag", "objective": "refineclip", "alpha": 1e3, "beta": 1e3,
+            "lr": 1e-3, "steps": 20, "tau": None, "eval_every": 10}  # fmt: skip
+    info = {}
+    for sets in ("selected_direction", "all_directions"):
+        out = tmp_path / f"{sets}.safetensors"
+        stage.adapt_refineclip(root, root / "dataset.json", phase1, out, tmp_path / "c.csv", 1,
+                               {**base, "edit_sets": sets})  # fmt: skip
+        with safe_open(str(out), framework="numpy") as f:
+            info[sets] = json.loads(f.metadata()["clipbias.refineclip"])
+    sel = next(d for d in p1["directions"] if d["key"] == p1["selected"]["direction"])
+    cfg = info["selected_direction"]["config"]
+    assert cfg["n_success"] == sel["n_wrong"]
+    assert cfg["n_locality"] == sel["n_correct"] + sel["n_reference"]
+    assert info["selected_direction"]["direction"] == sel["key"]
+    assert info["all_directions"]["config"]["n_success"] == p1["n_wrong"] > sel["n_wrong"]
+    # the teacher's accuracy on W, by hand
+    fs = FeatureSet.open(root)
+    idx, h, r = fewshot.load_rows(fs, "train", p1["shots"]["image_ids"], LAYERS)
+    y = idx["label"].to_numpy()
+    succ, _ = rc.phase2_masks(y, metrics.predict(h.sum((1, 2)) + r, text), sel["key"])
+    teacher = rc.zero_ablate(h, r, LAYERS, p1["selected"]["heads"])
+    want = np.mean(metrics.predict(teacher[succ], text) == y[succ])
+    assert cfg["teacher_acc_success"] == pytest.approx(want)
+    curves = pd.read_csv(tmp_path / "c.csv")  # of the last run
+    final = curves[(curves["set"] == "success") & (curves.metric == "acc") & (curves.step == 20)]
+    assert info["all_directions"]["config"]["success_acc"] == pytest.approx(final.value.item())
+    with pytest.raises(ValueError, match="edit_sets"):
+        stage.adapt_refineclip(root, root / "dataset.json", phase1, out, tmp_path / "c.csv", 1,
+                               {**base, "edit_sets": "every"})  # fmt: skip
+
+
+def test_adapt_stage_chooses_the_step_on_the_validation_split(store, phase1, tmp_path):
+    """``step_split``: the adapter of the evaluated step with the best worst-group accuracy
+    on that split (ties: the earlier step); its curve is kept; the test split is refused."""
+    root, text = store
+    params = {"variant": "diag", "objective": "std_ft", "lr": 0.05, "steps": 60, "tau": None,
+              "eval_every": 10, "step_split": "val"}  # fmt: skip
+    stage.adapt_refineclip(root, root / "dataset.json", phase1, tmp_path / "a.safetensors",
+                           tmp_path / "c.csv", 5, params)  # fmt: skip
+    curves = pd.read_csv(tmp_path / "c.csv")
+    sel = curves[curves["set"] == "select"].pivot(index="step", columns="metric", values="value")
+    assert list(sel.index) == [0, 10, 20, 30, 40, 50, 60]
+    key = list(zip(sel["worst_group_acc"], sel["avg_group_acc"], -sel.index, strict=True))
+    best_step = -max(key)[2]
+    saved = ra.load_adapter(tmp_path / "a.safetensors")
+    # the saved adapter reproduces the chosen step's validation accuracy
+    vidx, _, vemb = FeatureSet.open(root).load(layers=[], split="val")
+    pred = metrics.predict(ra.apply_adapter(vemb, saved), text)
+    vy, vg = vidx["label"].to_numpy(), vidx["group"].to_numpy()
+    assert metrics.worst_group_accuracy(pred, vy, vg) == pytest.approx(
+        sel.loc[best_step, "worst_group_acc"]
+    )
+    assert metrics.avg_group_accuracy(pred, vy, vg) == pytest.approx(
+        sel.loc[best_step, "avg_group_acc"]
+    )
+    # std_ft with these settings keeps changing the adapter: the choice is not vacuous
+    assert len(set(key)) > 1 and sel["avg_group_acc"].nunique() > 1
+    with pytest.raises(ValueError, match="test split"):
+        stage.adapt_refineclip(root, root / "dataset.json", phase1, tmp_path / "b.safetensors",
+                               tmp_path / "d.csv", 5, {**params, "step_split": "test"})  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -21,12 +21,26 @@ zero-ablated (eq. 5) and scored by the utility (eq. 10)
 
     U(S_t) = mean_i [sim(E_abl(x_i, S_t), t_{y_i}) − mean_{y ≠ y_i} sim(E_abl(x_i, S_t), t_y)]
 
-with each sample's own label (§9 #14). S* maximises U over all directions, lists and t; ties go
-to the smaller t, then to the first list in the order (direction (y_e, ŷ_e) ascending, score
-A, B, C, D). "Ours*" (:func:`select_on_validation`) instead picks the list and t with the best
-worst-group accuracy on a validation split, ties by average-group accuracy (§5.5 step 6); it
-needs only per-group counts of correct predictions per candidate, which
-:func:`validation_counts` accumulates over a streamed split.
+with each sample's own label y_i (``utility_label="own"``, the default: the paper's text says
+the utility compares the ablated representation "to the ground-truth label versus
+non-ground-truth labels", §3.2) or, as eq. 10 is printed, with the class y_e of the list's
+error direction for every shot (``utility_label="y_e"``; METHODS §9 #14). S* maximises U over
+all directions, lists and t; ties go to the smaller t, then to the first list in the order
+(direction (y_e, ŷ_e) ascending, score A, B, C, D).
+
+T, the length of a candidate list, is the paper's 15 (of the 4 × 16 = 64 heads of ViT-L/14
+and ViT-H/14; also 15 of ViT-B/16's 48); ``T_ratio`` scales it to models with fewer scored
+heads K: T = min(T, max(1, round(T_ratio · K))) (:func:`candidate_length`; 15/64 is the
+paper's ratio at 64 heads).
+
+"Ours*" (:func:`select_on_validation`; paper Appendix A.2: "we perform ablation on the top t
+heads in each ordered candidate list and select the list that delivers the best performance on
+the validation set, rather than relying on the utility estimation") keeps each list's t of
+largest utility and picks the *list* with the best worst-group accuracy on a validation split,
+ties by average-group accuracy (§5.5 step 6); ``choose_t="validation"`` picks t on the
+validation split as well (the variant ``refineclip_star_t``). Both need only per-group counts
+of correct predictions per candidate, which :func:`validation_counts` accumulates over a
+streamed split.
 
 All interventions are direct-path interventions on the stored contributions (§1.3): the
 ablated embedding is not renormalised; the cosine similarity makes its norm irrelevant. The
@@ -36,6 +50,7 @@ cosine of a zero vector is taken as 0 (it only arises when every component is ab
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +66,8 @@ log = logging.getLogger(__name__)
 SCORES = ("A", "B", "C", "D")
 SCORE_ORDER = {"A": "descending", "B": "ascending", "C": "descending", "D": "ascending"}
 SIMILARITIES = ("cosine", "dot")
+UTILITY_LABELS = ("own", "y_e")
+CHOOSE_T = ("utility", "validation")
 DEFAULT_T = 15
 DEFAULT_SCORE_LAYERS = 4
 
@@ -58,8 +75,10 @@ __all__ = [
     "DEFAULT_SCORE_LAYERS",
     "DEFAULT_T",
     "SCORES",
+    "UTILITY_LABELS",
     "ErrorDirection",
     "ValidationCounts",
+    "candidate_length",
     "candidate_order",
     "direct_effect_scores",
     "edit_metric_rows",
@@ -176,18 +195,30 @@ def error_directions(labels: np.ndarray, preds: np.ndarray) -> list[ErrorDirecti
     ]
 
 
-def phase2_masks(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def phase2_masks(
+    labels: np.ndarray, preds: np.ndarray, direction: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks (success, locality) for phase 2 (§5.6).
 
-    success = the union of the W sets (every misclassified shot); locality = the union of the
-    C and A sets over all error directions (correct shots whose class is the true or the
-    predicted class of some error direction).
+    ``direction`` "y->p" (the error direction S* was selected for): success = its W set
+    W_{y_e,ŷ_e} (eq. 11), locality = its C_{y_e} ∪ A_{ŷ_e} (eq. 12). ``None``: success = the
+    union of the W sets (every misclassified shot), locality = the union of the C and A sets
+    over all error directions.
     """
     labels = np.asarray(labels, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
-    success = labels != preds
+    dirs = error_directions(labels, preds)
+    if direction is not None:
+        dirs = [d for d in dirs if d.key == direction]
+        if not dirs:
+            raise ValueError(
+                f"no misclassified shot in direction {direction!r} among these shots; "
+                "pass the direction of the phase-1 result's S* (selected.direction)"
+            )
+    success = np.zeros(len(labels), dtype=bool)
     locality = np.zeros(len(labels), dtype=bool)
-    for d in error_directions(labels, preds):
+    for d in dirs:
+        success[d.wrong] = True
         locality[d.correct] = True
         locality[d.reference] = True
     return success, locality
@@ -319,6 +350,19 @@ def direct_effect_scores(
     }
 
 
+def candidate_length(T: int, T_ratio: float | None, n_scored: int) -> int:
+    """Length of a candidate list: ``T`` (the paper's 15), or with ``T_ratio`` the ratio's
+    share of the ``n_scored`` heads, rounded half up, at least 1 and at most ``T``; never more
+    than ``n_scored``. E.g. T_ratio = 15/64: 15 of 64 heads, 4 of 16."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if T_ratio is not None:
+        if not 0 < T_ratio <= 1:
+            raise ValueError(f"T_ratio must be in (0, 1], got {T_ratio}")
+        T = min(T, max(1, math.floor(T_ratio * n_scored + 0.5)))
+    return int(min(T, n_scored))
+
+
 def candidate_order(values: np.ndarray, score: str, T: int) -> np.ndarray:
     """Flat head ids of the top T heads for a score (§5.4 ordering; ties: storage order)."""
     v = np.asarray(values, dtype=np.float64)
@@ -444,17 +488,23 @@ def identify_then_ablate(
     similarity: str = "cosine",
     class_names: Sequence[str] | None = None,
     tie_atol: float = 0.0,
+    T_ratio: float | None = None,
+    utility_label: str = "own",
 ) -> dict[str, Any]:
     """RefineCLIP phase 1 on the few-shot samples (METHODS §5.1-5.5, Algorithm 1).
 
     ``heads`` [n, L, H, D] (stored layers ``layers``), ``rest`` [n, D], ``classifier`` [D, C]
     and ``labels`` [n] of the shots only. Zero-shot predictions come from the full embedding;
-    heads of the last ``n_score_layers`` stored layers are scored. Returns the JSON-serialisable
+    heads of the last ``n_score_layers`` stored layers are scored; lists hold
+    :func:`candidate_length` (``T``, ``T_ratio``) heads; the utility uses each shot's own label
+    or the direction's y_e (``utility_label``, module docstring). Returns the JSON-serialisable
     result described in the module docstring of :mod:`clipbias.methods.refineclip` ("Table 4
     format"): selected heads, every candidate list with its values and utility curve, and the
     scores table.
     """
     _check_similarity(similarity)
+    if utility_label not in UTILITY_LABELS:
+        raise ValueError(f"utility_label must be one of {UTILITY_LABELS}, got {utility_label!r}")
     heads = np.asarray(heads)
     rest = np.asarray(rest)
     classifier = np.asarray(classifier, dtype=np.float64)
@@ -465,6 +515,7 @@ def identify_then_ablate(
     score_layers = _score_layers(layers, n_score_layers)
     pos = [layers.index(x) for x in score_layers]
     ids: list[HeadId] = all_heads(score_layers, n_heads)
+    T_used = candidate_length(int(T), T_ratio, len(ids))
     emb = _embeddings(heads, rest)
     contrib = heads[:, pos].astype(np.float64).reshape(len(heads), -1, heads.shape[-1])
     preds = metrics.predict(emb, classifier)
@@ -489,11 +540,13 @@ def identify_then_ablate(
         if sc["C"] is None:
             skipped["C"] = f"no correct samples of the predicted class {d.pred} (A is empty)"
         lists = []
+        # eq. 10 with each shot's own label, or with the direction's y_e for every shot
+        u_labels = labels if utility_label == "own" else np.full(len(labels), d.true)
         for s in SCORES:
             if sc[s] is None:
                 continue
-            order = candidate_order(sc[s], s, T)
-            curve = utility_curve(emb, contrib, classifier, labels, order, similarity)
+            order = candidate_order(sc[s], s, T_used)
+            curve = utility_curve(emb, contrib, classifier, u_labels, order, similarity)
             curves.append(curve)
             where.append((len(out_dirs), len(lists)))
             lists.append(
@@ -516,6 +569,7 @@ def identify_then_ablate(
                 "n_wrong": len(d.wrong),
                 "n_correct": len(d.correct),
                 "n_reference": len(d.reference),
+                "utility_no_ablation": utility(emb, classifier, u_labels, similarity),
                 "lists": lists,
                 "skipped": skipped,
             }
@@ -548,9 +602,13 @@ def identify_then_ablate(
         "selection": "utility",
         "similarity": similarity,
         "T": int(T),
+        "T_ratio": None if T_ratio is None else float(T_ratio),
+        "T_used": T_used,
+        "utility_label": utility_label,
         "layers": layers,
         "score_layers": score_layers,
         "n_heads": int(n_heads),
+        "n_scored_heads": len(ids),
         "class_names": names,
         "n_shots": int(len(labels)),
         "n_wrong": int(np.sum(preds != labels)),
@@ -588,7 +646,7 @@ def scores_frame(result: Mapping[str, Any]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------
-# "Ours*": validation-selected list and t (§5.5 step 6)
+# "Ours*": validation-selected list (t by utility, or t too) (§5.5 step 6)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -674,18 +732,27 @@ def validation_counts(
 
 
 def select_on_validation_counts(
-    result: Mapping[str, Any], counts: ValidationCounts, tie_break: str = "avg_group_acc"
+    result: Mapping[str, Any],
+    counts: ValidationCounts,
+    tie_break: str = "avg_group_acc",
+    choose_t: str = "utility",
 ) -> dict[str, Any]:
     """Ours* ("validation"): re-select S* among the phase-1 candidates from their counts on
     a validation split (:func:`validation_counts`).
 
-    Choose the best worst-group accuracy, ties by ``tie_break`` (``avg_group_acc``, the
-    paper's "Avg.", or ``avg_acc``), then smaller t, then list order. Returns a copy of
-    ``result`` with ``selection = "validation"``, a new ``selected`` and per-list curves
-    ``validation_worst_group_acc`` and ``validation_<tie_break>``.
+    ``choose_t="utility"`` (paper Appendix A.2, the default): each list keeps its t of largest
+    utility (ties: smaller t) and the *list* with the best worst-group accuracy of that prefix
+    is chosen, ties by ``tie_break`` (``avg_group_acc``, the paper's "Avg.", or ``avg_acc``),
+    then list order; ``selection = "validation"``. ``choose_t="validation"``: the list and t
+    with the best worst-group accuracy, ties by ``tie_break``, then smaller t, then list order;
+    ``selection = "validation_t"``. Returns a copy of ``result`` with the new ``selected``
+    and per-list curves ``validation_worst_group_acc`` and ``validation_<tie_break>`` over
+    every t (and ``utility_t``, the list's t of largest utility).
     """
     if tie_break not in ("avg_group_acc", "avg_acc"):
         raise ValueError(f"tie_break must be 'avg_group_acc' or 'avg_acc', got {tie_break!r}")
+    if choose_t not in CHOOSE_T:
+        raise ValueError(f"choose_t must be one of {CHOOSE_T}, got {choose_t!r}")
     if not counts.n:
         raise ValueError("validation selection needs at least one validation row")
     if not counts.group_n:
@@ -702,23 +769,32 @@ def select_on_validation_counts(
         new_lists = []
         for item in d["lists"]:
             wgs, tbs = [], []
-            for t in range(len(item["heads"])):
+            for _ in item["heads"]:
                 wg, tb = counts.metrics(m, tie_break)
                 m += 1
                 wgs.append(wg)
                 tbs.append(tb)
-                key = (wg, tb, -(t + 1))
+            t_u = select_max_utility([np.asarray(item["utility"])])[1]
+            ts = [t_u] if choose_t == "utility" else range(1, len(wgs) + 1)
+            for t in ts:
+                key = (wgs[t - 1], tbs[t - 1], -t if choose_t == "validation" else 0)
                 if best is None or key > best[0]:
-                    best = (key, d["key"], item, t + 1)
+                    best = (key, d["key"], item, t)
             new_lists.append(
-                dict(item, validation_worst_group_acc=wgs, **{f"validation_{tie_break}": tbs})
+                dict(
+                    item,
+                    utility_t=int(t_u),
+                    validation_worst_group_acc=wgs,
+                    **{f"validation_{tie_break}": tbs},
+                )
             )
         out["directions"].append(dict(d, lists=new_lists))
-    out["selection"] = "validation"
+    out["selection"] = "validation" if choose_t == "utility" else "validation_t"
     out["validation"] = {
         "n": int(counts.n),
         "criterion": "worst_group_acc",
         "tie_break": tie_break,
+        "choose_t": choose_t,
         "no_ablation_worst_group_acc": wg0,
         f"no_ablation_{tie_break}": tb0,
     }
@@ -738,7 +814,8 @@ def select_on_validation_counts(
         f"validation_{tie_break}": tb,
     }
     log.info(
-        "RefineCLIP Ours*: S* = %s (list %s/%s, t=%d), validation WG %.4f (%.4f without)",
+        "RefineCLIP Ours* (t by %s): S* = %s (list %s/%s, t=%d), validation WG %.4f (%.4f without)",
+        choose_t,
         ",".join(out["selected"]["heads"]),
         key,
         item["score"],
@@ -758,13 +835,14 @@ def select_on_validation(
     groups: np.ndarray,
     layers: Sequence[int],
     tie_break: str = "avg_group_acc",
+    choose_t: str = "utility",
 ) -> dict[str, Any]:
     """:func:`select_on_validation_counts` on a validation decomposition held in memory
     (one batch); stages stream the split through :func:`validation_counts` instead."""
     if tie_break not in ("avg_group_acc", "avg_acc"):
         raise ValueError(f"tie_break must be 'avg_group_acc' or 'avg_acc', got {tie_break!r}")
     counts = validation_counts(result, [(heads, rest, labels, groups)], classifier, layers)
-    return select_on_validation_counts(result, counts, tie_break)
+    return select_on_validation_counts(result, counts, tie_break, choose_t)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 
 S* comes from the per-method phase-1 file ``heads/{cell}/refineclip/{method}.json`` (rule
 ``locate_refineclip``, :func:`clipbias.stages.refineclip.locate_refineclip`): selected by the
-utility on the shots (``refineclip``) or by worst-group accuracy on ``val_split``
-(``refineclip_star``, "Ours*"). No torch.
+utility on the shots (``refineclip``), the list by worst-group accuracy on ``val_split`` and
+its t by the utility (``refineclip_star``, "Ours*"), or list and t on ``val_split``
+(``refineclip_star_t``). No torch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def check_phase1(
     selection: str,
     shot_sampling: str = "random",
     shot_classes: str = "all",
+    T_ratio: float | None = None,
+    utility_label: str = "own",
     **_: Any,
 ) -> Mapping[str, Any]:
     """``result`` if it was made with these parameters and seed; a clear error otherwise (a
@@ -45,6 +48,8 @@ def check_phase1(
         "score_layers": len(result.get("score_layers") or []),
         "similarity": result.get("similarity"),
         "selection": result.get("selection"),
+        "T_ratio": result.get("T_ratio"),
+        "utility_label": result.get("utility_label", "own"),
     }
     want = {
         "seed": int(seed),
@@ -56,6 +61,8 @@ def check_phase1(
         "score_layers": min(int(score_layers), len(result.get("layers") or [])),
         "similarity": similarity,
         "selection": selection,
+        "T_ratio": None if T_ratio is None else float(T_ratio),
+        "utility_label": utility_label,
     }
     bad = {k: (made[k], v) for k, v in want.items() if made[k] != v}
     if bad:
@@ -84,12 +91,14 @@ def selected_meta(result: Mapping[str, Any]) -> dict[str, Any]:
     """Facts about S* recorded in a predictions file."""
     sel = result["selected"]
     keep = ("t", "direction", "score", "utility", "validation_worst_group_acc")
+    # T_used: the candidate-list length (T, or the T_ratio share of the scored heads)
     return {
         "heads": list(sel["heads"]),
         "selection": result.get("selection"),
         **{k: sel[k] for k in keep if k in sel},
         "n_shots": result.get("n_shots"),
         "n_wrong": result.get("n_wrong"),
+        "T_used": result.get("T_used"),
         "shots_split": (result.get("shots") or {}).get("split"),
     }
 

@@ -20,9 +20,18 @@ on *all* shots: L = L_CE + β·mean_{all} KL(g(e) ‖ g(e_θ)). An empty set giv
 
 Optimisation: Adam, full batch, ``steps`` updates at a fixed learning rate. Training curves
 are a tidy frame (step, set, metric, value): the loss terms at every step (evaluated before
-that step's update, plus the final parameters at ``step = steps``), and accuracies on the
-training shots and on any named evaluation sets every ``eval_every`` steps. Deterministic for a
-seed on a given device and thread count (only the LoRA init is random, from its own generator).
+that step's update, plus the final parameters at ``step = steps``), and accuracies every
+``eval_every`` steps on the training shots (``train``), on the misclassified shots W of the
+success loss (``success``) and the correct shots of the locality loss (``locality``), and on any
+named evaluation sets. The teacher's accuracy on W (how many misclassified shots the ablated
+model gets right, i.e. what the success loss can teach) is in the run's configuration.
+
+Which step's adapter is returned: the last (``select_set`` None), or the evaluated step with the
+best worst-group accuracy on ``select_set`` (a validation split with group ids; ties by the
+average group accuracy, then the earlier step), whose curves (set ``select``, metrics
+``worst_group_acc`` and ``avg_group_acc``) are kept with the others; the test split is never
+looked at. Deterministic for a seed on a given device and thread count (only the LoRA init is
+random, from its own generator).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from .. import metrics
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +260,38 @@ def _accuracies(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(correct.mean()), float(np.mean(per_class))
 
 
+def _select_set(select_set, dim: int):
+    """(embeddings float32, labels, groups) of the step-selection set, checked; or None."""
+    if select_set is None:
+        return None
+    x, y, g = select_set
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    g = np.asarray(g, dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != dim or y.shape != (len(x),) or g.shape != y.shape:
+        raise ValueError(
+            f"select_set must be (embeddings [n, {dim}], labels [n], groups [n]); got "
+            f"{x.shape}, {y.shape}, {g.shape}"
+        )
+    keep = g >= 0  # rows without a group cannot count for the worst group
+    if not keep.any():
+        raise ValueError(
+            "select_set needs rows with group ids >= 0 (the step is chosen by worst-group "
+            "accuracy); give a split with groups, or keep the last step"
+        )
+    return x[keep], y[keep], g[keep]
+
+
+def _teacher_acc(teacher, labels, classifier, success) -> float:
+    """Accuracy of the ablated teacher (argmax of its logits) on the W shots; NaN if none."""
+    if teacher is None or not success.any():
+        return float("nan")
+    text = classifier.astype(np.float64)
+    text = text / np.linalg.norm(text, axis=0, keepdims=True)  # as the adapter's g
+    pred = np.argmax(teacher[success].astype(np.float64) @ text, axis=1)
+    return float(np.mean(pred == labels[success]))
+
+
 def _train_loop(steps, eval_every, losses, evaluate, opt, rows) -> None:
     """Full-batch Adam; loss terms logged at every step before its update, plus the end."""
     for step in range(steps + 1):
@@ -285,6 +328,7 @@ def train_adapter(
     eval_every: int = DEFAULTS["eval_every"],
     device: str | None = None,
     num_threads: int | None = 1,
+    select_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> AdaptResult:
     """Fit the RefineCLIP adapter (module docstring) on the few-shot samples.
 
@@ -294,7 +338,10 @@ def train_adapter(
     ``success_mask`` W and ``locality_mask`` C ∪ A (see
     :func:`clipbias.methods.refineclip.phase2_masks`). ``tau`` is the softmax temperature of g
     (pass the checkpoint's ``logit_scale.exp()``). ``eval_sets`` maps a name to (embeddings,
-    labels) tracked every ``eval_every`` steps. ``device`` None/"auto" = CUDA when available.
+    labels) tracked every ``eval_every`` steps. ``select_set`` (embeddings, labels, groups),
+    e.g. the validation split: return the evaluated step's adapter with the best worst-group
+    accuracy on it (module docstring); None: the last step's. ``device`` None/"auto" = CUDA
+    when available.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
@@ -352,7 +399,15 @@ def train_adapter(
         if x.ndim != 2 or x.shape[1] != dim:
             raise ValueError(f"eval set {name!r} must be [n, {dim}], got {x.shape}")
         sets[name] = (x, np.asarray(yy, dtype=np.int64))
+    for name, m in (("success", success), ("locality", locality)):
+        if name in sets:
+            raise ValueError(f"{name!r} is reserved for the shots of that loss; rename the set")
+        if m.any():
+            sets[name] = (emb[m], labels[m])
     eval_t = {k: torch.tensor(x, device=dev) for k, (x, _) in sets.items()}
+    sel = _select_set(select_set, dim)
+    sel_t = None if sel is None else torch.tensor(sel[0], device=dev)
+    best: dict[str, Any] = {}
     rows: list[tuple[int, str, str, float]] = []
 
     def losses() -> dict[str, torch.Tensor]:
@@ -369,11 +424,24 @@ def train_adapter(
                 acc, cavg = _accuracies(pred, yy)
                 rows.append((step, name, "acc", acc))
                 rows.append((step, name, "class_avg_acc", cavg))
+            if sel is None:
+                return
+            pred = torch.argmax(model(sel_t) @ text, dim=1).cpu().numpy()
+            key = (
+                metrics.worst_group_accuracy(pred, sel[1], sel[2]),
+                metrics.avg_group_accuracy(pred, sel[1], sel[2]),
+            )
+            rows.append((step, "select", "worst_group_acc", key[0]))
+            rows.append((step, "select", "avg_group_acc", key[1]))
+            if not best or key > best["key"]:  # ties: the earlier step
+                best.update(key=key, step=step, params=model.numpy_params())
 
     with torch_threads(num_threads):
         _train_loop(steps, eval_every, losses, evaluate, opt, rows)
     curves = pd.DataFrame(rows, columns=["step", "set", "metric", "value"])
-    params = model.numpy_params()
+    params = model.numpy_params() if sel is None else best["params"]
+    chosen = steps if sel is None else int(best["step"])
+    at = curves[curves.step == chosen].set_index(["set", "metric"]).value
     config = {
         "variant": variant,
         "objective": objective,
@@ -388,11 +456,23 @@ def train_adapter(
         "n_samples": int(n),
         "n_success": int(success.sum()),
         "n_locality": int(locality.sum()),
+        # the ablated teacher on W and the adapter on W at the kept step (NaN: W empty)
+        "teacher_acc_success": _teacher_acc(teacher, labels, classifier, success),
+        "success_acc": float(at.get(("success", "acc"), float("nan"))),
+        "locality_acc": float(at.get(("locality", "acc"), float("nan"))),
+        "step_selection": "last" if sel is None else "select_set worst_group_acc",
+        "selected_step": chosen,
         "device": str(dev),
         "num_threads": num_threads,
         "wall_seconds": time.perf_counter() - t0,
     }
     final = curves[(curves.step == steps) & (curves.set == "train")].set_index("metric").value
+    log.info(
+        "RefineCLIP phase 2: adapter of step %d; on W teacher acc %.3f, adapter %.3f",
+        chosen,
+        config["teacher_acc_success"],
+        config["success_acc"],
+    )
     log.info(
         "RefineCLIP phase 2 (%s, %s, α=%g, β=%g, τ=%g, lr=%g, %d steps): loss %.4g, "
         "train acc %.3f, %.1f s",

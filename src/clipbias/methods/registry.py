@@ -58,7 +58,7 @@ class Locator:
 #: Parameters that phase 1 (rule locate_refineclip) reads; the others rerun only phase 2.
 REFINECLIP_PHASE1_PARAMS = (
     "n_per_class", "shots_split", "shot_sampling", "shot_classes", "T", "score_layers",
-    "similarity", "selection", "val_split",
+    "similarity", "selection", "val_split", "T_ratio", "utility_label",
 )  # fmt: skip
 
 LOCATORS: Mapping[str, Locator] = MappingProxyType(
@@ -182,8 +182,18 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 SHOT_SAMPLING = ("random", "group_balanced")
 SHOT_CLASSES = ("all", "edit_targets")
 _SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
-_PHASE1 = {**_SHOTS, "shot_classes": "all", "T": 15, "score_layers": 4, "similarity": "cosine"}
-_ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10}
+# ``T_ratio`` (null = T heads per list, the paper at every shape it ran): lists of
+# min(T, round(T_ratio · K)) of the K scored heads, for models with fewer heads than the paper's
+# 4 × 16 (15/64 is its ratio there). ``utility_label``: eq. 10 with each shot's own label
+# ("own") or the error direction's y_e ("y_e") (clipbias.methods.refineclip).
+_PHASE1 = {**_SHOTS, "shot_classes": "all", "T": 15, "score_layers": 4, "similarity": "cosine",
+           "T_ratio": None, "utility_label": "own"}  # fmt: skip
+# ``edit_sets`` (phase 2): "selected_direction" = L_success on W and L_locality on C ∪ A of the
+# error direction S* was selected for (eqs. 11-12), "all_directions" = every misclassified shot
+# and every direction's C ∪ A. ``step_split``: null = keep the last step's adapter, or a split
+# (not the test split) whose worst-group accuracy chooses the step among the evaluated ones.
+_ADAPT = {"steps": 500, "lr": 1e-3, "tau": None, "eval_every": 10,
+          "edit_sets": "selected_direction", "step_split": None}  # fmt: skip
 _RC = "clipbias.methods.refineclip_ablate"
 _RC_TORCH = "clipbias.methods.refineclip_torch"
 _RC_LOCATE = ("refineclip",)
@@ -223,11 +233,23 @@ _REFINECLIP_METHODS = (
         "RefineCLIP phase 1* (validation)",
         "refineclip",
         _RC,
-        description="Ours*: list and t chosen by worst-group accuracy on val_split (§5.5)",
+        description="Ours*: the list (t of largest utility) chosen by worst-group accuracy on "
+        "val_split (paper App. A.2)",
         locators=_RC_LOCATE,
         shots=True,
         params=_frozen({**_PHASE1, "val_split": "val"}),
         fixed=_frozen({"selection": "validation"}),
+    ),
+    MethodSpec(
+        "refineclip_star_t",
+        "RefineCLIP phase 1* (validation, list and t)",
+        "refineclip",
+        _RC,
+        description="Ours* variant: list and t both chosen by worst-group accuracy on val_split",
+        locators=_RC_LOCATE,
+        shots=True,
+        params=_frozen({**_PHASE1, "val_split": "val"}),
+        fixed=_frozen({"selection": "validation_t"}),
     ),
     _adapter(
         "refineclip_adapt",
@@ -579,7 +601,7 @@ def feature_splits(
     in first-seen order without repeats."""
     out = [str(s) for s in dataset_splits]
     for mid in method_ids:
-        out += [str(v) for k, v in configured[mid].params.items() if k.endswith("_split")]
+        out += [str(v) for k, v in configured[mid].params.items() if k.endswith("_split") and v]
     return list(dict.fromkeys(out))
 
 

@@ -32,6 +32,9 @@ from clipbias.stages.common import limit_blas_threads
 log = logging.getLogger(__name__)
 
 SENSITIVITY_COLUMNS = ["sweep", "alpha", "beta", "step", "set", "metric", "value"]
+#: phase-1 selection: utility (Algorithm 1), Ours* (list on validation, t by utility; paper
+#: Appendix A.2), Ours* with t on validation too
+SELECTIONS = ("utility", "validation", "validation_t")
 
 
 def locate_refineclip(
@@ -47,14 +50,19 @@ def locate_refineclip(
     similarity: str = "cosine",
     selection: str = "utility",
     val_split: str = "val",
+    T_ratio: float | None = None,
+    utility_label: str = "own",
     threads: int | None = None,
     dataset_meta: str | os.PathLike | None = None,
     edit_targets: str | Sequence[str] | None = None,
     test_split: str = "test",
 ) -> dict[str, Any]:
     """RefineCLIP phase 1 (METHODS §5.1-5.5) on ``n_per_class`` shots per class of
-    ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects S* by
-    worst-group accuracy on ``val_split`` ("Ours*"). Only the rows of the shots (and, for
+    ``shots_split`` drawn with ``seed``; ``selection="validation"`` re-selects the candidate
+    list (t of largest utility) by worst-group accuracy on ``val_split`` ("Ours*", paper
+    Appendix A.2), ``"validation_t"`` the list and t. Lists hold ``T`` heads, or the
+    ``T_ratio`` share of the scored heads (:func:`clipbias.methods.refineclip.candidate_length`);
+    ``utility_label`` "own" or "y_e" (eq. 10). Only the rows of the shots (and, for
     Ours*, the validation split) and only the last ``score_layers`` stored layers are read,
     batch by batch: memory holds the shots and, for Ours*, per-group counts of correct
     predictions of every candidate set, independent of the splits' sizes.
@@ -84,8 +92,8 @@ def locate_refineclip(
                 f"every image its own candidate classes (candidate_columns {cols}); leave the "
                 "RefineCLIP methods out of this dataset's datasets[].methods"
             )
-    if selection not in ("utility", "validation"):
-        raise ValueError(f"selection must be 'utility' or 'validation', got {selection!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     fs = FeatureSet.open(feature_dir)
     names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     layers = sorted(fs.layers)[-int(score_layers) :]
@@ -95,8 +103,9 @@ def locate_refineclip(
     result = identify_then_ablate(
         heads, rest, classifier, labels, layers,
         T=int(T), n_score_layers=int(score_layers), similarity=similarity, class_names=names,
+        T_ratio=None if T_ratio is None else float(T_ratio), utility_label=utility_label,
     )  # fmt: skip
-    if selection == "validation":
+    if selection != "utility":
         if val_split == shots_split:
             log.warning("Ours* selects on %r, the split the shots come from", val_split)
         # streamed: per batch the predictions of every candidate S_t, kept as per-group
@@ -108,7 +117,8 @@ def locate_refineclip(
         counts = validation_counts(result, batches, classifier, layers)
         if not counts.n:
             raise FeatureError(f"no rows for split {val_split!r} in {fs.folder}")
-        result = select_on_validation_counts(result, counts)
+        choose_t = "utility" if selection == "validation" else "validation"
+        result = select_on_validation_counts(result, counts, choose_t=choose_t)
         result["validation"]["split"] = val_split
     result["shots"] = shots_record(
         idx, shots_split, n_per_class, seed, shot_sampling, shot_classes, classes
@@ -117,7 +127,8 @@ def locate_refineclip(
         "n_per_class": int(n_per_class), "shots_split": shots_split,
         "shot_sampling": shot_sampling, "shot_classes": shot_classes, "T": int(T),
         "score_layers": int(score_layers), "similarity": similarity, "selection": selection,
-        "val_split": val_split if selection == "validation" else None,
+        "val_split": val_split if selection != "utility" else None,
+        "T_ratio": None if T_ratio is None else float(T_ratio), "utility_label": utility_label,
     }  # fmt: skip
     write_json(out, result)
     return result
@@ -155,15 +166,22 @@ def _shot_classes(
 # ---------------------------------------------------------------------------------- phase 2
 
 
+EDIT_SETS = ("selected_direction", "all_directions")
+
+
 def _phase2_inputs(
     feature_dir: str | os.PathLike,
     dataset_meta: str | os.PathLike,
     phase1: Mapping[str, Any],
     edit_targets: str | Sequence[str] | None,
     test_split: str,
+    edit_sets: str = "selected_direction",
 ) -> dict[str, Any]:
     """Shots (original and ablated embeddings, W and C ∪ A masks) and the test evaluation sets
-    of the phase-2 curves, from a phase-1 result (numpy only)."""
+    of the phase-2 curves, from a phase-1 result (numpy only). ``edit_sets``
+    ``"selected_direction"``: W and C ∪ A of the error direction S* was selected for (eqs.
+    11-12 name one error type (y_e, ŷ_e)); ``"all_directions"``: every misclassified shot
+    (taught by the same S*) and the C ∪ A sets of every direction."""
     from clipbias import metrics
     from clipbias.features import FeatureSet, read_classifier
     from clipbias.io import read_json
@@ -176,6 +194,8 @@ def _phase2_inputs(
     from clipbias.methods.heads import parse_head
     from clipbias.methods.refineclip import phase2_masks, zero_ablate
 
+    if edit_sets not in EDIT_SETS:
+        raise ValueError(f"edit_sets must be one of {EDIT_SETS}, got {edit_sets!r}")
     meta = read_json(dataset_meta)
     fs = FeatureSet.open(feature_dir)
     names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
@@ -186,7 +206,8 @@ def _phase2_inputs(
     labels = idx["label"].to_numpy()
     emb = heads.sum(axis=(1, 2), dtype=np.float64) + rest
     preds = metrics.predict(emb, classifier)
-    success, locality = phase2_masks(labels, preds)
+    direction = phase1["selected"].get("direction") if edit_sets == "selected_direction" else None
+    success, locality = phase2_masks(labels, preds, direction)
     tidx, _, temb = fs.load(layers=[], split=test_split)
     tlabels = tidx["label"].to_numpy()
     cols = meta.get("candidate_columns")
@@ -204,7 +225,32 @@ def _phase2_inputs(
         "eval_sets": target_eval_sets(temb, tlabels, targets),
         "targets": [names[t] for t in targets],
         "s_star": s_star,
+        "direction": phase1["selected"].get("direction"),
+        "edit_sets": edit_sets,
     }
+
+
+def _select_set(
+    feature_dir: str | os.PathLike, step_split: str | None, test_split: str, shots_split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(embeddings, labels, groups) of ``step_split``, the split whose worst-group accuracy
+    chooses the adapter's training step; None = keep the last step."""
+    from clipbias.features import FeatureError, FeatureSet
+
+    if not step_split:
+        return None
+    if step_split == test_split:
+        raise ValueError(
+            f"step_split {step_split!r} is the test split: the training step must be chosen "
+            "without test data; name a validation split, or null to keep the last step"
+        )
+    if step_split == shots_split:
+        log.warning("the adapter's step is chosen on %r, the split the shots come from", step_split)
+    fs = FeatureSet.open(feature_dir)
+    idx, _, emb = fs.load(layers=[], split=step_split)
+    if not len(idx):
+        raise FeatureError(f"no rows for step_split {step_split!r} in {fs.folder}")
+    return emb, idx["label"].to_numpy(), idx["group"].to_numpy()
 
 
 def adapter_settings(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,9 +281,11 @@ def adapt_refineclip(
     threads: int | None = None,
 ) -> None:
     """RefineCLIP phase 2 (METHODS §5.6) of one method id: train the adapter on the shots of
-    its phase-1 file (S* = the ablated teacher), track accuracy on the test split (and its
-    target / other classes) every ``eval_every`` steps, write adapter and curves. The adapter
-    of the last step is kept (no selection on the test curves). Without a misclassified shot
+    its phase-1 file (S* = the ablated teacher of the misclassified shots of its error
+    direction, ``edit_sets``), track accuracy on the test split (and its target / other
+    classes) every ``eval_every`` steps, write adapter and curves. The adapter of the last step
+    is kept, or with ``step_split`` that of the evaluated step with the best worst-group
+    accuracy on that split (never the test split). Without a misclassified shot
     there is nothing to edit: the adapter is the identity (0 steps), except for STD-FT."""
     from clipbias.io import read_json, write_csv
     from clipbias.methods.fewshot import resolve_tau
@@ -245,8 +293,13 @@ def adapt_refineclip(
 
     limit_blas_threads(threads)
     p1 = read_json(phase1)
-    inp = _phase2_inputs(feature_dir, dataset_meta, p1, edit_targets, test_split)
+    inp = _phase2_inputs(
+        feature_dir, dataset_meta, p1, edit_targets, test_split,
+        params.get("edit_sets", "selected_direction"),
+    )  # fmt: skip
     settings = adapter_settings(params)
+    shots_split = (p1.get("shots") or {}).get("split", "")
+    select = _select_set(feature_dir, params.get("step_split"), test_split, shots_split)
     if not inp["success"].any() and settings["objective"] != "std_ft":
         # no misclassified shot: phase 1 found nothing to edit, so the edit is the identity
         # (training would be cross-entropy fine-tuning only, i.e. STD-FT, not RefineCLIP)
@@ -256,9 +309,11 @@ def adapt_refineclip(
     res = train_adapter(
         inp["emb"], inp["labels"], inp["classifier"], inp["teacher"], inp["success"],
         inp["locality"], tau=tau, seed=int(seed), eval_sets=inp["eval_sets"], device=device,
-        **settings,
+        select_set=select, **settings,
     )  # fmt: skip
-    info = {"config": res.config, "s_star": inp["s_star"], "edit_targets": inp["targets"]}
+    info = {"config": res.config, "s_star": inp["s_star"], "edit_targets": inp["targets"],
+            "direction": inp["direction"], "edit_sets": inp["edit_sets"],
+            "step_split": params.get("step_split")}  # fmt: skip
     save_adapter(out_adapter, res.params, {"clipbias.refineclip": json.dumps(info)})
     write_csv(res.curves, out_curves)
 
@@ -294,7 +349,10 @@ def refineclip_sensitivity(
     from clipbias.methods.fewshot import resolve_tau
 
     limit_blas_threads(threads)
-    inp = _phase2_inputs(feature_dir, dataset_meta, read_json(phase1), edit_targets, test_split)
+    inp = _phase2_inputs(
+        feature_dir, dataset_meta, read_json(phase1), edit_targets, test_split,
+        params.get("edit_sets", "selected_direction"),
+    )  # fmt: skip
     settings = adapter_settings(params)
     if steps:
         settings["steps"] = int(steps)
