@@ -297,7 +297,13 @@ def group_accuracy(
     table's ``group_name``). Each method's worst group is hatched with a black edge, its
     value written above. Methods without per-group rows (``ltc_random``) are skipped. With a
     single method (e.g. ``zero_shot.csv``) the groups are on the x axis, values written.
+    A dataset without groups (ImageNet-A's edit task) gets a note figure saying so.
     """
+    rows = report.select_split(metrics_df, split)
+    if not rows["metric"].astype(str).str.startswith("acc_group_").any():
+        return note_figure(
+            "The dataset has no groups (group -1 in its index): no per-group accuracy.", out
+        )
     df, methods, gids, names = _group_rows(metrics_df, methods, split, group_names)
     n_m, n_g = len(methods), len(gids)
     single = n_m == 1  # one method: groups on the x axis, named there

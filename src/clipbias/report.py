@@ -175,8 +175,14 @@ def group_table(
     split: str | None = None,
     digits: int = 1,
 ) -> pd.DataFrame:
-    """Per-group accuracy (%, with interval): one row per method, one column per group."""
+    """Per-group accuracy (%, with interval): one row per method, one column per group (a
+    dataset without groups: one ``Groups`` column saying so)."""
     df = select_split(metrics_df, split)
+    if not df["metric"].astype(str).str.startswith("acc_group_").any():
+        methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)
+        return pd.DataFrame(
+            {"Method": [method_label(m) for m in methods], "Groups": "none in this dataset"}
+        )
     df = df[df["metric"].str.startswith("acc_group_")].copy()
     df["gid"] = df["metric"].str.slice(len("acc_group_")).astype(int)
     methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)

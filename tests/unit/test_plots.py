@@ -348,3 +348,28 @@ def test_reference_heads_table():
     assert other["Verdict"].str.startswith("not comparable").all()
     planted = report.reference_heads_table({"ltc": ltc}, "planted", "planted-vit-tiny", "train")
     assert planted["Verdict"].str.startswith("no reference list").all()
+
+
+def test_group_figures_and_tables_of_a_dataset_without_groups(tmp_path):
+    """ImageNet-A's edit task has no groups (group -1): no acc_group_* rows, no worst group.
+    The report's group figure says so instead of failing (the rehearsal's first run of
+    refineclip_edit_imagenet_a failed in report_method here), and the tables keep their
+    columns."""
+    metrics = pd.DataFrame(
+        {
+            "method": ["zero_shot", "refineclip"],
+            "split": "test",
+            "metric": "avg_acc",
+            "value": [0.5, 0.6],
+            "ci_low": [0.4, 0.5],
+            "ci_high": [0.6, 0.7],
+            "group_name": "",
+        }
+    )
+    fig = plots.group_accuracy(metrics, tmp_path / "g", split="test")
+    assert any("no groups" in t.get_text() for t in fig.texts)
+    assert (tmp_path / "g.png").is_file()
+    table = report.group_table(metrics, split="test")
+    assert table["Method"].tolist() == ["Zero-shot", "RefineCLIP phase 1"]
+    main = report.main_table(metrics, split="test")
+    assert main.loc[0, "Worst-group"] == "n/a" and main.loc[0, "Average"].startswith("50.0")
