@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clipbias.features import FeatureSet
+from clipbias.methods.insight import insight_basis
 from clipbias.methods.texts import unit_rows
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,6 @@ class MethodContext:
 
     def basis(self, pos: str, neg: str) -> np.ndarray | None:
         """Orthonormal insight directions of the pairs (pos[k], neg[k]); None without pairs."""
-        from clipbias.methods.ltc import insight_basis
-
         _, p = self.text_roles(pos)
         _, n = self.text_roles(neg)
         return insight_basis(p, n) if len(p) else None
