@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from audit_reference import reference_audit
+from audit_reference import mean_heads as reference_mean_heads
+from audit_reference import reference_audit, stereotype_logit_scores
 
 from clipbias.features import build_table, write_classifier, write_manifest, write_shard
 from clipbias.methods.texts import write_audit_texts, write_method_texts
@@ -337,6 +338,7 @@ def test_accumulator_equals_the_in_memory_statistics():
     np.testing.assert_array_equal(stats.proj, np.einsum("nlhd,dk->nlhk", heads,
                                                         cav.astype(np.float32)))  # fmt: skip
     for key, mask in ((k_loc, loc), (k_ev, ~loc), (k_all, np.ones(n, bool))):
+        np.testing.assert_array_equal(stats.means[key], reference_mean_heads(ht, mask))
         np.testing.assert_array_equal(stats.means[key], au.mean_heads(ht, mask))
     for key, mask in ((m_loc, loc), (m_all, np.ones(n, bool))):
         mom = HeadMoments(terminal, n_heads, dim)
@@ -358,7 +360,7 @@ def test_accumulator_equals_the_in_memory_statistics():
     table = au.stereotype_logit_table(sums, count, terminal)
     full = np.full(n, -1)
     full[loc] = pred[loc]
-    old = au.stereotype_logit_scores(ht, terminal, T, y, a_loc, full, 1.0)
+    old = stereotype_logit_scores(ht, terminal, T, y, a_loc, full, 1.0)  # the frozen copy
     np.testing.assert_allclose(table["stereo_logit"], old["stereo_logit"], rtol=1e-12)
     with pytest.raises(RuntimeError, match="before the first update"):
         acc.add_means(loc)

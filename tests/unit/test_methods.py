@@ -541,7 +541,8 @@ def test_method_modules_do_not_import_scipy_stats():
     code = (
         "import sys\n"
         "import clipbias.metrics, clipbias.methods.api, clipbias.methods.registry\n"
-        "import clipbias.methods.audit, clipbias.stages.predict\n"
+        "import clipbias.methods.audit.attribute, clipbias.methods.audit.stream\n"
+        "import clipbias.methods.audit.texts, clipbias.stages.predict\n"
         "from clipbias.methods import registry\n"
         "for spec in registry.METHODS.values():\n"
         "    if spec.env == 'analysis':\n"
