@@ -11,6 +11,7 @@ is the reference, not code under test.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -37,12 +38,12 @@ from clipbias.methods.audit import (
     per_class_accuracy,
     prediction_transitions,
     random_control,
-    rank_heads,
     select_top_k,
     stereotyped_class_map,
     stereotyped_classes,
 )
 from clipbias.methods.audit import augmented_pool as _augmented_pool
+from clipbias.methods.audit import rank_heads as _rank_heads
 from clipbias.methods.audit import with_attribute as _with_attribute
 from clipbias.methods.audit.params import resolve_params
 from clipbias.methods.ltc import head_means
@@ -51,8 +52,8 @@ from clipbias.stages.audit import TABLE_KEYS, VARIANTS, locator_json
 from clipbias.stages.common import limit_blas_threads
 
 # Frozen with the reference when issue 25 split clipbias.methods.audit into a package: its
-# defaults (now clipbias.methods.audit.params.DEFAULTS, nested) and the options the stage
-# passed on.
+# defaults (now clipbias.methods.audit.params.DEFAULTS, nested), the options the stage passed
+# on, and the ranking of that time (METHODS §6.6 item 2, now ranking="combined").
 DEFAULTS = {
     "k": 4, "terminal_layers": 4, "cav_score": "abs_d_within", "flagged_first": True,
     "min_per_group": 10, "greedy_min_drop": 0.002, "greedy_max_acc_drop": 0.005,
@@ -67,6 +68,7 @@ _PASSED = (
     "n_draws", "n_boot", "top_classes", "disparity", "stereotype_split", "stereotype_score",
     "stereotype_min_lift", "bias_correction",
 )  # fmt: skip
+rank_heads = functools.partial(_rank_heads, ranking="combined")
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ def test_schema_defaults_are_the_params_defaults():
     block = SCHEMA["properties"]["audit"]
     assert schema_defaults(block) == params.DEFAULTS
     assert list(block["properties"]) == list(params.DEFAULTS)  # same keys, same order
+    assert block["properties"]["ranking"]["enum"] == list(params.RANKINGS)
 
 
 def test_stage_resolves_to_the_defaults():
@@ -42,6 +43,8 @@ def test_stage_resolves_to_the_defaults():
         **params.DEFAULTS["textspan"],
         "m": 5,
     }
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        params.resolve_params({"ranking": "textspan"})
 
 
 def _functions():

@@ -16,7 +16,7 @@ One module per step, in pipeline order:
 | :mod:`.cav` | zero-shot CAVs and the per-head CAV scores (§6.4) |
 | :mod:`.stereotype` | the per-head stereotype-logit score (§6.4, optional) |
 | :mod:`.textspan_bias` | bias-augmented TextSpan statistics (§3.7, §6.5) |
-| :mod:`.ranking` | ranking, top-k and greedy selection (§6.6) |
+| :mod:`.ranking` | ranking (``cav`` or ``combined``), top-k and greedy selection (§6.6) |
 | :mod:`.ablation` | mean ablation in logit space, Cramér's V of the predictions (§6.7-6.8) |
 | :mod:`.outcome` | outcome tables: V, accuracy, ΔV bootstrap, per-class accuracy (§6.7-6.8) |
 | :mod:`.control` | the layer-matched random control (§6.9) |
@@ -48,6 +48,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "mean_heads",
     ),
     "attribute": (
+        "SENSITIVITY",
         "audit_attribute",
         "audit_attribute_stats",
         "with_attribute",
@@ -95,6 +96,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "params": (
         "DEFAULT_SEED",
         "DEFAULTS",
+        "RANKINGS",
         "attribute_options",
         "resolve_params",
     ),

@@ -31,6 +31,8 @@ RECORDED = (
     "transductive", "max_enumerate", "n_draws", "n_boot", "top_classes", "disparity",
     "stereotype_split", "stereotype_min_lift", "seed", "bias_correction",
 )  # fmt: skip
+#: The sensitivity row of the default ranking: the combined ranking's top-k (METHODS §6.6).
+SENSITIVITY = "top_k_combined"
 
 
 def audit_attribute(
@@ -108,17 +110,19 @@ def audit_attribute_stats(
     over ``proj_layers``. ``stereotype``: the stereotype-logit sums and count of the locate
     half (:mod:`.stereotype`), needed with ``stereotype_score``. ``bias_stats``: the
     bias-augmented TextSpan statistics (:func:`~.textspan_bias.bias_head_stats`) or
-    ``None``. ``options``: the audit options (:data:`~.params.DEFAULTS`: ``k``,
-    ``greedy``, ``n_boot``, ...).
+    ``None``. ``options``: the audit options (:data:`~.params.DEFAULTS`: ``ranking``,
+    ``k``, ``greedy``, ``n_boot``, ...).
 
     Steps: CAV scores of every CAV on the locate half; the ranking by ``rank_cav`` (default
-    the first CAV, the axis); top-``k`` and greedy sets (locate half, locate
+    the first CAV, the axis) and ``ranking``; top-``k`` and greedy sets (locate half, locate
     means); ablation on the evaluate half with locate means (with ``transductive`` also
     evaluate means, conditions ``*_transductive``); ΔV bootstrap; the layer-matched control
     of each set; most stereotyped classes on the ``stereotype_split`` half; attribution and
-    prediction transitions on the evaluate half.
+    prediction transitions on the evaluate half. With ``ranking="cav"`` and TextSpan
+    statistics, the combined ranking's top-k is evaluated beside it as the sensitivity
+    condition :data:`SENSITIVITY` (outcome, ΔV, control; not used for attribution).
 
-    Returns ``"selection"`` (JSON: heads, parameters, split sizes), ``"cavs"``,
+    Returns ``"selection"`` (JSON: ranking, heads, parameters, split sizes), ``"cavs"``,
     ``"random_control"`` ({set: :func:`~.control.random_control` summary}) and DataFrames
     with a leading ``attribute`` column: ``head_scores`` (:data:`~.cav.SCORE_COLUMNS`),
     ``stereotype_logit`` (or None), ``ranking``, ``greedy_trace``, ``outcome``,
@@ -143,10 +147,9 @@ def audit_attribute_stats(
 
     # §6.6 ranking and selection on the locate half
     by_cav = scores[scores["cav"] == rank_cav]
-    ranking = rank_heads(
-        by_cav, bias_stats, logits.layers, o["terminal_layers"], n_layers, None,
-        o["cav_score"], o["flagged_first"],
-    )  # fmt: skip
+    rank_args = (by_cav, bias_stats, logits.layers, o["terminal_layers"], n_layers, None)
+    rank_kw = {"cav_score": o["cav_score"], "flagged_first": o["flagged_first"]}
+    ranking = rank_heads(*rank_args, ranking=o["ranking"], **rank_kw)
     candidates = ranking.loc[ranking["candidate"], "head_id"].tolist()
     mean_loc = logits.mean_logits(means["locate"])
     eng_loc = LogitDeltas(logits, candidates, mean_loc, rows=loc)
@@ -159,6 +162,10 @@ def audit_attribute_stats(
         )  # fmt: skip
     if greedy_heads:
         sets["greedy"] = greedy_heads
+    extra = {}
+    if o["ranking"] == "cav" and bias_stats is not None:
+        extra[SENSITIVITY] = select_top_k(rank_heads(*rank_args, ranking="combined", **rank_kw),
+                                          o["k"])  # fmt: skip
 
     # §6.7 ablation on the evaluate half with locate means (and transductive means)
     eng_ev = eng_loc if single_pool else LogitDeltas(logits, candidates, mean_loc, rows=ev)
@@ -172,12 +179,13 @@ def audit_attribute_stats(
         mean_ev = logits.mean_logits(means["evaluate"])
         eng_tr = LogitDeltas(logits, union, mean_ev, rows=ev)
         preds.update({f"{name}_transductive": eng_tr.predict(s) for name, s in sets.items()})
+    preds.update({name: eng_ev.predict(s) for name, s in extra.items()})
     outcome, per_class, delta = outcome_tables(
         preds, y_ev, attribute, a_ev, value_names, n_classes, class_names, o["n_boot"], seed,
         o["bias_correction"],
     )  # fmt: skip
     control, random_draws = control_tables(
-        eng_ev, y_ev, a_ev, sets, logits.n_heads, o["max_enumerate"],
+        eng_ev, y_ev, a_ev, {**sets, **extra}, logits.n_heads, o["max_enumerate"],
         o["n_draws"], seed, o["bias_correction"],
     )  # fmt: skip
 
@@ -202,12 +210,14 @@ def audit_attribute_stats(
 
     selection = {
         "attribute": attribute,
+        "ranking": o["ranking"],
         "rank_cav": rank_cav,
         "cav_score": o["cav_score"],
         "k": int(o["k"]),
         "top_k": list(sets["top_k"]),
         "greedy": list(greedy_heads),
         "greedy_k": len(greedy_heads),
+        **{name: list(s) for name, s in extra.items()},
         "terminal_layers": int(o["terminal_layers"]),
         "n_candidates": len(candidates),
         "textspan_flagged": [] if bias_stats is None else flagged_heads(bias_stats),
@@ -220,8 +230,8 @@ def audit_attribute_stats(
         "params": recorded_params({**o, "seed": seed, "transductive": transductive}),
     }
     log.info(
-        "audit %s: top-%d %s, greedy %s; ΔV(top_k) = %s (p = %s)",
-        attribute, o["k"], sets["top_k"], greedy_heads,
+        "audit %s (%s ranking): top-%d %s, greedy %s; ΔV(top_k) = %s (p = %s)",
+        attribute, o["ranking"], o["k"], sets["top_k"], greedy_heads,
         control["top_k"]["delta_v"], control["top_k"]["p_value"],
     )  # fmt: skip
     tables = {

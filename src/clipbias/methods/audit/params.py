@@ -14,12 +14,18 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+#: Head rankings (METHODS §6.6): ``cav`` = |within-class CAV d| alone (item 5, the default);
+#: ``combined`` = mean of the CAV rank and the bias-share rank, TextSpan-flagged heads first
+#: (item 2; with ``cav`` it is reported as a sensitivity row).
+RANKINGS = ("cav", "combined")
+
 #: The ``audit:`` config block's defaults (METHODS §3.7, §6).
 DEFAULTS: dict[str, Any] = {
+    "ranking": "cav",  # §6.6 item 5
     "k": 4,  # §6.6 top-k heads (paper: four heads for gender)
     "terminal_layers": 4,  # §6.6 selection among the last 4 layers
     "cav_score": "abs_d_within",  # §6.4 / §6.6 CAV ranking statistic
-    "flagged_first": True,  # §6.6 TextSpan-flagged heads first
+    "flagged_first": True,  # §6.6 item 2 (combined ranking): TextSpan-flagged heads first
     "min_per_group": 10,  # §6.4 within-class scores: >= 10 of each value per class
     "greedy": True,  # §6.6 step 3 [REC]: also choose k greedily on the locate half
     "greedy_min_drop": 0.002,  # greedy k: V must drop by >= 0.002 per added head
@@ -61,7 +67,7 @@ STAGE_KEYS = ("single_pool", "locate_fraction", "textspan")
 def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The analysis parameters: :data:`DEFAULTS` without :data:`TEXT_KEYS`, updated by
     ``params`` (the config's ``audit:`` block; its text keys are ignored here). Unknown keys
-    are errors."""
+    and an unknown ``ranking`` are errors."""
     out = {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in TEXT_KEYS}
     for key, value in (params or {}).items():
         if key in TEXT_KEYS:
@@ -77,7 +83,13 @@ def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
             out["textspan"].update(value or {})
         else:
             out[key] = value
+    check_ranking(out["ranking"])
     return out
+
+
+def check_ranking(ranking: str) -> None:
+    if ranking not in RANKINGS:
+        raise ValueError(f"audit.ranking must be one of {list(RANKINGS)}, got {ranking!r}")
 
 
 def attribute_options(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,4 +100,6 @@ def attribute_options(params: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ValueError(f"unknown audit option(s) {unknown}; known: {sorted(known)}")
-    return {**known, **{k: params[k] for k in known if k in params}}
+    out = {**known, **{k: params[k] for k in known if k in params}}
+    check_ranking(out["ranking"])
+    return out

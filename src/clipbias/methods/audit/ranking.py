@@ -1,7 +1,7 @@
 """Head ranking and selection (METHODS §6.6): candidates among the terminal layers
-(:func:`terminal_layer_numbers`), the ranking (:func:`rank_heads`), the top-k set
-(:func:`select_top_k`) and the greedy forward choice of k on the locate half
-(:func:`greedy_select`).
+(:func:`terminal_layer_numbers`), the ranking (:func:`rank_heads`; ``cav`` by default,
+``combined`` as a named variant), the top-k set (:func:`select_top_k`) and the greedy forward
+choice of k on the locate half (:func:`greedy_select`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .ablation import LogitDeltas, VCalc, accuracy
-from .params import DEFAULTS
+from .params import DEFAULTS, check_ranking
 
 
 def terminal_layer_numbers(
@@ -64,6 +64,7 @@ def rank_heads(
     cav: str | None = None,
     cav_score: str = DEFAULTS["cav_score"],
     flagged_first: bool = DEFAULTS["flagged_first"],
+    ranking: str = DEFAULTS["ranking"],
 ) -> pd.DataFrame:
     """Rank heads for ablation (METHODS §6.6).
 
@@ -71,9 +72,11 @@ def rank_heads(
     Among them: ``rank_cav`` by ``cav_score`` (default |within-class d|) and ``rank_textspan``
     by bias-variance share (rank 1 = largest; heads without TextSpan statistics rank last),
     ``combined_rank`` = mean of the two (= ``rank_cav`` without ``bias_stats``). ``order``
-    (1 = first to ablate) sorts TextSpan-flagged heads first (``flagged_first``), then by
-    combined rank, then by ``cav_score``. Scores of ``scores`` for one CAV (``cav`` picks it
-    when the table holds several). Non-candidates are kept with ``order`` missing.
+    (1 = first to ablate) follows ``ranking``: ``"cav"`` (§6.6 item 5) sorts by ``rank_cav``;
+    ``"combined"`` (item 2) sorts TextSpan-flagged heads first (``flagged_first``), then by
+    combined rank; ties then by ``cav_score``. The TextSpan columns are filled whenever
+    ``bias_stats`` is given. Scores of ``scores`` for one CAV (``cav`` picks it when the table
+    holds several). Non-candidates are kept with ``order`` missing.
 
     Columns :data:`RANK_COLUMNS`, rows in ``order`` (candidates first).
     """
@@ -113,8 +116,11 @@ def rank_heads(
     else:
         cand["rank_textspan"] = np.nan
         cand["combined_rank"] = cand["rank_cav"]
-    keys = (["flagged"] if flagged_first else []) + ["combined_rank", "cav_score", "layer", "head"]
-    asc = ([False] if flagged_first else []) + [True, False, False, True]
+    check_ranking(ranking)
+    first = ["flagged"] if ranking == "combined" and flagged_first else []
+    rank_col = "combined_rank" if ranking == "combined" else "rank_cav"
+    keys = first + [rank_col, "cav_score", "layer", "head"]
+    asc = [False] * len(first) + [True, False, False, True]
     cand = cand.sort_values(keys, ascending=asc, na_position="last")
     cand["order"] = np.arange(1, len(cand) + 1)
     rest = df[~df["candidate"]].copy()
