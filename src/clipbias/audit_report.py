@@ -31,8 +31,9 @@ CONDITION_LABELS = {
     "greedy": "Greedy set ablated",
     "top_k_transductive": "Top-k (transductive means)",
     "greedy_transductive": "Greedy (transductive means)",
+    "top_k_combined": "Top-k, combined ranking (sensitivity)",
 }
-SET_LABELS = {"top_k": "top-k", "greedy": "greedy"}
+SET_LABELS = {"top_k": "top-k", "greedy": "greedy", "top_k_combined": "top-k (combined ranking)"}
 
 
 @dataclass
@@ -219,10 +220,11 @@ def outcome_table(
 
 
 def heads_table(audit: AuditResults, variant: str = "split", top_texts: int = 3) -> pd.DataFrame:
-    """The selected heads (top-k ∪ greedy, in ranking order) of every attribute with their
-    scores: signed CAV effect of the ranking CAV (within-class d, else d), AUC, bias-variance
-    share and first bias rank of the bias-augmented TextSpan, TextSpan flag, share of the set's
-    ΔV when ablated alone, and the first ``top_texts`` TextSpan descriptions."""
+    """The selected heads (top-k ∪ greedy ∪ the combined ranking's top-k of the sensitivity
+    row, in ranking order) of every attribute with their scores: signed CAV effect of the
+    ranking CAV (within-class d, else d), AUC, bias-variance share and first bias rank of the
+    bias-augmented TextSpan, TextSpan flag, share of the set's ΔV when ablated alone, and the
+    first ``top_texts`` TextSpan descriptions."""
     scores = audit.table("head_scores", variant)
     ranking = audit.table("ranking", variant)
     ts = audit.table("textspan", variant)
@@ -234,7 +236,7 @@ def heads_table(audit: AuditResults, variant: str = "split", top_texts: int = 3)
             continue
         sel = audit.selection(attr, variant)
         rank_cav = sel["rank_cav"]
-        chosen = list(dict.fromkeys([*sel["top_k"], *sel.get("greedy", [])]))
+        chosen = list(dict.fromkeys(h for key in SET_LABELS for h in sel.get(key, [])))
         rk = ranking[ranking["attribute"] == attr].set_index("head_id")
         chosen.sort(key=lambda h: float(rk.loc[h, "order"]) if h in rk.index else math.inf)
         sc = scores[(scores["attribute"] == attr) & (scores["cav"] == rank_cav)]
@@ -363,41 +365,54 @@ def transitions_table(
     return pd.DataFrame(rows)
 
 
-def headline(audit: AuditResults, attribute: str, variant: str = "split") -> dict[str, Any]:
-    """The numbers of the text summary: V before / after the top-k set, accuracy change,
-    random-control share beaten and p-value."""
+def headline(
+    audit: AuditResults, attribute: str, variant: str = "split", condition: str = "top_k"
+) -> dict[str, Any] | None:
+    """The numbers of the text summary for a selected set (``condition``: ``top_k`` or the
+    sensitivity row ``top_k_combined``): V before / after, accuracy change, random-control
+    share beaten and p-value; ``None`` when the condition was not run."""
     out = audit.table("outcome", variant)
     o = out[out["attribute"] == attribute].set_index("condition")
-    c = audit.info[(attribute, variant)]["random_control"].get("top_k", {})
+    if condition not in o.index:
+        return None
+    sel = audit.selection(attribute, variant)
+    c = audit.info[(attribute, variant)]["random_control"].get(condition, {})
     return {
+        "ranking": sel.get("ranking", "combined") if condition == "top_k" else "combined",
         "v_before": float(o.loc["baseline", "v"]),
-        "v_after": float(o.loc["top_k", "v"]),
+        "v_after": float(o.loc[condition, "v"]),
         "v_true": float(o.loc["baseline", "v_true"]),
-        "delta_acc": float(o.loc["top_k", "delta_acc"]),
+        "delta_acc": float(o.loc[condition, "delta_acc"]),
         "frac_beaten": c.get("frac_beaten"),
         "p_value": c.get("p_value"),
         "n_sets": c.get("n_sets"),
-        "heads": list(audit.selection(attribute, variant)["top_k"]),
+        "heads": list(sel[condition]),
     }
 
 
 def headline_markdown(audit: AuditResults, variant: str = "split") -> str:
+    """One bullet per attribute (the top-k set of the audit's ranking), and a sub-bullet for
+    the sensitivity row when there is one."""
     lines = []
     for attr in audit.attributes:
         if (attr, variant) not in audit.info:
             continue
-        h = headline(audit, attr, variant)
-        beaten = (
-            "n/a"
-            if h["frac_beaten"] is None
-            else f"{100 * h['frac_beaten']:.1f} % of {h['n_sets']} layer-matched random sets"
-        )
-        lines.append(
-            f"- **{attr}** ({VARIANT_LABELS.get(variant, variant)}): ablating "
-            f"{heads_str(h['heads'])} changes V from {h['v_before']:.3f} to {h['v_after']:.3f} "
-            f"(V(true class) = {h['v_true']:.3f}), accuracy by {100 * h['delta_acc']:+.2f} pp; "
-            f"a larger reduction than {beaten} (p = {fmt_p(h['p_value'])})."
-        )
+        for condition, prefix in (("top_k", f"- **{attr}** "), ("top_k_combined", "  - ")):
+            h = headline(audit, attr, variant, condition)
+            if h is None:
+                continue
+            beaten = (
+                "n/a"
+                if h["frac_beaten"] is None
+                else f"{100 * h['frac_beaten']:.1f} % of {h['n_sets']} layer-matched random sets"
+            )
+            lines.append(
+                f"{prefix}({VARIANT_LABELS.get(variant, variant)}, {h['ranking']} ranking): "
+                f"ablating {heads_str(h['heads'])} changes V from {h['v_before']:.3f} to "
+                f"{h['v_after']:.3f} (V(true class) = {h['v_true']:.3f}), accuracy by "
+                f"{100 * h['delta_acc']:+.2f} pp; a larger reduction than {beaten} "
+                f"(p = {fmt_p(h['p_value'])})."
+            )
     return "\n".join(lines)
 
 

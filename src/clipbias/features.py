@@ -457,15 +457,17 @@ class FeatureSet:
         return idx, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
     def head_means(
-        self, layers: Sequence[int] | None = None, split: str | None = None
+        self, layers: Sequence[int] | None = None, split: str | Sequence[str] | None = None
     ) -> np.ndarray:
-        """Per-head mean contribution [L', H, D], streamed (one batch in memory at a time)."""
+        """Per-head mean contribution [L', H, D], streamed (one batch in memory at a time);
+        ``split`` may name several splits, whose rows are averaged together."""
         layers = self._check_layers(layers)
         total = np.zeros((len(layers), self.n_heads, self.dim), dtype=np.float64)
         n = 0
-        for _, heads, _ in self.iter_batches(layers, split, rest=False):
-            total += heads.sum(0, dtype=np.float64)
-            n += heads.shape[0]
+        for s in [split] if split is None or isinstance(split, str) else split:
+            for _, heads, _ in self.iter_batches(layers, s, rest=False):
+                total += heads.sum(0, dtype=np.float64)
+                n += heads.shape[0]
         if n == 0:
             raise FeatureError(f"no rows for split {split!r} in {self.folder}")
         return (total / n).astype(np.float32)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,10 @@ import open_clip
 import torch
 
 from clipbias.io import sha256_file
+from clipbias.open_clip_configs import MODEL_CONFIG_DIR, register_model_configs
+from clipbias.weights import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, quickgelu_setting
 
 log = logging.getLogger(__name__)
-
-MODEL_CONFIG_DIR = Path(str(resources.files("clipbias") / "model_configs"))
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -24,18 +23,6 @@ def resolve_device(device: str | None = None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def register_model_configs(path: str | os.PathLike | None = None) -> list[str]:
-    """Register the model config JSONs shipped with clipbias (or in ``path``) with open_clip.
-
-    Returns the registered model names (file stems).
-    """
-    folder = Path(path) if path is not None else MODEL_CONFIG_DIR
-    names = sorted(p.stem for p in folder.glob("*.json"))
-    if names and not set(names) <= set(open_clip.list_models()):
-        open_clip.add_model_config(folder)
-    return names
 
 
 @dataclass
@@ -90,8 +77,6 @@ def load_model(
     ``force_quick_gelu``: None detects the ``openai``/QuickGELU mismatch and fixes it
     (:func:`clipbias.weights.quickgelu_setting`, METHODS §0.1/§1.6).
     """
-    from clipbias.weights import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, quickgelu_setting
-
     register_model_configs()
     has_schema = name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
     if not has_schema and name not in open_clip.list_models():

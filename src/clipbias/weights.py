@@ -79,7 +79,7 @@ def weights_source(model_name: str, pretrained: str | None) -> WeightsSource:
     """Resolve the Hugging Face repo and files of an open_clip tag or an ``hf-hub:`` model."""
     import open_clip
 
-    from clipbias.models import register_model_configs
+    from clipbias.open_clip_configs import register_model_configs
 
     if model_name.startswith(HF_HUB_PREFIX):
         repo = model_name[len(HF_HUB_PREFIX) :].strip("/")
@@ -131,7 +131,7 @@ def quickgelu_setting(model_name: str, pretrained: str | None) -> bool:
     """
     import open_clip
 
-    from clipbias.models import register_model_configs
+    from clipbias.open_clip_configs import register_model_configs
 
     if model_name.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX)) or not pretrained:
         return False

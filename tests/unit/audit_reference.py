@@ -11,6 +11,7 @@ is the reference, not code under test.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,10 +26,8 @@ from clipbias.methods import HeadId, head_position, head_str, parse_head
 from clipbias.methods.audit import (
     ATTRIBUTION_COLUMNS,
     CAV,
-    DEFAULTS,
     GREEDY_COLUMNS,
     STEREO_COLUMNS,
-    _with_attribute,
     bias_head_stats,
     cav_head_scores,
     delta_v_table,
@@ -39,22 +38,37 @@ from clipbias.methods.audit import (
     per_class_accuracy,
     prediction_transitions,
     random_control,
-    rank_heads,
     select_top_k,
     stereotyped_class_map,
     stereotyped_classes,
 )
+from clipbias.methods.audit import augmented_pool as _augmented_pool
+from clipbias.methods.audit import rank_heads as _rank_heads
+from clipbias.methods.audit import with_attribute as _with_attribute
+from clipbias.methods.audit.params import resolve_params
 from clipbias.methods.ltc import head_means
 from clipbias.methods.textspan import DEFAULT_RANK, textspan_heads
-from clipbias.stages.audit import (
-    _PASSED,
-    TABLE_KEYS,
-    VARIANTS,
-    _augmented_pool,
-    locator_json,
-    resolve_params,
-)
+from clipbias.stages.audit import TABLE_KEYS, VARIANTS, locator_json
 from clipbias.stages.common import limit_blas_threads
+
+# Frozen with the reference when issue 25 split clipbias.methods.audit into a package: its
+# defaults (now clipbias.methods.audit.params.DEFAULTS, nested), the options the stage passed
+# on, and the ranking of that time (METHODS §6.6 item 2, now ranking="combined").
+DEFAULTS = {
+    "k": 4, "terminal_layers": 4, "cav_score": "abs_d_within", "flagged_first": True,
+    "min_per_group": 10, "greedy_min_drop": 0.002, "greedy_max_acc_drop": 0.005,
+    "locate_fraction": 0.5, "max_enumerate": 10_000, "n_draws": 1_000, "n_boot": 2_000,
+    "top_classes": 5, "disparity": "acc_gap", "stereotype_min_lift": 1.0, "textspan_m": 60,
+    "textspan_top_k": 10, "textspan_first_rank_max": 5, "textspan_share_quantile": 0.95,
+    "seed": 42,
+}  # fmt: skip
+_PASSED = (
+    "k", "terminal_layers", "cav_score", "flagged_first", "min_per_group", "greedy",
+    "greedy_min_drop", "greedy_max_acc_drop", "greedy_max_k", "transductive", "max_enumerate",
+    "n_draws", "n_boot", "top_classes", "disparity", "stereotype_split", "stereotype_score",
+    "stereotype_min_lift", "bias_correction",
+)  # fmt: skip
+rank_heads = functools.partial(_rank_heads, ranking="combined")
 
 log = logging.getLogger(__name__)
 

@@ -245,9 +245,10 @@ def test_cav_scores_rank_the_carrier_first(case, cavs):
 
 def test_stereotype_logit_score_points_at_the_carrier(case):
     preds = metrics.predict(case["heads"].sum((1, 2)) + case["rest"], case["classifier"])
-    df = audit.stereotype_logit_scores(
-        case["heads"], case["layers"], case["classifier"], case["labels"], case["attr"], preds
+    sums = audit.stereotype_sums(
+        case["heads"], case["classifier"], case["labels"], case["attr"], preds
     )
+    df = audit.stereotype_logit_table(*sums, case["layers"])
     assert df.sort_values("stereo_logit", ascending=False)["head_id"].iloc[0] == case["carrier"]
     assert df["n_images"].iloc[0] > 0
     # the class map: class 0 is over-represented for a = 1 (P(a=1|0) = 0.6 > overall 0.5)
@@ -282,7 +283,7 @@ def test_bias_textspan_flags_the_carrier(case):
 # ------------------------------------------------------------------------------- ranking
 
 
-def test_rank_heads_combined_and_flagged_first():
+def test_rank_heads_cav_default_and_combined_variant():
     scores = pd.DataFrame(
         {
             "cav": "c",
@@ -300,7 +301,7 @@ def test_rank_heads_combined_and_flagged_first():
             "flagged": [False, False, True],
         }
     )
-    r = audit.rank_heads(scores, bias, [0, 1], terminal_layers=1)
+    r = audit.rank_heads(scores, bias, [0, 1], terminal_layers=1, ranking="combined")
     cand = r[r["candidate"]].set_index("head_id")
     # L0H0 is outside the terminal layer: not a candidate despite the largest score
     assert not r.set_index("head_id").loc["L0H0", "candidate"]
@@ -309,16 +310,29 @@ def test_rank_heads_combined_and_flagged_first():
     assert cand["rank_cav"].to_dict() == {"L1H0": 1, "L1H1": 2, "L1H2": 3}
     assert cand["rank_textspan"].to_dict() == {"L1H0": 3, "L1H1": 1, "L1H2": 2}
     assert cand["combined_rank"].to_dict() == {"L1H0": 2, "L1H1": 1.5, "L1H2": 2.5}
-    # flagged L1H2 first, then combined rank
+    # combined (METHODS §6.6 item 2): flagged L1H2 first, then combined rank
     assert r[r["candidate"]]["head_id"].tolist() == ["L1H2", "L1H1", "L1H0"]
     assert audit.select_top_k(r, 2) == ["L1H2", "L1H1"]
-    r2 = audit.rank_heads(scores, bias, [0, 1], terminal_layers=1, flagged_first=False)
+    r2 = audit.rank_heads(
+        scores, bias, [0, 1], terminal_layers=1, flagged_first=False, ranking="combined"
+    )
     assert audit.select_top_k(r2, 3) == ["L1H1", "L1H0", "L1H2"]
-    # without TextSpan: cav rank only
-    r3 = audit.rank_heads(scores, None, [0, 1], terminal_layers=2)
-    assert audit.select_top_k(r3, 4) == ["L0H0", "L1H0", "L1H1", "L1H2"]
+    # the default (item 5): |within-class d| alone, the TextSpan columns filled beside it
+    r_cav = audit.rank_heads(scores, bias, [0, 1], terminal_layers=1)
+    assert audit.select_top_k(r_cav, 3) == ["L1H0", "L1H1", "L1H2"]
+    cols = ["rank_cav", "bias_share", "flagged", "rank_textspan", "combined_rank"]
+    pd.testing.assert_frame_equal(
+        r_cav[r_cav["candidate"]].set_index("head_id")[cols],
+        cand[cols].loc[["L1H0", "L1H1", "L1H2"]],
+    )
+    # without TextSpan: cav rank only, whichever ranking
+    for ranking in ("cav", "combined"):
+        r3 = audit.rank_heads(scores, None, [0, 1], terminal_layers=2, ranking=ranking)
+        assert audit.select_top_k(r3, 4) == ["L0H0", "L1H0", "L1H1", "L1H2"]
     with pytest.raises(ValueError, match="only 3 candidate"):
         audit.select_top_k(r, 4)
+    with pytest.raises(ValueError, match="ranking must be one of"):
+        audit.rank_heads(scores, bias, [0, 1], ranking="textspan")
 
 
 def test_selection_includes_the_carrier(case, cavs):
@@ -533,18 +547,8 @@ def test_prediction_transitions_by_hand():
     df = audit.prediction_transitions(before, after, labels, class_names=["a", "b", "c"])
     assert list(df.columns) == audit.TRANSITION_COLUMNS
     t = df.set_index("class_name")
-    assert t.loc[
-        "a",
-        [
-            "n",
-            "n_changed",
-            "wrong_to_right",
-            "right_to_wrong",
-            "wrong_to_other_wrong",
-            "right_unchanged",
-            "wrong_unchanged",
-        ],
-    ].tolist() == [4, 3, 2, 0, 1, 1, 0]
+    # n, n_changed, wrong_to_right, right_to_wrong, wrong_to_other_wrong, right / wrong unchanged
+    assert t.loc["a", audit.TRANSITION_COLUMNS[2:9]].tolist() == [4, 3, 2, 0, 1, 1, 0]
     assert t.loc["a", "share_changed_to_true"] == pytest.approx(2 / 3)
     assert t.loc[
         "b", ["n_changed", "wrong_to_right", "right_to_wrong", "wrong_to_other_wrong"]
@@ -649,7 +653,69 @@ def test_audit_attribute_end_to_end(case, cavs):
         )  # fmt: skip
 
 
-def test_audit_three_values_and_combine(case, cavs):
+def test_cav_ranking_reports_the_combined_ranking_as_a_sensitivity_row(case, cavs):
+    """METHODS §6.6 item 5: the heads are ranked by the CAV score; the combined ranking's top-k
+    (item 2) is evaluated beside them (outcome, ΔV, layer-matched control), and is the top-k
+    itself with ranking="combined"."""
+    ids = [(lyr, h) for lyr in case["layers"] for h in range(case["n_heads"])]
+    # TextSpan flags L10H2 and gives the carrier the smallest bias share: the combined
+    # ranking puts L10H2 first and, ranks (1 + 12) / 2, leaves the carrier out of its top 4
+    share = {f"L{lyr}H{h}": 0.1 for lyr, h in ids} | {"L10H2": 0.9, case["carrier"]: 0.0}
+    bias = pd.DataFrame(
+        {
+            "layer": [lyr for lyr, _ in ids],
+            "head": [h for _, h in ids],
+            "head_id": list(share),
+            "bias_share": list(share.values()),
+            "flagged": [hid == "L10H2" for hid in share],
+        }
+    )
+    split = audit.locate_evaluate_split(case["labels"], case["attr"], seed=0)
+    args = (case["heads"], case["rest"], case["classifier"], case["layers"], case["labels"],
+            case["attr"], cavs, VALUES)  # fmt: skip
+    kw = {"attribute": "g", "is_locate": split, "bias_stats": bias, "n_boot": 20,
+          "n_draws": 50, "greedy": False}  # fmt: skip
+    res = audit.audit_attribute(*args, **kw)
+    sel = res["selection"]
+    assert sel["ranking"] == "cav" and sel["top_k"][0] == case["carrier"]
+    combined = sel["top_k_combined"]
+    assert combined[0] == "L10H2" and case["carrier"] not in combined and len(combined) == 4
+    # the row = mean-ablating those heads on the evaluate half with locate means, by hand
+    ev = ~split
+    means = ltc.head_means(case["heads"][split])
+    emb = ltc.ltc_correct(
+        case["heads"][ev], case["rest"][ev], case["layers"], combined, [], None, means
+    )
+    pred = metrics.predict(emb, case["classifier"])
+    out = res["outcome"].set_index("condition")
+    assert list(out.index) == ["baseline", "top_k", "top_k_transductive", "top_k_combined"]
+    assert out.loc["top_k_combined", "v"] == pytest.approx(
+        metrics.cramers_v(pred, case["attr"][ev])
+    )
+    assert out.loc["top_k_combined", "accuracy"] == pytest.approx(
+        np.mean(pred == case["labels"][ev])
+    )
+    assert out.loc["top_k", "v"] < out.loc["top_k_combined", "v"]  # the carrier matters
+    assert "top_k_combined" in set(res["delta_v"]["condition"])
+    assert res["random_control"]["top_k_combined"]["selected"] == combined
+    assert "top_k_combined" in set(res["random_draws"]["set"])
+    assert set(res["attribution"]["set"]) == {"top_k"}
+    # the combined ranking as the audit's ranking: that set is the top-k, no sensitivity row
+    res_c = audit.audit_attribute(*args, **kw, ranking="combined")
+    assert res_c["selection"]["ranking"] == "combined"
+    assert res_c["selection"]["top_k"] == combined and "top_k_combined" not in res_c["selection"]
+    assert "top_k_combined" not in set(res_c["outcome"]["condition"])
+    assert list(res_c["random_control"]) == ["top_k"]
+    # without TextSpan statistics there is no combined ranking to report
+    res_n = audit.audit_attribute(*args, **{**kw, "bias_stats": None})
+    assert (
+        res_n["selection"]["top_k"] == sel["top_k"] and "top_k_combined" not in res_n["selection"]
+    )
+    with pytest.raises(ValueError, match="unknown audit option"):
+        audit.audit_attribute(*args, **kw, rankng="cav")
+
+
+def test_audit_three_values(case, cavs):
     # an age-like attribute: three values, the carrier encodes value 2 vs 0 (1 in between)
     rng = np.random.default_rng(40)  # not make_case's seed: a3 must not copy the labels
     c = make_case(seed=4)
@@ -676,11 +742,3 @@ def test_audit_three_values_and_combine(case, cavs):
     assert set(res3["head_scores"]["cav"]) == {x.name for x in cav3}
     out = res3["outcome"].set_index("condition")
     assert out.loc["top_k", "v"] < out.loc["baseline", "v"]
-    res2 = audit.audit_attribute(
-        case["heads"], case["rest"], case["classifier"], case["layers"],
-        case["labels"], case["attr"], cavs, VALUES, attribute="g", n_boot=0, greedy=False,
-    )  # fmt: skip
-    both = audit.combine_audits([res2, res3])
-    assert set(both["selection"]) == {"g", "age"} and set(both["random_control"]) == {"g", "age"}
-    assert set(both["outcome"]["attribute"]) == {"g", "age"}
-    assert len(both["ranking"]) == len(res2["ranking"]) + len(res3["ranking"])

@@ -71,18 +71,29 @@ def test_outcome_table_values_and_reference_columns(audit):
     assert t2.loc[("locate / evaluate", "Top-k ablated"), "Paper V"] == "0.300"
     assert t2.loc[("locate / evaluate", "Top-k ablated"), "Paper ΔAcc (pp)"] == "+0.42"
     assert t2.loc[("locate / evaluate", "Greedy set ablated"), "Paper V"] == ""
+    # the sensitivity row: the combined ranking's top-k, its ΔV, control p and Δaccuracy
+    sens = t[t["Condition"] == "Top-k, combined ranking (sensitivity)"]
+    assert list(sens["Variant"]) == ["locate / evaluate", "single pool"]
+    row, ctrl = sens.iloc[0], audit.info[("colour", "split")]["random_control"]["top_k_combined"]
+    assert row["Heads"] == ", ".join(audit.selection("colour")["top_k_combined"])
+    assert row["Control p"] == ar.fmt_p(ctrl["p_value"])
+    assert row["ΔV [95 % CI]"].startswith(f"{ctrl['delta_v']:+.3f} [")
 
 
 def test_heads_control_and_transition_tables(audit):
     heads = ar.heads_table(audit, "split")
     sel = audit.selection("colour")
-    assert set(heads["Head"]) == set(sel["top_k"]) | set(sel["greedy"])
-    assert heads["Head"].iloc[0] == "L3H1" and heads["Sets"].iloc[0] == "top-k, greedy"
+    assert sel["ranking"] == "cav"  # the default; the combined ranking's top-k beside it
+    assert set(heads["Head"]) == set(sel["top_k"]) | set(sel["greedy"]) | set(sel["top_k_combined"])
+    assert heads["Head"].iloc[0] == "L3H1"
+    assert heads["Sets"].iloc[0].startswith("top-k, greedy")
     assert heads["Order"].astype(int).is_monotonic_increasing
     assert heads["TextSpan descriptions"].str.len().gt(0).all()
+    assert heads["Flagged"].isin(["yes", "no"]).all()  # TextSpan beside every head
     ctrl = ar.control_table(audit)
     n_sets = sum(len(i["random_control"]) for i in audit.info.values())
-    assert len(ctrl) == n_sets and set(ctrl["Set"]) <= {"top-k", "greedy"}
+    assert len(ctrl) == n_sets
+    assert set(ctrl["Set"]) == {"top-k", "greedy", "top-k (combined ranking)"}
     tr = ar.transitions_table(audit)
     raw = audit.table("transitions", "split")
     total = raw[(raw["condition"] == "top_k") & (raw["class_index"] == -1)].iloc[0]
@@ -91,6 +102,11 @@ def test_heads_control_and_transition_tables(audit):
     assert row["Wrong→right"] + row["Right→wrong"] + row["Wrong→other"] == row["Changed"]
     md = ar.headline_markdown(audit)
     assert "**colour**" in md and "layer-matched random sets" in md
+    assert "(locate / evaluate, cav ranking)" in md
+    assert (
+        "  - (locate / evaluate, combined ranking): ablating " + ", ".join(sel["top_k_combined"])
+        in md
+    )
 
 
 def test_transition_rows_fall_back_to_the_most_changed_classes():

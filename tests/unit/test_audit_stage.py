@@ -286,7 +286,13 @@ def test_audit_ablation_methods_equal_mean_ablation(audited, method, overrides, 
     chosen = locator["attributes"]["colour"][variant][head_set]
     assert meta["meta"]["heads"] == chosen and meta["meta"]["attribute"] == "colour"
     val = (index["split"] == "val").to_numpy()
-    means = ltc.head_means(heads[val] if params["ablation_stats"] == "locate" else heads[~val])
+    # the audit's means of the variant: the locate split, the test split (transductive), or
+    # for the single pool the pool val ∪ test it was selected on (as its single-pool rows)
+    rows = {"split": val, "single_pool": np.ones_like(val)}[variant]
+    rows = rows if params["ablation_stats"] == "locate" else ~val
+    expected_splits = sorted(set(index["split"][rows]))
+    assert sorted(meta["meta"]["mean_splits"]) == expected_splits
+    means = ltc.head_means(heads[rows])
     emb = ltc.ltc_correct(heads[~val], rest[~val], LAYERS, chosen, [], None, means)
     expected = metrics.predict(emb, np.eye(N_CLS, DIM).T)
     np.testing.assert_array_equal(df["pred"].to_numpy(), expected)

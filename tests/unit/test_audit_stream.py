@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from audit_reference import reference_audit
+from audit_reference import mean_heads as reference_mean_heads
+from audit_reference import reference_audit, stereotype_logit_scores
 
 from clipbias.features import build_table, write_classifier, write_manifest, write_shard
 from clipbias.methods.texts import write_audit_texts, write_method_texts
@@ -174,8 +175,10 @@ def assert_same_outputs(ref: Path, new: Path) -> None:
     assert files
     for rel in files:
         if rel.suffix == ".json":
-            _close(json.loads((ref / rel).read_text()), json.loads((new / rel).read_text()),
-                   str(rel))  # fmt: skip
+            got = json.loads((new / rel).read_text())
+            if "selection" in got:  # the one key added since the reference: the ranking used
+                assert got["selection"].pop("ranking") == "combined", rel
+            _close(json.loads((ref / rel).read_text()), got, str(rel))
             continue
         a, b = pd.read_csv(ref / rel), pd.read_csv(new / rel)
         assert list(a.columns) == list(b.columns) and len(a) == len(b), rel
@@ -190,8 +193,9 @@ def assert_same_outputs(ref: Path, new: Path) -> None:
                 pd.testing.assert_series_equal(x, y, obj=f"{rel}: {col}")
 
 
+# the reference ranks by METHODS §6.6 item 2 (the default before issue 25): ranking combined
 FAST = {"n_boot": 40, "n_draws": 60, "textspan": {"m": 4}, "min_per_group": 5, "k": 3,
-        "greedy_max_acc_drop": 0.03}  # fmt: skip
+        "greedy_max_acc_drop": 0.03, "ranking": "combined"}  # fmt: skip
 CASES = {
     # two splits, every table (TextSpan, single pool, transductive)
     "two_splits": ({}, FAST, {}),
@@ -337,6 +341,7 @@ def test_accumulator_equals_the_in_memory_statistics():
     np.testing.assert_array_equal(stats.proj, np.einsum("nlhd,dk->nlhk", heads,
                                                         cav.astype(np.float32)))  # fmt: skip
     for key, mask in ((k_loc, loc), (k_ev, ~loc), (k_all, np.ones(n, bool))):
+        np.testing.assert_array_equal(stats.means[key], reference_mean_heads(ht, mask))
         np.testing.assert_array_equal(stats.means[key], au.mean_heads(ht, mask))
     for key, mask in ((m_loc, loc), (m_all, np.ones(n, bool))):
         mom = HeadMoments(terminal, n_heads, dim)
@@ -358,7 +363,7 @@ def test_accumulator_equals_the_in_memory_statistics():
     table = au.stereotype_logit_table(sums, count, terminal)
     full = np.full(n, -1)
     full[loc] = pred[loc]
-    old = au.stereotype_logit_scores(ht, terminal, T, y, a_loc, full, 1.0)
+    old = stereotype_logit_scores(ht, terminal, T, y, a_loc, full, 1.0)  # the frozen copy
     np.testing.assert_allclose(table["stereo_logit"], old["stereo_logit"], rtol=1e-12)
     with pytest.raises(RuntimeError, match="before the first update"):
         acc.add_means(loc)

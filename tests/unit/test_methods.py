@@ -548,19 +548,22 @@ def test_method_modules_do_not_import_scipy_stats():
     """Every predict job imports the method API, the registry, clipbias.metrics and its
     method's module; importing scipy.stats costs 1.5-2.5 s on 2 cores (more than a numpy
     method's whole work), so only the functions that need it import it."""
+    import os
     import subprocess
     import sys
 
     code = (
         "import sys\n"
         "import clipbias.metrics, clipbias.methods.api, clipbias.methods.registry\n"
-        "import clipbias.methods.audit, clipbias.stages.predict\n"
+        "import clipbias.methods.audit.attribute, clipbias.methods.audit.stream\n"
+        "import clipbias.methods.audit.texts, clipbias.stages.predict\n"
         "from clipbias.methods import registry\n"
         "for spec in registry.METHODS.values():\n"
         "    if spec.env == 'analysis':\n"
         "        spec.load()\n"
         "print('scipy.stats' in sys.modules)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}  # this checkout's package
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from clipbias import __version__ as CODE_VERSION  # noqa: E402
 from clipbias import rehearsal  # noqa: E402
 from clipbias.methods import registry  # noqa: E402
+from clipbias.methods.audit.params import TEXT_KEYS as _AUDIT_TEXT_KEYS  # noqa: E402
 
 # Methods first: an unknown name gets a message listing the registry, not a schema dump.
 if isinstance(config.get("methods"), list):
@@ -811,7 +812,6 @@ def report_dataset_dir(wildcards):
 AUDIT = f"{RESULTS}/audit/{{dataset}}/{{model}}/seed-{{seed}}"
 AUDIT_FIGURES = ["audit_random_control", "audit_cav_heatmap", "audit_transitions"]
 AUDIT_TABLES = ["audit_outcome", "audit_heads", "audit_random_control", "audit_transitions"]
-_AUDIT_TEXT_KEYS = ("min_concept_texts", "min_bias_texts")
 
 
 def dataset_audits(dataset):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clipbias.features import FeatureSet
+from clipbias.methods.insight import insight_basis
 from clipbias.methods.texts import unit_rows
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class MethodContext:
     batch_rows: int | None = None  # None: from the row width (FeatureSet.batch_rows)
     eval_splits: Sequence[str] = ()
     _features: FeatureSet | None = field(default=None, repr=False)
-    _means: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _means: dict[str | tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
     #: retrieval scores [N, K] of the last :meth:`predict` (when the texts have ``retrieval``)
     last_scores: np.ndarray | None = field(default=None, repr=False)
 
@@ -99,12 +100,14 @@ class MethodContext:
         """Index rows of the evaluation splits, in the order :meth:`predict` returns them."""
         return pd.concat([self.features.index(split=s) for s in self.splits], ignore_index=True)
 
-    def head_means(self, split: str | None = None) -> np.ndarray:
-        """Mean of every stored head over ``split`` (default: locate split), [L, H, D]."""
+    def head_means(self, split: str | Sequence[str] | None = None) -> np.ndarray:
+        """Mean of every stored head over ``split`` (default: locate split; several splits:
+        their rows together), [L, H, D]."""
         split = split or self.locate_split
-        if split not in self._means:
-            self._means[split] = self.features.head_means(split=split)
-        return self._means[split]
+        key = split if isinstance(split, str) else tuple(split)
+        if key not in self._means:
+            self._means[key] = self.features.head_means(split=split)
+        return self._means[key]
 
     def ablation_means(self, stats: str) -> np.ndarray:
         """Means for mean ablation: ``locate`` (inductive) or ``test`` (transductive)."""
@@ -122,8 +125,6 @@ class MethodContext:
 
     def basis(self, pos: str, neg: str) -> np.ndarray | None:
         """Orthonormal insight directions of the pairs (pos[k], neg[k]); None without pairs."""
-        from clipbias.methods.ltc import insight_basis
-
         _, p = self.text_roles(pos)
         _, n = self.text_roles(neg)
         return insight_basis(p, n) if len(p) else None

@@ -8,7 +8,9 @@ rule (``heads/{cell}/audit.json``, :func:`clipbias.stages.audit.locator_json`). 
   ``protected_attribute`` (``dataset.json``);
 * ``variant``: ``"split"`` (heads selected on the locate split) or ``"single_pool"`` (heads
   selected on locate ∪ test, as the paper appears to do: test-set selection);
-* ``ablation_stats``: ``"locate"`` (means over the locate split) or ``"test"`` (transductive).
+* ``ablation_stats``: ``"locate"`` (means over the images the heads were selected on: the
+  locate split, or for ``single_pool`` locate ∪ test, the means of the audit's own
+  single-pool rows) or ``"test"`` (transductive).
 
 An empty greedy set (no head lowered V enough on the locate half) leaves the embedding
 unchanged: the predictions are zero-shot's.
@@ -71,16 +73,26 @@ def predict(
     missing = [h for h in heads if parse_head(h)[0] not in ctx.layers]
     if missing:
         raise ValueError(f"audit heads {missing} are not in the stored layers {ctx.layers}")
+    # ablation means over the rows the audit averaged for this variant's heads
+    if ablation_stats not in ("locate", "test"):
+        raise ValueError(f"ablation_stats must be 'locate' or 'test', got {ablation_stats!r}")
+    if ablation_stats == "test":
+        mean_splits = [ctx.test_split]
+    elif variant == "single_pool":  # located on the pool locate ∪ test
+        mean_splits = list(dict.fromkeys([ctx.locate_split, ctx.test_split]))
+    else:
+        mean_splits = [ctx.locate_split]
     meta = {
         "heads": heads,
         "attribute": attr,
         "variant": variant,
         "head_set": head_set,
         "ablation_stats": ablation_stats,
+        "mean_splits": mean_splits,
     }
     if not heads:
         return MethodOutput(ctx.predict(), meta)
-    means = ctx.ablation_means(ablation_stats)
+    means = ctx.head_means(mean_splits)
 
     def edit(h, rest, idx):
         return ltc_correct(h, rest, ctx.layers, heads, [], None, means, "mean")

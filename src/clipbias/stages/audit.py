@@ -4,8 +4,8 @@
   text file (structure: ``config/texts/facet.yaml``) through the text tower, once per feature
   instance -> ``audit_texts.parquet`` next to the features
   (:func:`clipbias.methods.texts.write_audit_texts`);
-* ``audit`` (analysis env, no torch): :func:`clipbias.methods.audit.audit_attribute` for
-  every protected attribute of the audit texts that is also an attribute of
+* ``audit`` (analysis env, no torch): :func:`clipbias.methods.audit.audit_attribute_stats`
+  for every protected attribute of the audit texts that is also an attribute of
   ``dataset.json``, on the split variant (heads located on the dataset's locate split,
   effects on its test split; a stratified 50/50 split when both are the same split) and the
   single-pool variant (locate and evaluate on the union, as the paper appears to do).
@@ -29,7 +29,6 @@ greedy sets per attribute and variant to the ``audit_ablation*`` methods.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -39,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from clipbias.methods.audit.params import DEFAULT_SEED, DEFAULTS, STAGE_KEYS, resolve_params
 from clipbias.stages.common import limit_blas_threads, set_torch_threads
 
 log = logging.getLogger(__name__)
 
-#: Tables of :func:`clipbias.methods.audit.audit_attribute` written as ``<key>.csv``.
+#: Tables of :func:`clipbias.methods.audit.audit_attribute_stats` written as ``<key>.csv``.
 TABLE_KEYS = (
     "head_scores",
     "stereotype_logit",
@@ -59,85 +59,6 @@ TABLE_KEYS = (
 )
 VARIANTS = ("split", "single_pool")
 
-#: The ``audit:`` config block's defaults (workflow/schemas/config.schema.yaml; METHODS §6).
-PARAM_DEFAULTS: dict[str, Any] = {
-    "k": 4,
-    "terminal_layers": 4,
-    "cav_score": "abs_d_within",
-    "flagged_first": True,
-    "min_per_group": 10,
-    "greedy": True,
-    "greedy_min_drop": 0.002,
-    "greedy_max_acc_drop": 0.005,
-    "greedy_max_k": None,
-    "transductive": True,
-    "single_pool": True,
-    "locate_fraction": 0.5,
-    "max_enumerate": 10_000,
-    "n_draws": 1_000,
-    "n_boot": 2_000,
-    "top_classes": 5,
-    "disparity": "acc_gap",
-    "stereotype_split": "locate",
-    "stereotype_score": True,
-    "stereotype_min_lift": 1.0,
-    "bias_correction": False,
-    "textspan": {
-        "enabled": True,
-        "m": 60,
-        "rank": None,
-        "top_k": 10,
-        "first_rank_max": 5,
-        "share_quantile": 0.95,
-    },
-}
-#: Keys of ``audit:`` read by ``encode_audit_texts`` only (text-file validation).
-TEXT_PARAM_DEFAULTS = {"min_concept_texts": 5, "min_bias_texts": 20}
-# parameters of audit_attribute taken over unchanged from the config block
-_PASSED = (
-    "k",
-    "terminal_layers",
-    "cav_score",
-    "flagged_first",
-    "min_per_group",
-    "greedy",
-    "greedy_min_drop",
-    "greedy_max_acc_drop",
-    "greedy_max_k",
-    "transductive",
-    "max_enumerate",
-    "n_draws",
-    "n_boot",
-    "top_classes",
-    "disparity",
-    "stereotype_split",
-    "stereotype_score",
-    "stereotype_min_lift",
-    "bias_correction",
-)
-
-
-def resolve_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The audit parameters: :data:`PARAM_DEFAULTS` updated by ``params`` (the config's
-    ``audit:`` block; its text-validation keys are ignored here). Unknown keys are errors."""
-    out = copy.deepcopy(PARAM_DEFAULTS)
-    for key, value in (params or {}).items():
-        if key in TEXT_PARAM_DEFAULTS:
-            continue
-        if key not in out:
-            raise ValueError(f"audit: unknown parameter {key!r}; known: {sorted(out)}")
-        if key == "textspan":
-            bad = sorted(set(value or {}) - set(out["textspan"]))
-            if bad:
-                raise ValueError(
-                    f"audit.textspan: unknown key(s) {bad}; known: {sorted(out['textspan'])}"
-                )
-            out["textspan"].update(value or {})
-        else:
-            out[key] = value
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # encode_audit_texts (torch env)
 # ---------------------------------------------------------------------------------------------
@@ -150,11 +71,11 @@ def encode_audit_texts(
     out: str | os.PathLike,
     device: str | None = None,
     threads: int | None = None,
-    min_concept_texts: int = TEXT_PARAM_DEFAULTS["min_concept_texts"],
-    min_bias_texts: int = TEXT_PARAM_DEFAULTS["min_bias_texts"],
+    min_concept_texts: int = DEFAULTS["min_concept_texts"],
+    min_bias_texts: int = DEFAULTS["min_bias_texts"],
 ) -> None:
     """Validate the ``protected_attributes`` block of ``texts_yaml``
-    (:func:`clipbias.methods.audit.audit_texts`) and encode its concept and bias texts
+    (:func:`clipbias.methods.audit.texts.audit_texts`) and encode its concept and bias texts
     without templates (METHODS §3.8) -> ``audit_texts.parquet``."""
     from clipbias.methods.audit import audit_texts, text_table
     from clipbias.methods.texts import read_spec, write_audit_texts
@@ -198,19 +119,6 @@ def _cell_index(fs, splits: Sequence[str]):
     return pd.concat(frames, ignore_index=True), counts
 
 
-def _augmented_pool(
-    pool_texts: Sequence[str], pool_emb: np.ndarray, bias_texts: Sequence[str], bias_emb: np.ndarray
-) -> tuple[list[str], np.ndarray]:
-    """R⁺ = general pool ∪ bias texts (METHODS §3.7 step 2), unit-norm embeddings."""
-    from clipbias.methods.texts import unit_rows
-    from clipbias.methods.textspan import augment_pool
-
-    lut = {t.strip(): e for t, e in zip(pool_texts, unit_rows(pool_emb), strict=True)}
-    lut.update({t.strip(): e for t, e in zip(bias_texts, unit_rows(bias_emb), strict=True)})
-    texts, _ = augment_pool(pool_texts, bias_texts)
-    return texts, np.stack([lut[t] for t in texts])
-
-
 def locator_json(
     results: Mapping[str, Mapping[str, Mapping[str, Any]]],
     layers: Sequence[int],
@@ -224,7 +132,7 @@ def locator_json(
     "test_split", "layers" (candidate layers), "n_layers", "n_heads", "skipped_attributes",
     "attributes": {attribute: {"values", "rank_cav", "k", <variant>: {"top_k": [ids],
     "greedy": [ids]}}}}``. ``results``: {attribute: {variant: selection dict of
-    :func:`clipbias.methods.audit.audit_attribute` plus "values"}}."""
+    :func:`clipbias.methods.audit.audit_attribute_stats` plus "values"}}."""
     attrs: dict[str, Any] = {}
     for attr, by_variant in results.items():
         first = next(iter(by_variant.values()))
@@ -257,7 +165,7 @@ def audit(
     out_heads: str | os.PathLike,
     locate_split: str,
     test_split: str,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     params: Mapping[str, Any] | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
@@ -386,7 +294,7 @@ def audit(
     for a in chosen:
         bias = table[(table["attribute"] == a) & (table["role"] == "bias")]
         bias_texts = bias["text"].tolist()
-        aug_texts, aug_emb = _augmented_pool(
+        aug_texts, aug_emb = au.augmented_pool(
             pool_texts, pool_emb, bias_texts, emb[bias.index.to_numpy()]
         )
         for variant in plans[a]["variants"]:
@@ -439,7 +347,7 @@ def audit(
                     n_layers=n_layers,
                     class_names=names,
                     seed=int(seed),
-                    **{k: p[k] for k in _PASSED},
+                    **{k: v for k, v in p.items() if k not in STAGE_KEYS},
                 )
                 seconds = time.perf_counter() - t1
                 folder = tmp / a / variant
