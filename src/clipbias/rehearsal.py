@@ -61,7 +61,7 @@ def weights_stem(name: str, pretrained: str) -> str:
 def _model_config(name: str) -> dict[str, Any] | None:
     """The open_clip model config JSON of ``name`` (clipbias's own configs first), read as a
     file without importing open_clip (the workflow calls this at start-up)."""
-    here = Path(__file__).parent / "model_configs" / f"{name}.json"
+    here = Path(__file__).parent / "model_configs" / f"{name}.json"  # open_clip_configs
     candidates = [here]
     spec = importlib.util.find_spec("open_clip")
     if spec is not None and spec.submodule_search_locations:
@@ -117,7 +117,7 @@ def tag_settings(name: str, pretrained: str | None) -> dict[str, Any]:
     checkpoint path or no tag: the model config's own)."""
     import open_clip
 
-    from clipbias.models import register_model_configs
+    from clipbias.open_clip_configs import register_model_configs
     from clipbias.weights import quickgelu_setting
 
     register_model_configs()
@@ -149,7 +149,7 @@ def make_random_weights(
     from safetensors.torch import save_file
 
     from clipbias.io import atomic_path
-    from clipbias.models import register_model_configs
+    from clipbias.open_clip_configs import register_model_configs
 
     register_model_configs()
     settings = tag_settings(name, pretrained)

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 
 #: Metrics summarised over seeds for every cell (accuracies of the evaluation split).
 SEED_METRICS = ("avg_acc", "avg_group_acc", "worst_group_acc", "gap")
+#: Metrics that need the dataset's groups (not applicable to a dataset without them, such as
+#: ImageNet-A's edit task).
+GROUP_METRICS = ("worst_group_acc", "avg_group_acc", "gap")
 
 #: k of the protocols' top-k quantities as the papers define them (METHODS §4.11). A metric
 #: keeps its paper name (``top10_bias``, ``worst10_counter_acc``, ``maxskew_uniform@1000``)

@@ -53,7 +53,7 @@ def test_a_cell_of_every_family_rehearses_to_complete_tables(workdir, name):
     exp = yaml.safe_load((REPO / f"config/experiments/{name}.yaml").read_text())["experiment"]
     root = workdir / "results" / f"{exp}-rehearsal"
     comp = read_csv(root / "tables" / "completeness.csv")
-    assert len(comp) and set(comp["status"]) <= {"ok", "not computable"}, comp
+    assert len(comp) and set(comp["status"]) <= {"ok", "not computable", "not applicable"}, comp
     # "not computable" only with the reason, e.g. MaxSkew@1000 on a fixture of fewer images
     assert comp.loc[comp["status"] == "not computable", "note"].str.len().gt(0).all()
     assert unmarked_artifacts(root) == []

@@ -519,6 +519,7 @@ def completeness_cells():
                 "model": m,
                 "seed": s,
                 "path": f"{METRICS.format(dataset=d, model=m, seed=s)}/metrics.csv",
+                "meta": f"{data_root(d, s)}/dataset.json",
                 "split": DATASETS[d]["test_split"],
                 "methods": [x for x in methods if not METHODS[x].spec.control_of],
                 "controls": [x for x in methods if METHODS[x].spec.control_of],
@@ -529,7 +530,7 @@ def completeness_cells():
 
 
 def completeness_inputs(wildcards):
-    return [c["path"] for c in completeness_cells()]
+    return [p for c in completeness_cells() for p in (c["path"], c["meta"])]
 
 
 def grid_cells():

@@ -580,21 +580,40 @@ def table_completeness(cells: Sequence[Mapping[str, Any]], out: str | os.PathLik
     """``completeness.csv``: for every cell, configured method and metric its paper table
     reports (:func:`clipbias.tables.table_metrics`), whether ``metrics.csv`` has it on the
     evaluation split (``ok``; ``not computable`` when the row says why it is NaN, e.g.
-    MaxSkew@1000 on fewer than 1,000 images, with that ``note``; ``missing``). Random controls
-    (``controls``) are checked for the seed metrics they summarise only.
+    MaxSkew@1000 on fewer than 1,000 images, with that ``note``; ``not applicable`` for the
+    group metrics of a dataset without groups, e.g. ImageNet-A's edit task; ``missing``).
+    Random controls (``controls``) are checked for the seed metrics they summarise only.
 
-    ``cells``: ``{"dataset", "model", "seed", "path", "split", "methods", "controls",
-    "metrics"}``. Raises :class:`IncompleteTablesError` naming every missing (cell, method,
-    metric) after logging them: a run that leaves out a table's number fails loudly."""
+    ``cells``: ``{"dataset", "model", "seed", "path", "meta", "split", "methods", "controls",
+    "metrics"}`` (``meta``: the cell's dataset.json). Raises :class:`IncompleteTablesError`
+    naming every missing (cell, method, metric) after logging them: a run that leaves out a
+    table's number fails loudly."""
     import pandas as pd
 
-    from clipbias.io import read_csv
+    from clipbias.io import read_csv, read_json
     from clipbias.protocols import missing_table_metrics, table_rows
+    from clipbias.tables import GROUP_METRICS
 
     rows = []
     for cell in cells:
         metrics = read_csv(cell["path"])
         names = list(cell["metrics"])
+        if not read_json(cell["meta"]).get("group_names"):
+            for name in [n for n in names if n in GROUP_METRICS]:
+                names.remove(name)
+                rows += [
+                    {
+                        "dataset": cell["dataset"],
+                        "model": cell["model"],
+                        "seed": cell["seed"],
+                        "split": cell["split"],
+                        "method": m,
+                        "metric": name,
+                        "status": "not applicable",
+                        "note": "the dataset has no groups",
+                    }  # fmt: skip
+                    for m in cell["methods"]
+                ]
         checks = [(m, names) for m in cell["methods"]]
         checks += [(m, [n for n in names if n in SEED_METRICS]) for m in cell.get("controls", [])]
         present = table_rows(metrics, cell["split"], names)
