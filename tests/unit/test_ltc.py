@@ -78,19 +78,87 @@ def test_head_margins_runner_up_with_three_classes():
 def test_contrastive_selection_by_hand():
     winners = np.array([0, 0, 1, 2, 2])
     mask_c = np.array([1, 1, 1, 0, 0], dtype=bool)
-    f_c = ltc.head_frequencies(winners, mask_c, 3)
-    f_w = ltc.head_frequencies(winners, ~mask_c, 3)
-    np.testing.assert_allclose(f_c, [2 / 3, 1 / 3, 0])
-    np.testing.assert_allclose(f_w, [0, 0, 1])
-    s, y, kappa, n_act = ltc.contrastive_selection(f_c, f_w)
+    n_c = ltc.head_counts(winners, mask_c, 3)
+    n_w = ltc.head_counts(winners, ~mask_c, 3)
+    np.testing.assert_array_equal(n_c, [2, 1, 0])
+    np.testing.assert_array_equal(n_w, [0, 0, 2])
+    np.testing.assert_allclose(ltc.head_frequencies(winners, mask_c, 3), [2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(ltc.head_frequencies(winners, ~mask_c, 3), [0, 0, 1])
+    s, y, kappa, n_act = ltc.contrastive_selection(n_c, n_w)
     assert (list(s), list(y), n_act) == ([2], [0], 3)
     assert kappa == pytest.approx(1 / 3)
-    # ordering: several heads pass, sorted by score
-    s, y, _, _ = ltc.contrastive_selection(np.zeros(4), np.array([0.1, 0.5, 0.0, 0.4]))
-    assert list(s) == [1, 3] and list(y) == []  # kappa = 1/3
+    # ordering: several heads pass, sorted by score; |C| = 0 means F_C = 0
+    s, y, _, _ = ltc.contrastive_selection(np.zeros(4, int), np.array([1, 5, 0, 4]))
+    assert list(s) == [1, 3] and list(y) == []  # F_W = (.1, .5, 0, .4), kappa = 1/3
     # nothing active
-    s, y, kappa, n_act = ltc.contrastive_selection(np.zeros(3), np.zeros(3))
+    s, y, kappa, n_act = ltc.contrastive_selection(np.zeros(3, int), np.zeros(3, int))
     assert len(s) == len(y) == n_act == 0 and np.isinf(kappa)
+    with pytest.raises(TypeError, match="head_counts"):
+        ltc.contrastive_selection(np.array([0.5, 0.5]), np.array([1.0, 0.0]))
+
+
+# A score exactly at kappa is never selected (S and Y need F_W - F_C > kappa, resp. F_C - F_W
+# > kappa), whatever the float rounding of the frequencies. Counts per head (3 heads):
+#   correct c = (0, 1, 1), |C| = 2;  wrong w = (2, 1, 3), |W| = 6;  n_active = 3, kappa = 1/3
+#   F_C = (0, 1/2, 1/2), F_W = (1/3, 1/6, 1/2)
+#   F_W - F_C = (1/3, -1/3, 0):  head 0 sits exactly on kappa -> S = []
+#   F_C - F_W = (-1/3, 1/3, 0):  head 1 sits exactly on kappa -> Y = []
+# In float64, 1/2 - 1/6 = 0.33333333333333337 > 1/3 (0.3333333333333333): comparing float
+# frequencies put head 1 into Y, while 1/3 - 0 = 1/3 kept head 0 out of S. The reference's
+# float32 decides such ties by its own rounding too. In integers the test is
+# n_act * (w |C| - c |W|) > |W| |C|: head 0: 3 * (2*2 - 0*6) = 12 = 6*2, not >.
+def test_contrastive_selection_exactly_at_kappa():
+    c, w = np.array([0, 1, 1]), np.array([2, 1, 3])
+    s, y, kappa, n_act = ltc.contrastive_selection(c, w)
+    assert (list(s), list(y), n_act) == ([], [], 3)
+    assert kappa == 1 / 3
+    # the same counts with C and W swapped: nothing in S either
+    s, y, _, _ = ltc.contrastive_selection(w, c)
+    assert (list(s), list(y)) == ([], [])
+    # one more wrong sample on head 0 lifts it just above kappa:
+    # w = (3, 1, 3), |W| = 7: F_W - F_C = 3/7 > 1/3
+    s, y, _, _ = ltc.contrastive_selection(c, np.array([3, 1, 3]))
+    assert list(s) == [0]
+    # through locate_from_winners: wrong samples win heads 0, 0, 1, 2, 2, 2; correct 1, 2
+    winners = np.array([0, 0, 1, 2, 2, 2, 1, 2])
+    labels = np.zeros(8, dtype=int)
+    preds = np.array([1, 1, 1, 1, 1, 1, 0, 0])
+    res = ltc.locate_from_winners(winners, preds, labels, [5], 3, variant="full")
+    assert (res["S"], res["Y"], res["n_active"]) == ([], [], 3)
+    assert (res["n_correct"], res["n_wrong"]) == (2, 6)
+
+
+# Tied scores are ordered as the reference's get_impt_heads does:
+# sorted(zip(scores, flat_ids), reverse=True), i.e. the larger flat id (later layer, then
+# later head) first. Counts over 4 heads (layers [10, 11], 2 heads each):
+#   wrong w = (2, 0, 0, 2), |W| = 4;  correct c = (0, 4, 0, 0), |C| = 4;  n_active = 3
+#   F_W - F_C = (1/2, -1, 0, 1/2) > 1/3 for flat ids 0 and 3 (tied) -> S = [3, 0]
+#   F_C - F_W = (-1/2, 1, 0, -1/2)                                  -> Y = [1]
+def test_tied_heads_are_ordered_as_the_reference():
+    s, y, kappa, n_act = ltc.contrastive_selection(np.array([0, 4, 0, 0]), np.array([2, 0, 0, 2]))
+    assert (list(s), list(y), n_act) == ([3, 0], [1], 3)
+    winners = np.array([0, 0, 3, 3, 1, 1, 1, 1])
+    preds = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    res = ltc.locate_from_winners(winners, preds, np.zeros(8, int), [10, 11], 2, variant="full")
+    assert [x["head"] for x in res["S"]] == ["L11H1", "L10H0"]
+    assert [x["score"] for x in res["S"]] == [0.5, 0.5]
+    # a higher score still comes first: one more win of L10H0 among the wrong samples
+    res = ltc.locate_from_winners(
+        np.append(winners, 0), np.append(preds, 1), np.zeros(9, int), [10, 11], 2, variant="full"
+    )
+    assert [x["head"] for x in res["S"]] == ["L10H0", "L11H1"]
+    # the non-contrastive count orders ties the same way: F = (3, 0, 3, 1) / 7 vs 1/3
+    ids, thr, n_act = ltc.noncontrastive_selection(np.array([3, 0, 3, 1]))
+    assert (list(ids), n_act) == ([2, 0], 3) and thr == pytest.approx(1 / 3)
+
+
+def test_noncontrastive_selection_exactly_at_threshold():
+    # counts (1, 1, 2), total 4, n_active 3: F = (1/4, 1/4, 1/2) vs 1/3 -> head 2 only;
+    # counts (1, 2, 3), total 6: F = (1/6, 1/3, 1/2), head 1 exactly on 1/3 -> not selected
+    assert list(ltc.noncontrastive_selection(np.array([1, 1, 2]))[0]) == [2]
+    assert list(ltc.noncontrastive_selection(np.array([1, 2, 3]))[0]) == [2]
+    with pytest.raises(TypeError, match="head_counts"):
+        ltc.noncontrastive_selection(np.array([0.25, 0.75]))
 
 
 def test_locate_ltc_groups_and_full(locate_case):

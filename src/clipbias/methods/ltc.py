@@ -142,46 +142,80 @@ def worst_gender_mask(
     return mask
 
 
+def head_counts(winners: np.ndarray, mask: np.ndarray, n_total: int) -> np.ndarray:
+    """|{x in mask : top(x) = k}| over flat head ids, [n_total] int64 (sums to |mask|)."""
+    w = np.asarray(winners, dtype=np.int64)[np.asarray(mask, dtype=bool)]
+    return np.bincount(w, minlength=n_total).astype(np.int64)
+
+
 def head_frequencies(winners: np.ndarray, mask: np.ndarray, n_total: int) -> np.ndarray:
     """F(k) = |{x in mask : top(x) = k}| / |mask| over flat head ids, [n_total] float64.
 
     All zeros when the mask is empty.
     """
-    w = np.asarray(winners)[np.asarray(mask, dtype=bool)]
-    counts = np.bincount(w, minlength=n_total).astype(np.float64)
-    return counts / len(w) if len(w) else counts
+    counts = head_counts(winners, mask, n_total)
+    n = int(counts.sum())
+    return counts / n if n else counts.astype(np.float64)
+
+
+def _int_counts(counts: np.ndarray, name: str) -> list[int]:
+    counts = np.asarray(counts)
+    if counts.dtype.kind not in "iu" or np.any(counts < 0):
+        raise TypeError(
+            f"{name} must be non-negative integer winner counts per head (head_counts), "
+            f"not {counts.dtype} frequencies: the threshold is decided exactly on counts"
+        )
+    return [int(x) for x in counts.ravel()]
+
+
+def _by_score(ids: list[int], score: Sequence[int]) -> np.ndarray:
+    """``ids`` by ``score`` descending, ties by id descending: the order of the reference's
+    ``get_impt_heads``, ``sorted(zip(scores, ids), reverse=True)``."""
+    return np.array(sorted(ids, key=lambda i: (score[i], i), reverse=True), dtype=np.int64)
 
 
 def contrastive_selection(
-    f_c: np.ndarray, f_w: np.ndarray
+    count_c: np.ndarray, count_w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """S and Y from frequency maps (METHODS §4.5).
+    """S and Y from the top-1 winner counts of the correct (C) and wrong (W) samples
+    (METHODS §4.5; counts from :func:`head_counts`, so |C| = Σ count_c, |W| = Σ count_w).
 
-    n_act = #{k : F_C > 0 or F_W > 0}; κ = 1 / n_act (inf if none active);
-    S = {F_W - F_C > κ} ordered by F_W - F_C descending; Y = {F_C - F_W > κ} ordered by
-    F_C - F_W descending (ties: storage order). Returns (S flat ids, Y flat ids, κ, n_act).
+    n_act = #{k : c_k > 0 or w_k > 0}; κ = 1 / n_act (inf if none active);
+    S = {F_W - F_C > κ} and Y = {F_C - F_W > κ}, with F_W = w / |W| and F_C = c / |C|
+    (F = 0 for an empty set). The comparison is made exactly, in integers:
+    F_W - F_C > κ  <=>  n_act (w |C| - c |W|) > |W| |C|, so a score exactly at κ is never
+    selected (float frequencies decide such ties by rounding: in float64 1/2 - 1/6 > 1/3).
+    Both lists are ordered by score descending, ties by flat id descending (the larger
+    layer, then head, first), as the reference's ``get_impt_heads``.
+    Returns (S flat ids, Y flat ids, κ, n_act).
     """
-    f_c = np.asarray(f_c, dtype=np.float64)
-    f_w = np.asarray(f_w, dtype=np.float64)
-    n_act = int(np.sum((f_c > 0) | (f_w > 0)))
+    c = _int_counts(count_c, "count_c")
+    w = _int_counts(count_w, "count_w")
+    if len(c) != len(w):
+        raise ValueError(f"{len(c)} correct counts but {len(w)} wrong counts")
+    n_act = sum(1 for a, b in zip(c, w, strict=True) if a > 0 or b > 0)
     kappa = 1.0 / n_act if n_act else float("inf")
-    d = f_w - f_c
-    s_ids = np.flatnonzero(d > kappa)
-    y_ids = np.flatnonzero(-d > kappa)
-    s_ids = s_ids[np.argsort(-d[s_ids], kind="stable")]
-    y_ids = y_ids[np.argsort(d[y_ids], kind="stable")]
-    return s_ids, y_ids, kappa, n_act
+    # common denominator |W'| |C'| (an empty set counts as 1: its F is 0 anyway)
+    n_c, n_w = max(sum(c), 1), max(sum(w), 1)
+    num = [b * n_c - a * n_w for a, b in zip(c, w, strict=True)]  # (F_W - F_C) |W'| |C'|
+    bar = n_c * n_w
+    s_ids = [k for k, x in enumerate(num) if n_act * x > bar]
+    y_ids = [k for k, x in enumerate(num) if -n_act * x > bar]
+    return _by_score(s_ids, num), _by_score(y_ids, [-x for x in num]), kappa, n_act
 
 
-def noncontrastive_selection(f: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Heads with F > 1 / |{F > 0}|, ordered by F descending (METHODS §4.5, last bullet).
+def noncontrastive_selection(counts: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Heads with F > 1 / |{F > 0}| (METHODS §4.5, last bullet) from winner counts
+    (:func:`head_counts`), decided in integers (count · n_act > Σ counts); ordered by F
+    descending, ties by flat id descending as :func:`contrastive_selection`.
 
     Returns (flat ids, threshold, n_active)."""
-    f = np.asarray(f, dtype=np.float64)
-    n_act = int(np.sum(f > 0))
+    c = _int_counts(counts, "counts")
+    n_act = sum(1 for x in c if x > 0)
     thr = 1.0 / n_act if n_act else float("inf")
-    ids = np.flatnonzero(f > thr)
-    return ids[np.argsort(-f[ids], kind="stable")], thr, n_act
+    total = sum(c)
+    ids = [k for k, x in enumerate(c) if x * n_act > total]
+    return _by_score(ids, c), thr, n_act
 
 
 def _head_list(ids: np.ndarray, score: np.ndarray, heads_all: list[HeadId]) -> list[dict]:
@@ -249,9 +283,11 @@ def locate_from_winners(
     n_c, n_w = int(mask_c.sum()), int(mask_w.sum())
     if n_c == 0 or n_w == 0:
         log.warning("LTC locate: %d correct and %d wrong samples selected", n_c, n_w)
-    f_c = head_frequencies(winners, mask_c, len(heads_all))
-    f_w = head_frequencies(winners, mask_w, len(heads_all))
-    s_ids, y_ids, kappa, n_act = contrastive_selection(f_c, f_w)
+    count_c = head_counts(winners, mask_c, len(heads_all))
+    count_w = head_counts(winners, mask_w, len(heads_all))
+    f_c = count_c / max(n_c, 1)
+    f_w = count_w / max(n_w, 1)
+    s_ids, y_ids, kappa, n_act = contrastive_selection(count_c, count_w)
     d = f_w - f_c
     result = {
         "variant": variant,
@@ -310,8 +346,9 @@ def locate_noncontrastive(
     mask = preds == np.asarray(labels)
     if sample_mask is not None:
         mask &= np.asarray(sample_mask, dtype=bool)
-    f = head_frequencies(top_heads(delta), mask, len(heads_all))
-    ids, thr, n_act = noncontrastive_selection(f)
+    counts = head_counts(top_heads(delta), mask, len(heads_all))
+    f = counts / max(int(counts.sum()), 1)
+    ids, thr, n_act = noncontrastive_selection(counts)
     excl = {parse_head(h) for h in exclude}
     ids = np.array([i for i in ids if heads_all[i] not in excl], dtype=np.int64)
     return {
@@ -580,6 +617,7 @@ __all__ = [
     "accept_update",
     "contrastive_selection",
     "corrected_embeddings",
+    "head_counts",
     "head_frequencies",
     "head_margins",
     "head_means",
