@@ -272,10 +272,13 @@ def locate_from_winners(
     minority_groups: Iterable[int] | None = (1, 2),
     variant: str = "groups",
     sample_mask: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The counting, threshold and selection of :func:`locate_ltc` (METHODS §4.4-4.5) from
     per-sample results: ``winners`` [N] flat top-1 head ids (:func:`top_heads`) and
-    ``preds`` [N] zero-shot predictions. Same return value as :func:`locate_ltc`."""
+    ``preds`` [N] zero-shot predictions. Same return value as :func:`locate_ltc`; with
+    ``class_names`` (the classifier's columns) also ``"by_class"``, the per-class pieces of
+    the reference's multi-class path (:func:`per_class_locate`, S excluded from each Y)."""
     heads_all = all_heads(layers, n_heads)
     winners = np.asarray(winners, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
@@ -309,6 +312,10 @@ def locate_from_winners(
         "n_samples": int(len(preds)),
         "baseline_accuracy": float(np.mean(preds == np.asarray(labels))),
     }
+    if class_names is not None:
+        result["by_class"] = per_class_locate(
+            winners, preds, labels, layers, n_heads, class_names, [heads_all[i] for i in s_ids]
+        )
     log.info(
         "LTC locate (%s): |C|=%d |W|=%d n_active=%d kappa=%s S=%s Y=%s",
         variant,
@@ -320,6 +327,54 @@ def locate_from_winners(
         [x["head"] for x in result["Y"]],
     )
     return result
+
+
+def per_class_locate(
+    winners: np.ndarray,
+    preds: np.ndarray,
+    labels: np.ndarray,
+    layers: Sequence[int],
+    n_heads: int,
+    class_names: Sequence[str],
+    exclude: Iterable[str | HeadId] = (),
+) -> list[dict[str, Any]]:
+    """Per-class heads and contrast class of the reference's multi-class path (its
+    CounterAnimal branch, METHODS §4.4 last bullet, §4.7-4.8), from the locate split's
+    per-sample winners and zero-shot predictions, for every class among ``labels``:
+
+    * ``partner``: the class its samples are most often wrongly predicted as (the reference's
+      ``get_alternative_class``; ties: the smaller class id; ``None`` without errors);
+    * ``salient``: the non-contrastive heads of its correct samples (F > 1/|{F > 0}|,
+      :func:`noncontrastive_selection`) minus ``exclude`` (S), ``[{"head", "score": F}]``.
+
+    Returns ``[{"class", "n_samples", "n_correct", "partner", "salient"}]`` in class order.
+    """
+    heads_all = all_heads(layers, n_heads)
+    winners = np.asarray(winners, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    excl = {parse_head(h) for h in exclude}
+    n_cls = len(class_names)
+    if labels.size and (labels.max() >= n_cls or preds.max() >= n_cls):
+        raise ValueError(f"class ids beyond the {n_cls} class names")
+    out = []
+    for c in np.unique(labels):
+        of_c = labels == c
+        correct = of_c & (preds == c)
+        wrong = np.bincount(preds[of_c & ~correct], minlength=n_cls)
+        counts = head_counts(winners, correct, len(heads_all))
+        ids, _, _ = noncontrastive_selection(counts)
+        ids = np.array([i for i in ids if heads_all[i] not in excl], dtype=np.int64)
+        out.append(
+            {
+                "class": class_names[c],
+                "n_samples": int(of_c.sum()),
+                "n_correct": int(correct.sum()),
+                "partner": class_names[int(np.argmax(wrong))] if wrong.any() else None,
+                "salient": _head_list(ids, counts / max(int(correct.sum()), 1), heads_all),
+            }
+        )
+    return out
 
 
 def locate_noncontrastive(
@@ -629,6 +684,7 @@ __all__ = [
     "located_heads",
     "ltc_correct",
     "noncontrastive_selection",
+    "per_class_locate",
     "reject_update",
     "select_samples",
     "top_heads",
@@ -646,6 +702,119 @@ def heads_of(located: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [x["head"] for x in located["spurious"]], [x["head"] for x in located["salient"]]
 
 
+INSIGHT = ("global", "per_class")
+
+
+def class_bases(
+    rows: Sequence[tuple[str, str, str, str]], pos_emb: np.ndarray, neg_emb: np.ndarray
+) -> dict[frozenset[str], np.ndarray]:
+    """Insight basis Q per class pair (:func:`insight_basis` of that pair's rows, in order).
+
+    ``rows``: ``(class_a, class_b, pos, neg)`` of :func:`clipbias.methods.texts.
+    class_insight_pairs`; ``pos_emb``/``neg_emb`` [len(rows), D] their raw embeddings."""
+    if len(rows) != len(pos_emb) or len(rows) != len(neg_emb):
+        raise ValueError(
+            f"{len(rows)} class insight pairs in the text file but {len(pos_emb)}/{len(neg_emb)} "
+            "encoded: re-encode the method texts (rule encode_method_texts)"
+        )
+    keys: dict[frozenset[str], list[int]] = {}
+    for i, (a, b, _, _) in enumerate(rows):
+        keys.setdefault(frozenset((a, b)), []).append(i)
+    return {k: insight_basis(pos_emb[ix], neg_emb[ix]) for k, ix in keys.items()}
+
+
+def per_class_plan(
+    by_class: Sequence[dict[str, Any]],
+    class_names: Sequence[str],
+    bases: dict[frozenset[str], np.ndarray],
+    fallback_salient: Sequence[str],
+) -> dict[int, dict[str, Any]]:
+    """What the reference's multi-class path does for a test image of pseudo-class c
+    (METHODS §4.7-4.8, its CounterAnimal branch): accept-project the Y heads of c (those of
+    the located set, ``fallback_salient``, when c has none, as the reference falls back to
+    fixed heads) with the insight basis of the pair {c, partner(c)}. Without a partner or
+    without texts for the pair the image gets no projection (METHODS [REC] instead of the
+    reference's random key). Returns ``{class id: {"class", "partner", "salient", "basis",
+    "status"}}`` with status ``ok``, ``fallback_heads``, ``no_partner`` or ``no_texts``."""
+    index = {name: i for i, name in enumerate(class_names)}
+    plan = {}
+    for entry in by_class:
+        name, partner = entry["class"], entry.get("partner")
+        if name not in index or (partner is not None and partner not in index):
+            raise ValueError(f"located class {name!r} / {partner!r} is not a classifier class")
+        salient = [x["head"] for x in entry.get("salient", [])]
+        status = "ok" if salient else "fallback_heads"
+        salient = salient or list(fallback_salient)
+        basis = None if partner is None else bases.get(frozenset((name, partner)))
+        if partner is None:
+            status = "no_partner"
+        elif basis is None:
+            status = "no_texts"
+        plan[index[name]] = {
+            "class": name, "partner": partner, "salient": salient if basis is not None else [],
+            "basis": basis, "status": status,
+        }  # fmt: skip
+    return plan
+
+
+def ltc_correct_per_class(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    layers: Sequence[int],
+    spurious: Iterable[str | HeadId],
+    pseudo: np.ndarray,
+    plan: dict[int, dict[str, Any]],
+    means: np.ndarray | None = None,
+    ablation: str = "mean",
+    scale_preserving: bool = False,
+    renormalize_after_edit: bool = False,
+) -> np.ndarray:
+    """:func:`ltc_correct` per pseudo-class: every row is ablated (S) like LTC, and the rows
+    whose pseudo-class ``pseudo`` [N] (the zero-shot prediction) has a basis in ``plan``
+    (:func:`per_class_plan`) get that class's Y heads accept-projected with it."""
+    heads = np.asarray(heads)
+    rest = np.asarray(rest)
+    pseudo = np.asarray(pseudo, dtype=np.int64)
+    spurious = list(spurious)
+    out = np.empty((len(heads), heads.shape[-1]), dtype=np.float32)
+    for c in np.unique(pseudo):
+        rows = pseudo == c
+        step = plan.get(int(c)) or {"salient": [], "basis": None}
+        out[rows] = ltc_correct(
+            heads[rows], rest[rows], layers, spurious, step["salient"], step["basis"], means,
+            ablation, scale_preserving, renormalize_after_edit,
+        )  # fmt: skip
+    return out
+
+
+def class_plan_from_context(ctx: Any, located: dict[str, Any], salient: Sequence[str]):
+    """:func:`per_class_plan` from a method context: the located file's ``by_class`` and the
+    text file's ``class_insight_pairs`` (encoded as ``class_accept_pos``/``_neg``)."""
+    from clipbias.methods.texts import class_insight_pairs
+
+    if "by_class" not in located:
+        raise ValueError(
+            "insight: per_class needs the per-class heads of the located file (by_class); "
+            "re-run the rule locate_ltc with this clipbias"
+        )
+    rows = class_insight_pairs(ctx.text_spec)
+    if not rows:
+        raise ValueError(
+            "insight: per_class needs class_insight_pairs in the dataset's text file "
+            "(config/texts/*.yaml; see clipbias.methods.texts.class_insight_pairs)"
+        )
+    pos_texts, pos = ctx.text_roles("class_accept_pos")
+    _, neg = ctx.text_roles("class_accept_neg")
+    if pos_texts != [r[2] for r in rows]:
+        raise ValueError(
+            "texts.parquet does not hold the text file's class_insight_pairs: re-encode the "
+            "method texts (rule encode_method_texts)"
+        )
+    return per_class_plan(
+        located["by_class"], ctx.class_names, class_bases(rows, pos, neg), salient
+    )
+
+
 def predict(
     ctx: Any,
     heads_from: str = "ltc",
@@ -655,16 +824,58 @@ def predict(
     ablation: str = "mean",
     scale_preserving: bool = False,
     renormalize_after_edit: bool = False,
+    insight: str = "global",
 ) -> Any:
     """LTC correct (METHODS §4.6-4.7) on the test split; the registry's variants fix
     ``heads_from`` (``ltc`` or ``ltc_full``), ``ablate`` (mean-ablate S), ``project``
-    (accept-project Y), ``ablation_stats`` and ``scale_preserving``."""
-    from clipbias.methods.api import MethodOutput
+    (accept-project Y), ``ablation_stats`` and ``scale_preserving``.
 
-    s, y = heads_of(ctx.located[heads_from])
+    ``insight``: ``global`` (one basis from ``insight_pairs.accept`` for every image, the
+    reference's binary path) or ``per_class`` (the reference's multi-class path: per
+    pseudo-class Y heads and the basis of the class and its most-confused class,
+    :func:`per_class_plan`)."""
+    from clipbias.methods.api import MethodOutput
+    from clipbias.metrics import predict as zero_shot
+
+    if insight not in INSIGHT:
+        raise ValueError(f"insight must be one of {INSIGHT}, got {insight!r}")
+    located = ctx.located[heads_from]
+    s, y = heads_of(located)
     s = s if ablate else []
     y = y if project else []
     means = ctx.ablation_means(ablation_stats) if s and ablation == "mean" else None
+    meta = {
+        "heads_from": heads_from,
+        "spurious": s,
+        "salient": y,
+        "ablation_stats": ablation_stats if s else None,
+        "ablation": ablation,
+        "scale_preserving": scale_preserving,
+        "insight": insight,
+    }
+    if project and insight == "per_class":
+        plan = class_plan_from_context(ctx, located, y)
+        n_rows = dict.fromkeys(("ok", "fallback_heads", "no_partner", "no_texts", "unlocated"), 0)
+
+        def edit(heads, rest, idx):
+            base = heads.sum(axis=(1, 2), dtype=np.float64) + rest
+            pseudo = zero_shot(base, ctx.classifier, ctx.candidates(idx))
+            for c in pseudo:
+                n_rows[plan[int(c)]["status"] if int(c) in plan else "unlocated"] += 1
+            return ltc_correct_per_class(
+                heads, rest, ctx.layers, s, pseudo, plan, means, ablation, scale_preserving,
+                renormalize_after_edit,
+            )  # fmt: skip
+
+        pred = ctx.predict(edit)
+        if n_rows["no_partner"] + n_rows["no_texts"] + n_rows["unlocated"]:
+            log.warning("LTC per_class: test rows without a projection: %s", n_rows)
+        meta["per_class"] = {
+            "rows": n_rows,
+            "classes": [{k: v for k, v in step.items() if k != "basis"} for step in plan.values()],
+        }
+        return MethodOutput(pred, meta)
+
     q = ctx.basis("accept_pos", "accept_neg") if y else None
     if y and q is None:
         raise ValueError("LTC's accept projection needs insight_pairs.accept in the text file")
@@ -675,12 +886,4 @@ def predict(
             renormalize_after_edit,
         )  # fmt: skip
 
-    meta = {
-        "heads_from": heads_from,
-        "spurious": s,
-        "salient": y,
-        "ablation_stats": ablation_stats if s else None,
-        "ablation": ablation,
-        "scale_preserving": scale_preserving,
-    }
     return MethodOutput(ctx.predict(edit), meta)
