@@ -233,6 +233,7 @@ def locate_ltc(
     variant: str = "groups",
     candidates: np.ndarray | None = None,
     sample_mask: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """LTC locate step (METHODS §4.3-4.5). The top-1 search runs over all stored heads.
 
@@ -246,6 +247,7 @@ def locate_ltc(
          "kappa": κ, "n_active": n_act, "n_correct": |C|, "n_wrong": |W|,
          "n_samples": N, "baseline_accuracy": acc of the zero-shot predictions on all N}
 
+    With ``class_names`` also ``"by_class"`` (:func:`per_class_locate`, S excluded).
     ``kappa`` is ``None`` (JSON null) when no head is active. Use :func:`located_heads` to
     get ``[(layer, head), ...]`` back. :func:`locate_from_winners` does the counting from
     per-sample winners, so the margins can be computed batch by batch
@@ -258,7 +260,7 @@ def locate_ltc(
     delta, preds, _ = head_margins(heads, rest, classifier, labels, candidates)
     return locate_from_winners(
         top_heads(delta), preds, labels, layers, n_heads, groups, minority_groups, variant,
-        sample_mask,
+        sample_mask, class_names,
     )  # fmt: skip
 
 
@@ -879,6 +881,14 @@ def predict(
     q = ctx.basis("accept_pos", "accept_neg") if y else None
     if y and q is None:
         raise ValueError("LTC's accept projection needs insight_pairs.accept in the text file")
+    if y and len(ctx.class_names) > 2 and not ctx.dataset_meta.get("candidate_columns"):
+        log.warning(
+            "LTC with one insight pair list on %d classes: the accept update makes each Y head "
+            "a unit vector along the first pair's direction, pushing every image towards the "
+            "two classes that pair separates (docs/DESIGN.md, 'LTC on more than two "
+            "classes'); the reference's multi-class path is insight: per_class",
+            len(ctx.class_names),
+        )
 
     def edit(heads, rest, idx):
         return ltc_correct(
