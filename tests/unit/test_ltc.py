@@ -78,19 +78,87 @@ def test_head_margins_runner_up_with_three_classes():
 def test_contrastive_selection_by_hand():
     winners = np.array([0, 0, 1, 2, 2])
     mask_c = np.array([1, 1, 1, 0, 0], dtype=bool)
-    f_c = ltc.head_frequencies(winners, mask_c, 3)
-    f_w = ltc.head_frequencies(winners, ~mask_c, 3)
-    np.testing.assert_allclose(f_c, [2 / 3, 1 / 3, 0])
-    np.testing.assert_allclose(f_w, [0, 0, 1])
-    s, y, kappa, n_act = ltc.contrastive_selection(f_c, f_w)
+    n_c = ltc.head_counts(winners, mask_c, 3)
+    n_w = ltc.head_counts(winners, ~mask_c, 3)
+    np.testing.assert_array_equal(n_c, [2, 1, 0])
+    np.testing.assert_array_equal(n_w, [0, 0, 2])
+    np.testing.assert_allclose(ltc.head_frequencies(winners, mask_c, 3), [2 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(ltc.head_frequencies(winners, ~mask_c, 3), [0, 0, 1])
+    s, y, kappa, n_act = ltc.contrastive_selection(n_c, n_w)
     assert (list(s), list(y), n_act) == ([2], [0], 3)
     assert kappa == pytest.approx(1 / 3)
-    # ordering: several heads pass, sorted by score
-    s, y, _, _ = ltc.contrastive_selection(np.zeros(4), np.array([0.1, 0.5, 0.0, 0.4]))
-    assert list(s) == [1, 3] and list(y) == []  # kappa = 1/3
+    # ordering: several heads pass, sorted by score; |C| = 0 means F_C = 0
+    s, y, _, _ = ltc.contrastive_selection(np.zeros(4, int), np.array([1, 5, 0, 4]))
+    assert list(s) == [1, 3] and list(y) == []  # F_W = (.1, .5, 0, .4), kappa = 1/3
     # nothing active
-    s, y, kappa, n_act = ltc.contrastive_selection(np.zeros(3), np.zeros(3))
+    s, y, kappa, n_act = ltc.contrastive_selection(np.zeros(3, int), np.zeros(3, int))
     assert len(s) == len(y) == n_act == 0 and np.isinf(kappa)
+    with pytest.raises(TypeError, match="head_counts"):
+        ltc.contrastive_selection(np.array([0.5, 0.5]), np.array([1.0, 0.0]))
+
+
+# A score exactly at kappa is never selected (S and Y need F_W - F_C > kappa, resp. F_C - F_W
+# > kappa), whatever the float rounding of the frequencies. Counts per head (3 heads):
+#   correct c = (0, 1, 1), |C| = 2;  wrong w = (2, 1, 3), |W| = 6;  n_active = 3, kappa = 1/3
+#   F_C = (0, 1/2, 1/2), F_W = (1/3, 1/6, 1/2)
+#   F_W - F_C = (1/3, -1/3, 0):  head 0 sits exactly on kappa -> S = []
+#   F_C - F_W = (-1/3, 1/3, 0):  head 1 sits exactly on kappa -> Y = []
+# In float64, 1/2 - 1/6 = 0.33333333333333337 > 1/3 (0.3333333333333333): comparing float
+# frequencies put head 1 into Y, while 1/3 - 0 = 1/3 kept head 0 out of S. The reference's
+# float32 decides such ties by its own rounding too. In integers the test is
+# n_act * (w |C| - c |W|) > |W| |C|: head 0: 3 * (2*2 - 0*6) = 12 = 6*2, not >.
+def test_contrastive_selection_exactly_at_kappa():
+    c, w = np.array([0, 1, 1]), np.array([2, 1, 3])
+    s, y, kappa, n_act = ltc.contrastive_selection(c, w)
+    assert (list(s), list(y), n_act) == ([], [], 3)
+    assert kappa == 1 / 3
+    # the same counts with C and W swapped: nothing in S either
+    s, y, _, _ = ltc.contrastive_selection(w, c)
+    assert (list(s), list(y)) == ([], [])
+    # one more wrong sample on head 0 lifts it just above kappa:
+    # w = (3, 1, 3), |W| = 7: F_W - F_C = 3/7 > 1/3
+    s, y, _, _ = ltc.contrastive_selection(c, np.array([3, 1, 3]))
+    assert list(s) == [0]
+    # through locate_from_winners: wrong samples win heads 0, 0, 1, 2, 2, 2; correct 1, 2
+    winners = np.array([0, 0, 1, 2, 2, 2, 1, 2])
+    labels = np.zeros(8, dtype=int)
+    preds = np.array([1, 1, 1, 1, 1, 1, 0, 0])
+    res = ltc.locate_from_winners(winners, preds, labels, [5], 3, variant="full")
+    assert (res["S"], res["Y"], res["n_active"]) == ([], [], 3)
+    assert (res["n_correct"], res["n_wrong"]) == (2, 6)
+
+
+# Tied scores are ordered as the reference's get_impt_heads does:
+# sorted(zip(scores, flat_ids), reverse=True), i.e. the larger flat id (later layer, then
+# later head) first. Counts over 4 heads (layers [10, 11], 2 heads each):
+#   wrong w = (2, 0, 0, 2), |W| = 4;  correct c = (0, 4, 0, 0), |C| = 4;  n_active = 3
+#   F_W - F_C = (1/2, -1, 0, 1/2) > 1/3 for flat ids 0 and 3 (tied) -> S = [3, 0]
+#   F_C - F_W = (-1/2, 1, 0, -1/2)                                  -> Y = [1]
+def test_tied_heads_are_ordered_as_the_reference():
+    s, y, kappa, n_act = ltc.contrastive_selection(np.array([0, 4, 0, 0]), np.array([2, 0, 0, 2]))
+    assert (list(s), list(y), n_act) == ([3, 0], [1], 3)
+    winners = np.array([0, 0, 3, 3, 1, 1, 1, 1])
+    preds = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    res = ltc.locate_from_winners(winners, preds, np.zeros(8, int), [10, 11], 2, variant="full")
+    assert [x["head"] for x in res["S"]] == ["L11H1", "L10H0"]
+    assert [x["score"] for x in res["S"]] == [0.5, 0.5]
+    # a higher score still comes first: one more win of L10H0 among the wrong samples
+    res = ltc.locate_from_winners(
+        np.append(winners, 0), np.append(preds, 1), np.zeros(9, int), [10, 11], 2, variant="full"
+    )
+    assert [x["head"] for x in res["S"]] == ["L10H0", "L11H1"]
+    # the non-contrastive count orders ties the same way: F = (3, 0, 3, 1) / 7 vs 1/3
+    ids, thr, n_act = ltc.noncontrastive_selection(np.array([3, 0, 3, 1]))
+    assert (list(ids), n_act) == ([2, 0], 3) and thr == pytest.approx(1 / 3)
+
+
+def test_noncontrastive_selection_exactly_at_threshold():
+    # counts (1, 1, 2), total 4, n_active 3: F = (1/4, 1/4, 1/2) vs 1/3 -> head 2 only;
+    # counts (1, 2, 3), total 6: F = (1/6, 1/3, 1/2), head 1 exactly on 1/3 -> not selected
+    assert list(ltc.noncontrastive_selection(np.array([1, 1, 2]))[0]) == [2]
+    assert list(ltc.noncontrastive_selection(np.array([1, 2, 3]))[0]) == [2]
+    with pytest.raises(TypeError, match="head_counts"):
+        ltc.noncontrastive_selection(np.array([0.25, 0.75]))
 
 
 def test_locate_ltc_groups_and_full(locate_case):
@@ -294,3 +362,150 @@ def test_accept_in_subspace_equals_the_sequential_update(scale):
     assert s[3] == 0 and not d[3].any()
     with pytest.raises(ValueError, match="orthonormal"):
         ltc.accept_in_subspace(v, 2 * q)
+
+
+# --------------------------------------------------------------------------------------------
+# The reference's multi-class path (METHODS §4.4, §4.7-4.8; main_bg.py counteranimal branch)
+# --------------------------------------------------------------------------------------------
+
+
+# Per-class pieces from per-sample results, one stored layer (7) with 3 heads, 3 classes:
+#   class 0: preds 0 0 0 1 1 2, winners of its correct samples 0 0 1 -> counts (2, 1, 0),
+#            n_act 2, F = (2/3, 1/3, 0) > 1/2 for head 0 -> Y_0 = [L7H0]; wrong preds
+#            {1: 2, 2: 1} -> partner 1
+#   class 1: preds 1 1 0 2, correct winners 2 2 -> counts (0, 0, 2), n_act 1: F = 1 is not
+#            > 1 -> Y_1 = []; wrong preds {0: 1, 2: 1} tie -> the smaller id, partner 0
+#   class 2: preds 2 2 2, correct winners 1 1 0 -> F = (1/3, 2/3, 0) > 1/2 for head 1, but
+#            L7H1 is in S (excluded) -> Y_2 = []; no wrong prediction -> partner None
+def test_per_class_locate_by_hand():
+    labels = np.array([0] * 6 + [1] * 4 + [2] * 3)
+    preds = np.array([0, 0, 0, 1, 1, 2, 1, 1, 0, 2, 2, 2, 2])
+    winners = np.array([0, 0, 1, 2, 2, 2, 2, 2, 0, 0, 1, 1, 0])
+    out = ltc.per_class_locate(winners, preds, labels, [7], 3, ["a", "b", "c"], exclude=["L7H1"])
+    assert [(c["class"], c["n_samples"], c["n_correct"], c["partner"]) for c in out] == [
+        ("a", 6, 3, "b"), ("b", 4, 2, "a"), ("c", 3, 3, None),
+    ]  # fmt: skip
+    assert out[0]["salient"] == [{"head": "L7H0", "score": pytest.approx(2 / 3)}]
+    assert out[1]["salient"] == [] and out[2]["salient"] == []
+    # without the exclusion class 2 keeps L7H1
+    out = ltc.per_class_locate(winners, preds, labels, [7], 3, ["a", "b", "c"])
+    assert [x["head"] for x in out[2]["salient"]] == ["L7H1"]
+    # locate_from_winners adds them when it knows the class names, S excluded
+    res = ltc.locate_from_winners(winners, preds, labels, [7], 3, variant="full",
+                                  class_names=["a", "b", "c"])  # fmt: skip
+    assert [c["class"] for c in res["by_class"]] == ["a", "b", "c"]
+    s = {x["head"] for x in res["S"]}
+    assert all(x["head"] not in s for c in res["by_class"] for x in c["salient"])
+    with pytest.raises(ValueError, match="class names"):
+        ltc.per_class_locate(winners, preds, labels, [7], 3, ["a", "b"])
+
+
+def test_per_class_plan_statuses():
+    by_class = [
+        {"class": "a", "partner": "b", "salient": [{"head": "L7H0"}]},
+        {"class": "b", "partner": "a", "salient": []},
+        {"class": "c", "partner": None, "salient": [{"head": "L7H2"}]},
+        {"class": "d", "partner": "a", "salient": [{"head": "L7H2"}]},
+    ]
+    q = np.eye(4)[:, :1]
+    plan = ltc.per_class_plan(by_class, ["a", "b", "c", "d"], {frozenset("ab"): q}, ["L7H1"])
+    assert {c: p["status"] for c, p in plan.items()} == {
+        0: "ok", 1: "fallback_heads", 2: "no_partner", 3: "no_texts",
+    }  # fmt: skip
+    assert plan[0]["salient"] == ["L7H0"] and plan[0]["basis"] is q
+    assert plan[1]["salient"] == ["L7H1"] and plan[1]["basis"] is q  # the located Y instead
+    assert plan[2]["salient"] == [] and plan[2]["basis"] is None
+    assert plan[3]["salient"] == [] and plan[3]["basis"] is None
+    with pytest.raises(ValueError, match="not a classifier class"):
+        ltc.per_class_plan([{"class": "z", "partner": None}], ["a"], {}, [])
+
+
+def test_class_bases_group_rows_by_pair():
+    rows = [("a", "b", "p1", "n1"), ("c", "d", "p2", "n2"), ("b", "a", "p3", "n3")]
+    e = np.eye(4)
+    pos, neg = np.stack([e[0], e[2], 2 * e[1]]), np.stack([e[3], e[3], e[3]])
+    bases = ltc.class_bases(rows, pos, neg)
+    assert set(bases) == {frozenset("ab"), frozenset("cd")}
+    np.testing.assert_allclose(bases[frozenset("ab")], ltc.insight_basis(pos[[0, 2]], neg[[0, 2]]))
+    assert bases[frozenset("cd")].shape == (4, 1)
+    with pytest.raises(ValueError, match="re-encode"):
+        ltc.class_bases(rows, pos[:2], neg[:2])
+
+
+# One global pair list against per-class pairs, 4 classes t_c = e_c in D = 4, two images per
+# class. rest = 0.3 e_y; one salient head (layer 0, head 0) c = 0.1 e_y + 0.05 e_0 (it also
+# leans to class 0). Zero-shot: class y scores 0.4 (0.45 for y = 0), every image correct.
+# Global pairs (e0, e1), (e2, e3): q1 = (e0 - e1)/√2, q2 = (e2 - e3)/√2. For y = 2:
+#   cos(c, q1) = 0.05/√2 / 0.1118 = 0.3162; v = c + 0.3162 q1 = (0.2736, -0.2236, 0.1, 0)
+#   -> /0.36723 = (0.7450, -0.6089, 0.2723, 0); cos(v, q2) = 0.19255
+#   -> (0.7450, -0.6089, 0.4085, -0.1362) / 1.05411 = (0.7068, -0.5776, 0.3875, -0.1292)
+#   logits rest + v: class 0 0.7068 > class 2 0.3 + 0.3875 = 0.6875 -> predicted 0.
+# y = 3 likewise (0.7068 > 0.6875): the first pair pushes classes 2 and 3 to class 0.
+# y = 0: c = 0.15 e0, cos(c, q1) = 0.7071 -> class 0; y = 1: cos(c, q1) = -0.3162,
+#   v = (-0.4727, 0.8812, 0, 0) -> class 1. Global: predictions 0 0 1 1 0 0 0 0.
+# Per class (pseudo-class = zero-shot = y; partners 0 <-> 1, 2 <-> 3, each with its pair):
+#   y = 2: q = (e2 - e3)/√2, cos(c, q) = 0.6325, v = (0.05, 0, 0.5472, -0.4472)/0.70847
+#   = (0.0706, 0, 0.7724, -0.6312): class 2 scores 1.0724 -> 2. Every image stays correct.
+def test_per_class_insight_keeps_the_decision_the_global_list_collapses():
+    e = np.eye(4)
+    y = np.repeat(np.arange(4), 2)
+    heads = (0.1 * e[y] + 0.05 * e[0])[:, None, None, :]
+    rest = 0.3 * e[y]
+    cls = e  # [D, C]
+    zero_shot = np.argmax((heads.sum((1, 2)) + rest) @ cls, 1)
+    np.testing.assert_array_equal(zero_shot, y)
+    q_global = ltc.insight_basis(np.stack([e[0], e[2]]), np.stack([e[1], e[3]]))
+    glob = ltc.ltc_correct(heads, rest, [0], [], ["L0H0"], q_global)
+    np.testing.assert_array_equal(np.argmax(glob @ cls, 1), [0, 0, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_allclose(glob[4], [0.7068, -0.5776, 0.3 + 0.3875, -0.1292], atol=1e-4)
+    bases = ltc.class_bases(
+        [("c0", "c1", "p", "n"), ("c2", "c3", "p", "n")],
+        np.stack([e[0], e[2]]), np.stack([e[1], e[3]]),
+    )  # fmt: skip
+    by_class = [
+        {"class": f"c{k}", "partner": f"c{k ^ 1}", "salient": [{"head": "L0H0"}]} for k in range(4)
+    ]
+    plan = ltc.per_class_plan(by_class, [f"c{k}" for k in range(4)], bases, [])
+    per = ltc.ltc_correct_per_class(heads, rest, [0], [], zero_shot, plan)
+    np.testing.assert_array_equal(np.argmax(per @ cls, 1), y)
+    np.testing.assert_allclose(per[4], [0.0706, 0, 0.3 + 0.7724, -0.6312], atol=1e-4)
+    # rows of a class without a plan are left as they are (no S here)
+    none = ltc.ltc_correct_per_class(heads, rest, [0], [], np.full(8, 9), plan)
+    np.testing.assert_allclose(none, heads.sum((1, 2)) + rest, atol=1e-7)
+
+
+def test_insight_choices_agree_with_the_registry():
+    from clipbias.methods import registry
+
+    assert ltc.INSIGHT == registry.INSIGHT
+
+
+def test_class_insight_pairs_parse_and_reject_bad_entries():
+    from clipbias.methods.texts import class_insight_pairs, method_texts
+
+    spec = {"general_pool": False, "class_insight_pairs": [
+        {"classes": ["a", "b"], "accept": [["p1", "n1"], ["p2", "n2"]]},
+        {"classes": ["c", "a"], "accept": [["p3", "n3"]]},
+    ]}  # fmt: skip
+    assert class_insight_pairs(spec) == [
+        ("a", "b", "p1", "n1"), ("a", "b", "p2", "n2"), ("c", "a", "p3", "n3"),
+    ]  # fmt: skip
+    roles = method_texts(spec)
+    assert roles["class_accept_pos"] == ["p1", "p2", "p3"]
+    assert roles["class_accept_neg"] == ["n1", "n2", "n3"]
+    assert (
+        class_insight_pairs({}) == []
+        and method_texts({"general_pool": False})["class_accept_pos"] == []
+    )
+    for bad, msg in [
+        ({"classes": ["a"], "accept": [["p", "n"]]}, "two different classes"),
+        ({"classes": ["a", "a"], "accept": [["p", "n"]]}, "two different classes"),
+        ({"classes": ["a", "b"], "accept": []}, "needs accept"),
+        ({"classes": ["a", "b"], "accept": [["p"]]}, "needs accept"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            class_insight_pairs({"class_insight_pairs": [bad]})
+    twice = {"class_insight_pairs": [{"classes": ["a", "b"], "accept": [["p", "n"]]},
+                                     {"classes": ["b", "a"], "accept": [["q", "m"]]}]}  # fmt: skip
+    with pytest.raises(ValueError, match="twice"):
+        class_insight_pairs(twice)

@@ -80,12 +80,17 @@ def store(tmp_path_factory):
         "ortho_spurious": ["s1", "s2"],
         "ortho_candidate": ["c1", "c2", "c3"],
         "attribute": ["land", "water"],
+        "class_accept_pos": ["ab1+", "ab2+"],
+        "class_accept_neg": ["ab1-", "ab2-"],
     }
     n_texts = sum(len(v) for v in texts.values())
     write_method_texts(root / "texts.parquet", texts, rng.standard_normal((n_texts, DIM)))
     spec = {
         "ortho_cali": {"lambda": 100, "pairs": [[0, 1], [1, 2]]},
         "spurious_words": ["text 3", "text 7"],
+        "class_insight_pairs": [
+            {"classes": ["a", "b"], "accept": [["ab1+", "ab1-"], ["ab2+", "ab2-"]]}
+        ],
     }
     (root / "texts.yaml").write_text(yaml.safe_dump(spec))
     dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
@@ -323,6 +328,43 @@ def test_ltc_random_method_equals_direct_draws(store):
     table = lr.draws_table(draws, [(d["spurious"], d["salient"]) for d in meta["draw_meta"]],
                            a["labels"], a["groups"])  # fmt: skip
     pd.testing.assert_frame_equal(table, direct)
+
+
+def test_ltc_per_class_insight_matches_its_algorithm(store):
+    """insight: per_class (the reference's multi-class path) through the predict stage equals
+    ltc_correct_per_class with the located file's by_class and the class-pair texts."""
+    from clipbias.methods.texts import class_insight_pairs, read_method_texts
+
+    root, a = store
+    located = json.loads((root / "ltc.json").read_text())
+    assert [c["class"] for c in located["by_class"]] == ["a", "b"]
+    assert [c["partner"] for c in located["by_class"]] == ["b", "a"]
+    t = read_method_texts(root / "texts.parquet")
+    rows = class_insight_pairs(yaml.safe_load((root / "texts.yaml").read_text()))
+    bases = ltc.class_bases(rows, t["class_accept_pos"][1], t["class_accept_neg"][1])
+    s, y = ltc.heads_of(located)
+    plan = ltc.per_class_plan(located["by_class"], ["a", "b"], bases, y)
+    pseudo = metrics.predict(a["heads"].sum((1, 2), dtype=np.float64) + a["rest"], a["cls"])
+    emb = ltc.ltc_correct_per_class(a["heads"], a["rest"], LAYERS, s, pseudo, plan, a["means_val"])
+    df, _, meta = _pred(_run(store, "ltc", insight="per_class"))
+    np.testing.assert_array_equal(df["pred"], metrics.predict(emb, a["cls"]))
+    assert meta["meta"]["insight"] == "per_class"
+    assert sum(meta["meta"]["per_class"]["rows"].values()) == len(df)
+    # the global path differs (another basis), and the random control runs per class too
+    glob, _, _ = _pred(_run(store, "ltc"))
+    assert (glob["pred"] != df["pred"]).any()
+    _, draws, _ = _pred(_run(store, "ltc_random", insight="per_class", n_draws=5))
+    assert draws.shape == (5, len(df))
+    sets = lr.draw_head_sets(_last_layer_heads(), s, y, 5, 3)
+    batches = iter([(a["heads"], a["rest"], None)])
+    expected = lr.draw_predictions_per_class(batches, LAYERS, a["cls"], sets, plan, a["means_val"])
+    np.testing.assert_array_equal(draws, expected)
+
+
+def _last_layer_heads(last=4):
+    from clipbias.methods.heads import all_heads
+
+    return all_heads(LAYERS[-last:], N_HEADS)
 
 
 def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):

@@ -198,7 +198,7 @@ def _reference_ltc(root, use_group_labels):
     from clipbias.methods.texts import read_method_texts, unit_rows
 
     meta = json.loads((root / "dataset.json").read_text())
-    _, classifier, _ = F.read_classifier(root / "classifier.parquet")
+    names, classifier, _ = F.read_classifier(root / "classifier.parquet")
     fs = FeatureSet.open(root)
     idx, heads, rest = fs.load(split="val")
     labels, groups = idx["label"].to_numpy(), idx["group"].to_numpy()
@@ -210,7 +210,8 @@ def _reference_ltc(root, use_group_labels):
     out = {}
     for variant in ("groups", "full"):
         res = ltc.locate_ltc(heads, rest, classifier, labels, fs.layers, groups=groups,
-                             minority_groups=meta["minority_groups"], variant=variant)  # fmt: skip
+                             minority_groups=meta["minority_groups"], variant=variant,
+                             class_names=names)  # fmt: skip
         out[variant] = locate._ltc_json(res, "val", use_group_labels, acc)
     return out
 

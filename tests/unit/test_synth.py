@@ -384,6 +384,10 @@ def _all_texts(spec):
     for role in ("accept", "reject"):
         for pair in spec["insight_pairs"][role]:
             out += [(role, t) for t in pair]
+    for entry in spec.get("class_insight_pairs", []):
+        assert set(entry["classes"]) <= set(spec["classes"]), entry["classes"]
+        for pair in entry["accept"]:
+            out += [("accept", t) for t in pair]
     out += [("ortho_spurious", t) for t in spec["ortho_cali"]["spurious"]]
     out += [("ortho_candidate", t) for t in spec["ortho_cali"]["candidates"]]
     out += [("attribute", t) for t in spec["attribute_prompts"]["default"]]
@@ -420,6 +424,10 @@ def test_text_files_speak_the_caption_language(repo, path):
         if role in ("reject", "ortho_spurious"):  # backgrounds
             assert w & bg, f"{path}: {role} text {text!r} names no background"
     assert set(spec["spurious_words"]) == bg
+    if "class_insight_pairs" in spec:  # every pair of classes, since partners depend on the model
+        pairs = {frozenset(e["classes"]) for e in spec["class_insight_pairs"]}
+        n = len(classes)
+        assert len(pairs) == len(spec["class_insight_pairs"]) == n * (n - 1) // 2
     # Ortho-Cali candidates: 5 per class in class order, pairs within a class
     cands = spec["ortho_cali"]["candidates"]
     assert len(cands) == 5 * len(classes)

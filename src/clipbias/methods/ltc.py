@@ -143,46 +143,80 @@ def worst_gender_mask(
     return mask
 
 
+def head_counts(winners: np.ndarray, mask: np.ndarray, n_total: int) -> np.ndarray:
+    """|{x in mask : top(x) = k}| over flat head ids, [n_total] int64 (sums to |mask|)."""
+    w = np.asarray(winners, dtype=np.int64)[np.asarray(mask, dtype=bool)]
+    return np.bincount(w, minlength=n_total).astype(np.int64)
+
+
 def head_frequencies(winners: np.ndarray, mask: np.ndarray, n_total: int) -> np.ndarray:
     """F(k) = |{x in mask : top(x) = k}| / |mask| over flat head ids, [n_total] float64.
 
     All zeros when the mask is empty.
     """
-    w = np.asarray(winners)[np.asarray(mask, dtype=bool)]
-    counts = np.bincount(w, minlength=n_total).astype(np.float64)
-    return counts / len(w) if len(w) else counts
+    counts = head_counts(winners, mask, n_total)
+    n = int(counts.sum())
+    return counts / n if n else counts.astype(np.float64)
+
+
+def _int_counts(counts: np.ndarray, name: str) -> list[int]:
+    counts = np.asarray(counts)
+    if counts.dtype.kind not in "iu" or np.any(counts < 0):
+        raise TypeError(
+            f"{name} must be non-negative integer winner counts per head (head_counts), "
+            f"not {counts.dtype} frequencies: the threshold is decided exactly on counts"
+        )
+    return [int(x) for x in counts.ravel()]
+
+
+def _by_score(ids: list[int], score: Sequence[int]) -> np.ndarray:
+    """``ids`` by ``score`` descending, ties by id descending: the order of the reference's
+    ``get_impt_heads``, ``sorted(zip(scores, ids), reverse=True)``."""
+    return np.array(sorted(ids, key=lambda i: (score[i], i), reverse=True), dtype=np.int64)
 
 
 def contrastive_selection(
-    f_c: np.ndarray, f_w: np.ndarray
+    count_c: np.ndarray, count_w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """S and Y from frequency maps (METHODS §4.5).
+    """S and Y from the top-1 winner counts of the correct (C) and wrong (W) samples
+    (METHODS §4.5; counts from :func:`head_counts`, so |C| = Σ count_c, |W| = Σ count_w).
 
-    n_act = #{k : F_C > 0 or F_W > 0}; κ = 1 / n_act (inf if none active);
-    S = {F_W - F_C > κ} ordered by F_W - F_C descending; Y = {F_C - F_W > κ} ordered by
-    F_C - F_W descending (ties: storage order). Returns (S flat ids, Y flat ids, κ, n_act).
+    n_act = #{k : c_k > 0 or w_k > 0}; κ = 1 / n_act (inf if none active);
+    S = {F_W - F_C > κ} and Y = {F_C - F_W > κ}, with F_W = w / |W| and F_C = c / |C|
+    (F = 0 for an empty set). The comparison is made exactly, in integers:
+    F_W - F_C > κ  <=>  n_act (w |C| - c |W|) > |W| |C|, so a score exactly at κ is never
+    selected (float frequencies decide such ties by rounding: in float64 1/2 - 1/6 > 1/3).
+    Both lists are ordered by score descending, ties by flat id descending (the larger
+    layer, then head, first), as the reference's ``get_impt_heads``.
+    Returns (S flat ids, Y flat ids, κ, n_act).
     """
-    f_c = np.asarray(f_c, dtype=np.float64)
-    f_w = np.asarray(f_w, dtype=np.float64)
-    n_act = int(np.sum((f_c > 0) | (f_w > 0)))
+    c = _int_counts(count_c, "count_c")
+    w = _int_counts(count_w, "count_w")
+    if len(c) != len(w):
+        raise ValueError(f"{len(c)} correct counts but {len(w)} wrong counts")
+    n_act = sum(1 for a, b in zip(c, w, strict=True) if a > 0 or b > 0)
     kappa = 1.0 / n_act if n_act else float("inf")
-    d = f_w - f_c
-    s_ids = np.flatnonzero(d > kappa)
-    y_ids = np.flatnonzero(-d > kappa)
-    s_ids = s_ids[np.argsort(-d[s_ids], kind="stable")]
-    y_ids = y_ids[np.argsort(d[y_ids], kind="stable")]
-    return s_ids, y_ids, kappa, n_act
+    # common denominator |W'| |C'| (an empty set counts as 1: its F is 0 anyway)
+    n_c, n_w = max(sum(c), 1), max(sum(w), 1)
+    num = [b * n_c - a * n_w for a, b in zip(c, w, strict=True)]  # (F_W - F_C) |W'| |C'|
+    bar = n_c * n_w
+    s_ids = [k for k, x in enumerate(num) if n_act * x > bar]
+    y_ids = [k for k, x in enumerate(num) if -n_act * x > bar]
+    return _by_score(s_ids, num), _by_score(y_ids, [-x for x in num]), kappa, n_act
 
 
-def noncontrastive_selection(f: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Heads with F > 1 / |{F > 0}|, ordered by F descending (METHODS §4.5, last bullet).
+def noncontrastive_selection(counts: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Heads with F > 1 / |{F > 0}| (METHODS §4.5, last bullet) from winner counts
+    (:func:`head_counts`), decided in integers (count · n_act > Σ counts); ordered by F
+    descending, ties by flat id descending as :func:`contrastive_selection`.
 
     Returns (flat ids, threshold, n_active)."""
-    f = np.asarray(f, dtype=np.float64)
-    n_act = int(np.sum(f > 0))
+    c = _int_counts(counts, "counts")
+    n_act = sum(1 for x in c if x > 0)
     thr = 1.0 / n_act if n_act else float("inf")
-    ids = np.flatnonzero(f > thr)
-    return ids[np.argsort(-f[ids], kind="stable")], thr, n_act
+    total = sum(c)
+    ids = [k for k, x in enumerate(c) if x * n_act > total]
+    return _by_score(ids, c), thr, n_act
 
 
 def _head_list(ids: np.ndarray, score: np.ndarray, heads_all: list[HeadId]) -> list[dict]:
@@ -200,6 +234,7 @@ def locate_ltc(
     variant: str = "groups",
     candidates: np.ndarray | None = None,
     sample_mask: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """LTC locate step (METHODS §4.3-4.5). The top-1 search runs over all stored heads.
 
@@ -213,6 +248,7 @@ def locate_ltc(
          "kappa": κ, "n_active": n_act, "n_correct": |C|, "n_wrong": |W|,
          "n_samples": N, "baseline_accuracy": acc of the zero-shot predictions on all N}
 
+    With ``class_names`` also ``"by_class"`` (:func:`per_class_locate`, S excluded).
     ``kappa`` is ``None`` (JSON null) when no head is active. Use :func:`located_heads` to
     get ``[(layer, head), ...]`` back. :func:`locate_from_winners` does the counting from
     per-sample winners, so the margins can be computed batch by batch
@@ -225,7 +261,7 @@ def locate_ltc(
     delta, preds, _ = head_margins(heads, rest, classifier, labels, candidates)
     return locate_from_winners(
         top_heads(delta), preds, labels, layers, n_heads, groups, minority_groups, variant,
-        sample_mask,
+        sample_mask, class_names,
     )  # fmt: skip
 
 
@@ -239,10 +275,13 @@ def locate_from_winners(
     minority_groups: Iterable[int] | None = (1, 2),
     variant: str = "groups",
     sample_mask: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The counting, threshold and selection of :func:`locate_ltc` (METHODS §4.4-4.5) from
     per-sample results: ``winners`` [N] flat top-1 head ids (:func:`top_heads`) and
-    ``preds`` [N] zero-shot predictions. Same return value as :func:`locate_ltc`."""
+    ``preds`` [N] zero-shot predictions. Same return value as :func:`locate_ltc`; with
+    ``class_names`` (the classifier's columns) also ``"by_class"``, the per-class pieces of
+    the reference's multi-class path (:func:`per_class_locate`, S excluded from each Y)."""
     heads_all = all_heads(layers, n_heads)
     winners = np.asarray(winners, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
@@ -250,9 +289,11 @@ def locate_from_winners(
     n_c, n_w = int(mask_c.sum()), int(mask_w.sum())
     if n_c == 0 or n_w == 0:
         log.warning("LTC locate: %d correct and %d wrong samples selected", n_c, n_w)
-    f_c = head_frequencies(winners, mask_c, len(heads_all))
-    f_w = head_frequencies(winners, mask_w, len(heads_all))
-    s_ids, y_ids, kappa, n_act = contrastive_selection(f_c, f_w)
+    count_c = head_counts(winners, mask_c, len(heads_all))
+    count_w = head_counts(winners, mask_w, len(heads_all))
+    f_c = count_c / max(n_c, 1)
+    f_w = count_w / max(n_w, 1)
+    s_ids, y_ids, kappa, n_act = contrastive_selection(count_c, count_w)
     d = f_w - f_c
     result = {
         "variant": variant,
@@ -274,6 +315,10 @@ def locate_from_winners(
         "n_samples": int(len(preds)),
         "baseline_accuracy": float(np.mean(preds == np.asarray(labels))),
     }
+    if class_names is not None:
+        result["by_class"] = per_class_locate(
+            winners, preds, labels, layers, n_heads, class_names, [heads_all[i] for i in s_ids]
+        )
     log.info(
         "LTC locate (%s): |C|=%d |W|=%d n_active=%d kappa=%s S=%s Y=%s",
         variant,
@@ -285,6 +330,54 @@ def locate_from_winners(
         [x["head"] for x in result["Y"]],
     )
     return result
+
+
+def per_class_locate(
+    winners: np.ndarray,
+    preds: np.ndarray,
+    labels: np.ndarray,
+    layers: Sequence[int],
+    n_heads: int,
+    class_names: Sequence[str],
+    exclude: Iterable[str | HeadId] = (),
+) -> list[dict[str, Any]]:
+    """Per-class heads and contrast class of the reference's multi-class path (its
+    CounterAnimal branch, METHODS §4.4 last bullet, §4.7-4.8), from the locate split's
+    per-sample winners and zero-shot predictions, for every class among ``labels``:
+
+    * ``partner``: the class its samples are most often wrongly predicted as (the reference's
+      ``get_alternative_class``; ties: the smaller class id; ``None`` without errors);
+    * ``salient``: the non-contrastive heads of its correct samples (F > 1/|{F > 0}|,
+      :func:`noncontrastive_selection`) minus ``exclude`` (S), ``[{"head", "score": F}]``.
+
+    Returns ``[{"class", "n_samples", "n_correct", "partner", "salient"}]`` in class order.
+    """
+    heads_all = all_heads(layers, n_heads)
+    winners = np.asarray(winners, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    excl = {parse_head(h) for h in exclude}
+    n_cls = len(class_names)
+    if labels.size and (labels.max() >= n_cls or preds.max() >= n_cls):
+        raise ValueError(f"class ids beyond the {n_cls} class names")
+    out = []
+    for c in np.unique(labels):
+        of_c = labels == c
+        correct = of_c & (preds == c)
+        wrong = np.bincount(preds[of_c & ~correct], minlength=n_cls)
+        counts = head_counts(winners, correct, len(heads_all))
+        ids, _, _ = noncontrastive_selection(counts)
+        ids = np.array([i for i in ids if heads_all[i] not in excl], dtype=np.int64)
+        out.append(
+            {
+                "class": class_names[c],
+                "n_samples": int(of_c.sum()),
+                "n_correct": int(correct.sum()),
+                "partner": class_names[int(np.argmax(wrong))] if wrong.any() else None,
+                "salient": _head_list(ids, counts / max(int(correct.sum()), 1), heads_all),
+            }
+        )
+    return out
 
 
 def locate_noncontrastive(
@@ -311,8 +404,9 @@ def locate_noncontrastive(
     mask = preds == np.asarray(labels)
     if sample_mask is not None:
         mask &= np.asarray(sample_mask, dtype=bool)
-    f = head_frequencies(top_heads(delta), mask, len(heads_all))
-    ids, thr, n_act = noncontrastive_selection(f)
+    counts = head_counts(top_heads(delta), mask, len(heads_all))
+    f = counts / max(int(counts.sum()), 1)
+    ids, thr, n_act = noncontrastive_selection(counts)
     excl = {parse_head(h) for h in exclude}
     ids = np.array([i for i in ids if heads_all[i] not in excl], dtype=np.int64)
     return {
@@ -565,6 +659,7 @@ __all__ = [
     "accept_update",
     "contrastive_selection",
     "corrected_embeddings",
+    "head_counts",
     "head_frequencies",
     "head_margins",
     "head_means",
@@ -576,6 +671,7 @@ __all__ = [
     "located_heads",
     "ltc_correct",
     "noncontrastive_selection",
+    "per_class_locate",
     "reject_update",
     "select_samples",
     "top_heads",
@@ -593,6 +689,119 @@ def heads_of(located: dict[str, Any]) -> tuple[list[str], list[str]]:
     return [x["head"] for x in located["spurious"]], [x["head"] for x in located["salient"]]
 
 
+INSIGHT = ("global", "per_class")
+
+
+def class_bases(
+    rows: Sequence[tuple[str, str, str, str]], pos_emb: np.ndarray, neg_emb: np.ndarray
+) -> dict[frozenset[str], np.ndarray]:
+    """Insight basis Q per class pair (:func:`insight_basis` of that pair's rows, in order).
+
+    ``rows``: ``(class_a, class_b, pos, neg)`` of :func:`clipbias.methods.texts.
+    class_insight_pairs`; ``pos_emb``/``neg_emb`` [len(rows), D] their raw embeddings."""
+    if len(rows) != len(pos_emb) or len(rows) != len(neg_emb):
+        raise ValueError(
+            f"{len(rows)} class insight pairs in the text file but {len(pos_emb)}/{len(neg_emb)} "
+            "encoded: re-encode the method texts (rule encode_method_texts)"
+        )
+    keys: dict[frozenset[str], list[int]] = {}
+    for i, (a, b, _, _) in enumerate(rows):
+        keys.setdefault(frozenset((a, b)), []).append(i)
+    return {k: insight_basis(pos_emb[ix], neg_emb[ix]) for k, ix in keys.items()}
+
+
+def per_class_plan(
+    by_class: Sequence[dict[str, Any]],
+    class_names: Sequence[str],
+    bases: dict[frozenset[str], np.ndarray],
+    fallback_salient: Sequence[str],
+) -> dict[int, dict[str, Any]]:
+    """What the reference's multi-class path does for a test image of pseudo-class c
+    (METHODS §4.7-4.8, its CounterAnimal branch): accept-project the Y heads of c (those of
+    the located set, ``fallback_salient``, when c has none, as the reference falls back to
+    fixed heads) with the insight basis of the pair {c, partner(c)}. Without a partner or
+    without texts for the pair the image gets no projection (METHODS [REC] instead of the
+    reference's random key). Returns ``{class id: {"class", "partner", "salient", "basis",
+    "status"}}`` with status ``ok``, ``fallback_heads``, ``no_partner`` or ``no_texts``."""
+    index = {name: i for i, name in enumerate(class_names)}
+    plan = {}
+    for entry in by_class:
+        name, partner = entry["class"], entry.get("partner")
+        if name not in index or (partner is not None and partner not in index):
+            raise ValueError(f"located class {name!r} / {partner!r} is not a classifier class")
+        salient = [x["head"] for x in entry.get("salient", [])]
+        status = "ok" if salient else "fallback_heads"
+        salient = salient or list(fallback_salient)
+        basis = None if partner is None else bases.get(frozenset((name, partner)))
+        if partner is None:
+            status = "no_partner"
+        elif basis is None:
+            status = "no_texts"
+        plan[index[name]] = {
+            "class": name, "partner": partner, "salient": salient if basis is not None else [],
+            "basis": basis, "status": status,
+        }  # fmt: skip
+    return plan
+
+
+def ltc_correct_per_class(
+    heads: np.ndarray,
+    rest: np.ndarray,
+    layers: Sequence[int],
+    spurious: Iterable[str | HeadId],
+    pseudo: np.ndarray,
+    plan: dict[int, dict[str, Any]],
+    means: np.ndarray | None = None,
+    ablation: str = "mean",
+    scale_preserving: bool = False,
+    renormalize_after_edit: bool = False,
+) -> np.ndarray:
+    """:func:`ltc_correct` per pseudo-class: every row is ablated (S) like LTC, and the rows
+    whose pseudo-class ``pseudo`` [N] (the zero-shot prediction) has a basis in ``plan``
+    (:func:`per_class_plan`) get that class's Y heads accept-projected with it."""
+    heads = np.asarray(heads)
+    rest = np.asarray(rest)
+    pseudo = np.asarray(pseudo, dtype=np.int64)
+    spurious = list(spurious)
+    out = np.empty((len(heads), heads.shape[-1]), dtype=np.float32)
+    for c in np.unique(pseudo):
+        rows = pseudo == c
+        step = plan.get(int(c)) or {"salient": [], "basis": None}
+        out[rows] = ltc_correct(
+            heads[rows], rest[rows], layers, spurious, step["salient"], step["basis"], means,
+            ablation, scale_preserving, renormalize_after_edit,
+        )  # fmt: skip
+    return out
+
+
+def class_plan_from_context(ctx: Any, located: dict[str, Any], salient: Sequence[str]):
+    """:func:`per_class_plan` from a method context: the located file's ``by_class`` and the
+    text file's ``class_insight_pairs`` (encoded as ``class_accept_pos``/``_neg``)."""
+    from clipbias.methods.texts import class_insight_pairs
+
+    if "by_class" not in located:
+        raise ValueError(
+            "insight: per_class needs the per-class heads of the located file (by_class); "
+            "re-run the rule locate_ltc with this clipbias"
+        )
+    rows = class_insight_pairs(ctx.text_spec)
+    if not rows:
+        raise ValueError(
+            "insight: per_class needs class_insight_pairs in the dataset's text file "
+            "(config/texts/*.yaml; see clipbias.methods.texts.class_insight_pairs)"
+        )
+    pos_texts, pos = ctx.text_roles("class_accept_pos")
+    _, neg = ctx.text_roles("class_accept_neg")
+    if pos_texts != [r[2] for r in rows]:
+        raise ValueError(
+            "texts.parquet does not hold the text file's class_insight_pairs: re-encode the "
+            "method texts (rule encode_method_texts)"
+        )
+    return per_class_plan(
+        located["by_class"], ctx.class_names, class_bases(rows, pos, neg), salient
+    )
+
+
 def predict(
     ctx: Any,
     heads_from: str = "ltc",
@@ -602,26 +811,26 @@ def predict(
     ablation: str = "mean",
     scale_preserving: bool = False,
     renormalize_after_edit: bool = False,
+    insight: str = "global",
 ) -> Any:
     """LTC correct (METHODS §4.6-4.7) on the test split; the registry's variants fix
     ``heads_from`` (``ltc`` or ``ltc_full``), ``ablate`` (mean-ablate S), ``project``
-    (accept-project Y), ``ablation_stats`` and ``scale_preserving``."""
-    from clipbias.methods.api import MethodOutput
+    (accept-project Y), ``ablation_stats`` and ``scale_preserving``.
 
-    s, y = heads_of(ctx.located[heads_from])
+    ``insight``: ``global`` (one basis from ``insight_pairs.accept`` for every image, the
+    reference's binary path) or ``per_class`` (the reference's multi-class path: per
+    pseudo-class Y heads and the basis of the class and its most-confused class,
+    :func:`per_class_plan`)."""
+    from clipbias.methods.api import MethodOutput
+    from clipbias.metrics import predict as zero_shot
+
+    if insight not in INSIGHT:
+        raise ValueError(f"insight must be one of {INSIGHT}, got {insight!r}")
+    located = ctx.located[heads_from]
+    s, y = heads_of(located)
     s = s if ablate else []
     y = y if project else []
     means = ctx.ablation_means(ablation_stats) if s and ablation == "mean" else None
-    q = ctx.basis("accept_pos", "accept_neg") if y else None
-    if y and q is None:
-        raise ValueError("LTC's accept projection needs insight_pairs.accept in the text file")
-
-    def edit(heads, rest, idx):
-        return ltc_correct(
-            heads, rest, ctx.layers, s, y, q, means, ablation, scale_preserving,
-            renormalize_after_edit,
-        )  # fmt: skip
-
     meta = {
         "heads_from": heads_from,
         "spurious": s,
@@ -629,5 +838,47 @@ def predict(
         "ablation_stats": ablation_stats if s else None,
         "ablation": ablation,
         "scale_preserving": scale_preserving,
+        "insight": insight,
     }
+    if project and insight == "per_class":
+        plan = class_plan_from_context(ctx, located, y)
+        n_rows = dict.fromkeys(("ok", "fallback_heads", "no_partner", "no_texts", "unlocated"), 0)
+
+        def edit(heads, rest, idx):
+            base = heads.sum(axis=(1, 2), dtype=np.float64) + rest
+            pseudo = zero_shot(base, ctx.classifier, ctx.candidates(idx))
+            for c in pseudo:
+                n_rows[plan[int(c)]["status"] if int(c) in plan else "unlocated"] += 1
+            return ltc_correct_per_class(
+                heads, rest, ctx.layers, s, pseudo, plan, means, ablation, scale_preserving,
+                renormalize_after_edit,
+            )  # fmt: skip
+
+        pred = ctx.predict(edit)
+        if n_rows["no_partner"] + n_rows["no_texts"] + n_rows["unlocated"]:
+            log.warning("LTC per_class: test rows without a projection: %s", n_rows)
+        meta["per_class"] = {
+            "rows": n_rows,
+            "classes": [{k: v for k, v in step.items() if k != "basis"} for step in plan.values()],
+        }
+        return MethodOutput(pred, meta)
+
+    q = ctx.basis("accept_pos", "accept_neg") if y else None
+    if y and q is None:
+        raise ValueError("LTC's accept projection needs insight_pairs.accept in the text file")
+    if y and len(ctx.class_names) > 2 and not ctx.dataset_meta.get("candidate_columns"):
+        log.warning(
+            "LTC with one insight pair list on %d classes: the accept update makes each Y head "
+            "a unit vector along the first pair's direction, pushing every image towards the "
+            "two classes that pair separates (docs/DESIGN.md, 'LTC on more than two "
+            "classes'); the reference's multi-class path is insight: per_class",
+            len(ctx.class_names),
+        )
+
+    def edit(heads, rest, idx):
+        return ltc_correct(
+            heads, rest, ctx.layers, s, y, q, means, ablation, scale_preserving,
+            renormalize_after_edit,
+        )  # fmt: skip
+
     return MethodOutput(ctx.predict(edit), meta)

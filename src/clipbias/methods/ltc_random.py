@@ -277,13 +277,50 @@ def random_control_summary(
     return pd.DataFrame(rows, columns=cols)
 
 
-def predict(
-    ctx, n_draws: int = 100, last_layers: int = 4, ablation_stats: str = "locate"
-):  # -> MethodOutput
-    """Registered method ``ltc_random``: draws compared with LTC's located S and Y."""
-    from clipbias.methods.api import MethodOutput
-    from clipbias.methods.ltc import heads_of
+def draw_predictions_per_class(
+    batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    layers: Sequence[int],
+    classifier: np.ndarray,
+    sets: Sequence[tuple[list[HeadId], list[HeadId]]],
+    plan: Mapping[int, Mapping],
+    means: np.ndarray | None,
+    ablation: str = "mean",
+) -> np.ndarray:
+    """:func:`draw_predictions` with the accept basis of each row's pseudo-class (its
+    zero-shot prediction; ``plan`` of :func:`clipbias.methods.ltc.per_class_plan`), as LTC's
+    ``insight: per_class``; rows whose class has no basis get only the S draw ablated. The
+    random Y heads are the same for every class."""
+    no_y = [(rs, []) for rs, _ in sets]
+    parts = []
+    for heads, rest, cand in batches:
+        base = heads.sum(axis=(1, 2), dtype=np.float64) + np.asarray(rest, np.float64)
+        pseudo = _argmax(base @ np.asarray(classifier, np.float64), cand)
+        out = np.empty((len(sets), len(heads)), dtype=np.int64)
+        for c in np.unique(pseudo):
+            rows = pseudo == c
+            q = (plan.get(int(c)) or {}).get("basis")
+            out[:, rows] = draw_predictions(
+                iter([(heads[rows], rest[rows], None if cand is None else cand[rows])]),
+                layers, classifier, sets if q is not None else no_y, q, means, ablation,
+            )  # fmt: skip
+        parts.append(out)
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(sets), 0), np.int64)
 
+
+def predict(
+    ctx,
+    n_draws: int = 100,
+    last_layers: int = 4,
+    ablation_stats: str = "locate",
+    insight: str = "global",
+):  # -> MethodOutput
+    """Registered method ``ltc_random``: draws compared with LTC's located S and Y
+    (``insight`` as LTC's: one accept basis, or the basis of each image's pseudo-class)."""
+    from clipbias.methods.api import MethodOutput
+    from clipbias.methods.ltc import INSIGHT, class_plan_from_context, heads_of
+
+    if insight not in INSIGHT:
+        raise ValueError(f"insight must be one of {INSIGHT}, got {insight!r}")
     s, y = heads_of(ctx.located["ltc"])
     pool_layers = ctx.last_layers(last_layers)
     if len(pool_layers) < min(int(last_layers), ctx.n_layers):
@@ -294,16 +331,26 @@ def predict(
     pool = all_heads(pool_layers, ctx.features.n_heads)
     sets = draw_head_sets(pool, s, y, n_draws, ctx.seed)
     means = ctx.ablation_means(ablation_stats) if s else None
-    q = ctx.basis("accept_pos", "accept_neg") if y else None
     batches = ((h, r, ctx.candidates(idx)) for idx, h, r in ctx.batches())
-    preds = draw_predictions(batches, ctx.layers, ctx.classifier, sets, q, means)
+    if insight == "per_class" and y:
+        plan = class_plan_from_context(ctx, ctx.located["ltc"], y)
+        preds = draw_predictions_per_class(batches, ctx.layers, ctx.classifier, sets, plan, means)
+    else:
+        q = ctx.basis("accept_pos", "accept_neg") if y else None
+        preds = draw_predictions(batches, ctx.layers, ctx.classifier, sets, q, means)
     meta = [
         {"spurious": [head_str(h) for h in rs], "salient": [head_str(h) for h in ry]}
         for rs, ry in sets
     ]
     return MethodOutput(
         None,
-        {"pool_layers": pool_layers, "seed": ctx.seed, "spurious": s, "salient": y},
+        {
+            "pool_layers": pool_layers,
+            "seed": ctx.seed,
+            "spurious": s,
+            "salient": y,
+            "insight": insight,
+        },
         draws=preds,
         draw_meta=meta,
     )

@@ -161,7 +161,14 @@ def _same_kind(default: Any, value: Any) -> bool:
 
 
 _LTC = "clipbias.methods.ltc"
-_LTC_PARAMS = {"ablation_stats": "locate", "ablation": "mean", "renormalize_after_edit": False}
+# insight: "global" (one accept basis, the reference's binary path) or "per_class" (per
+# pseudo-class Y heads and class-pair texts, the reference's multi-class path; METHODS §4.7-4.8)
+_LTC_PARAMS = {
+    "ablation_stats": "locate",
+    "ablation": "mean",
+    "renormalize_after_edit": False,
+    "insight": "global",
+}
 _AUDIT = "clipbias.methods.audit_ablation"
 # attribute "" = the dataset's protected_attribute; variant: split | single_pool (selection)
 _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"}
@@ -181,6 +188,7 @@ _AUDIT_PARAMS = {"attribute": "", "variant": "split", "ablation_stats": "locate"
 # ImageNet-A); n_per_class shots of each of those classes.
 SHOT_SAMPLING = ("random", "group_balanced")
 SHOT_CLASSES = ("all", "edit_targets")
+INSIGHT = ("global", "per_class")  # LTC's accept texts (clipbias.methods.ltc.INSIGHT)
 _SHOTS = {"n_per_class": 10, "shots_split": "train", "shot_sampling": "random"}
 # ``T_ratio`` (null = T heads per list, the paper at every shape it ran): lists of
 # min(T, round(T_ratio · K)) of the K scored heads, for models with fewer heads than the paper's
@@ -415,7 +423,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 _LTC,
                 description="Mean-ablate the LTC spurious heads only",
                 locators=("ltc",),
-                params=_frozen(_LTC_PARAMS),
+                params=_frozen({k: v for k, v in _LTC_PARAMS.items() if k != "insight"}),
                 fixed=_frozen({"project": False}),
             ),
             MethodSpec(
@@ -426,7 +434,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 description="Accept-project the LTC salient heads only",
                 locators=("ltc",),
                 texts=True,
-                params=_frozen({"renormalize_after_edit": False}),
+                params=_frozen({"renormalize_after_edit": False, "insight": "global"}),
                 fixed=_frozen({"ablate": False}),
             ),
             MethodSpec(
@@ -448,7 +456,14 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 description="|S| and |Y| random heads of the last layers, many seeded draws",
                 locators=("ltc",),
                 texts=True,
-                params=_frozen({"n_draws": 100, "last_layers": 4, "ablation_stats": "locate"}),
+                params=_frozen(
+                    {
+                        "n_draws": 100,
+                        "last_layers": 4,
+                        "ablation_stats": "locate",
+                        "insight": "global",
+                    }
+                ),
                 requires=("ltc",),
                 control_of="ltc",
             ),
@@ -548,7 +563,11 @@ def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configur
         out = {REFERENCE_METHOD: ref, **out}
     names = {c.name for c in out.values()}
     for c in out.values():
-        for key, allowed in (("shot_sampling", SHOT_SAMPLING), ("shot_classes", SHOT_CLASSES)):
+        for key, allowed in (
+            ("shot_sampling", SHOT_SAMPLING),
+            ("shot_classes", SHOT_CLASSES),
+            ("insight", INSIGHT),
+        ):
             if key in c.params and c.params[key] not in allowed:
                 raise MethodConfigError(
                     f"method {c.id!r}: {key} must be one of {list(allowed)}, got {c.params[key]!r}"

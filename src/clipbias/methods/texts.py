@@ -1,7 +1,9 @@
 """Method texts of a dataset (``config/texts/*.yaml``), by role, and their encoded table.
 
 Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
-``reject_pos``/``reject_neg`` (insight pairs, METHODS §4.7), ``ortho_spurious`` and
+``reject_pos``/``reject_neg`` (insight pairs, METHODS §4.7), ``class_accept_pos``/
+``class_accept_neg`` (insight pairs per class pair, the reference's multi-class path:
+:func:`class_insight_pairs`), ``ortho_spurious`` and
 ``ortho_candidate`` (Ortho-Cali prompts, §4.10), ``attribute`` (zero-shot prompts of the
 spurious attribute's values, §4.8), ``retrieval`` (concept prompts whose per-image scores are
 stored with the predictions, e.g. FairFace's MaxSkew, §4.11). The text file keys are described in
@@ -33,6 +35,8 @@ TEXT_ROLES = (
     "ortho_candidate",
     "attribute",
     "retrieval",
+    "class_accept_pos",
+    "class_accept_neg",
 )
 
 
@@ -79,7 +83,44 @@ def method_texts(spec: Mapping[str, Any], pool_cap: int = 0) -> dict[str, list[s
         "ortho_candidate": list(oc.get("candidates", [])),
         "attribute": list((spec.get("attribute_prompts", {}) or {}).get("default", [])),
         "retrieval": retrieval_prompts(spec),
+        "class_accept_pos": [r[2] for r in class_insight_pairs(spec)],
+        "class_accept_neg": [r[3] for r in class_insight_pairs(spec)],
     }
+
+
+def class_insight_pairs(spec: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The accept pairs per class pair of a text file, flattened in file order:
+    ``[(class_a, class_b, positive text, negative text), ...]`` (the rows of the
+    ``class_accept_pos`` / ``class_accept_neg`` roles).
+
+    File format (key ``class_insight_pairs``; METHODS §4.7: the reference generates three
+    "true visual difference" pairs per pair of classes and keys them by the pair)::
+
+        class_insight_pairs:
+          - classes: [circle, square]
+            accept:
+              - ["a shape with no corners", "a shape with four corners"]
+    """
+    out = []
+    seen = set()
+    for k, entry in enumerate(spec.get("class_insight_pairs") or []):
+        classes = list((entry or {}).get("classes") or [])
+        accept = list((entry or {}).get("accept") or [])
+        if len(classes) != 2 or classes[0] == classes[1]:
+            raise ValueError(
+                f"class_insight_pairs[{k}].classes must name two different classes, got {classes}"
+            )
+        key = frozenset(classes)
+        if key in seen:
+            raise ValueError(f"class_insight_pairs: the pair {sorted(key)} is listed twice")
+        seen.add(key)
+        if not accept or any(len(p) != 2 for p in accept):
+            raise ValueError(
+                f"class_insight_pairs[{k}] ({classes[0]} / {classes[1]}) needs accept: a list of "
+                "[positive, negative] text pairs"
+            )
+        out += [(str(classes[0]), str(classes[1]), str(p), str(n)) for p, n in accept]
+    return out
 
 
 def retrieval_prompts(spec: Mapping[str, Any]) -> list[str]:

@@ -111,6 +111,9 @@ def _ltc_json(
         "spurious": [entry(x) for x in result["S"]],
         "salient": [entry(x) for x in result["Y"]],
         "frequencies": freqs,
+        "by_class": [
+            {**c, "salient": [entry(x) for x in c["salient"]]} for c in result.get("by_class", [])
+        ],
     }
 
 
@@ -140,7 +143,7 @@ def locate_ltc(
 
     limit_blas_threads(threads)
     meta = read_json(dataset_meta)
-    _, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
+    class_names, classifier, _ = read_classifier(Path(feature_dir) / "classifier.parquet")
     fs = FeatureSet.open(feature_dir)
     attr_emb = None
     if not use_group_labels:
@@ -192,6 +195,7 @@ def locate_ltc(
             minority_groups=minority,
             variant=variant,
             sample_mask=mask,
+            class_names=class_names,
         )
         if mask is not None:
             res["variant"] = policy["policy"]
