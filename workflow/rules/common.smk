@@ -163,10 +163,24 @@ def _check_edit_shots():
             )
 
 
+def _check_method_classes():
+    """Methods with a class limit (e.g. FairerCLIP: two classes) refuse, before any job
+    runs, a planted dataset with more classes (a registry dataset's class count is known
+    only once its index is built; the method then refuses at run time)."""
+    for name, d in DATASETS.items():
+        classes = (d.get("synth") or {}).get("classes") if is_planted(name) else None
+        if classes:
+            try:
+                registry.check_classes(METHODS, name, len(classes), cell_methods(name))
+            except registry.MethodConfigError as err:
+                raise ValueError(f"config methods: {err}") from None
+
+
 _check_grid()
 _check_heads_from()
 _check_dataset_methods()
 _check_edit_shots()
+_check_method_classes()
 
 
 def fseed(dataset, model, seed):
@@ -377,6 +391,9 @@ def score_locators_inputs(wildcards):
 def predict_inputs(wildcards):
     spec = METHODS[wildcards.method].spec
     files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or spec.texts}
+    if spec.class_templates:
+        folder = feature_dir(wildcards.dataset, wildcards.model, wildcards.seed)
+        files["class_templates"] = f"{folder}/class_templates.parquet"
     return {**files, "texts_yaml": cell_texts_yaml(wildcards), **located_files(wildcards)}
 
 
