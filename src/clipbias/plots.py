@@ -722,6 +722,71 @@ def seeds_scatter(
     return fig
 
 
+#: Colours of the method levels (registry.LEVELS) in :func:`method_plane`.
+LEVEL_COLOURS = {
+    "reference": ZERO_SHOT_COLOUR,
+    "head": PALETTE[3],
+    "embedding": PALETTE[0],
+    "few_shot": PALETTE[2],
+    "composition": PALETTE[4],
+}
+
+
+@_styled
+def method_plane(
+    metrics_df: pd.DataFrame,
+    methods_df: pd.DataFrame,
+    out: str | os.PathLike,
+    split: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Every method of a cell on the worst-group vs average accuracy plane (%), with both
+    95 % bootstrap intervals as error bars, coloured by level (head-level, embedding-level,
+    few-shot, composition; ``methods.csv``). Zero-shot's values are dashed lines; the
+    oracle upper bound (test attributes) is drawn hollow."""
+    from clipbias.methods import registry
+
+    df = report.select_split(metrics_df, split)
+    info = methods_df.set_index("method")
+    wide = df[df["metric"].isin(["worst_group_acc", "avg_acc"])].pivot_table(
+        index="method", columns="metric", values=["value", "ci_low", "ci_high"]
+    )
+    methods = [m for m in report.ordered_methods(df["method"].tolist()) if m in wide.index]
+    methods = [m for m in methods if m in info.index]
+    if not methods:
+        raise ValueError("no method has worst-group and average accuracy rows")
+    fig = new_figure(7.2, 5.6, layout="constrained")
+    ax = fig.subplots()
+    for m in methods:
+        level = info.loc[m, "level"]
+        colour = LEVEL_COLOURS.get(level, "0.5")
+        x, y = 100 * wide.loc[m, ("value", "avg_acc")], 100 * wide.loc[m, ("value", "worst_group_acc")]
+        xerr = [[x - 100 * wide.loc[m, ("ci_low", "avg_acc")]],
+                [100 * wide.loc[m, ("ci_high", "avg_acc")] - x]]  # fmt: skip
+        yerr = [[y - 100 * wide.loc[m, ("ci_low", "worst_group_acc")]],
+                [100 * wide.loc[m, ("ci_high", "worst_group_acc")] - y]]  # fmt: skip
+        oracle = info.loc[m, "block"] == "oracle_test"
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=colour, ms=6, lw=0.8, capsize=2,
+                    mfc="white" if oracle else colour, zorder=3)  # fmt: skip
+        label = str(info.loc[m, "label"]) if "label" in info.columns else m
+        ax.annotate(label + (" (oracle)" if oracle else ""), (x, y), xytext=(4, 3),
+                    textcoords="offset points", fontsize=7, color=colour)  # fmt: skip
+    if "zero_shot" in wide.index:
+        ax.axvline(100 * wide.loc["zero_shot", ("value", "avg_acc")], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
+        ax.axhline(100 * wide.loc["zero_shot", ("value", "worst_group_acc")], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
+    levels = [lv for lv in LEVEL_COLOURS if lv in set(info.loc[methods, "level"])]
+    ax.legend(
+        handles=[Line2D([], [], color=LEVEL_COLOURS[lv], marker="o", ls="none",
+                        label=registry.LEVELS[lv]) for lv in levels],
+        loc="lower right", fontsize=8, frameon=True,
+    )  # fmt: skip
+    ax.set_xlabel(AXIS_LABELS.get("avg_acc", "Average accuracy (%)"))
+    ax.set_ylabel(AXIS_LABELS.get("worst_group_acc", "Worst-group accuracy (%)"))
+    ax.set_title(title or "Worst-group vs average accuracy (95 % intervals)")
+    save_figure(fig, out)
+    return fig
+
+
 @_styled
 def note_figure(text: str, out: str | os.PathLike) -> Figure:
     """A small figure that states why a figure of the report has no data (e.g. the method it

@@ -459,6 +459,7 @@ PLANTED_FIGURES = [
     "located_vs_ground_truth",
     "group_accuracy",
     "random_distribution",
+    "method_plane",
 ]
 PLANTED_TABLES = [
     "zero_shot_groups",
@@ -469,6 +470,7 @@ PLANTED_TABLES = [
     "main_table",
     "paired_table",
     "random_summary",
+    "protocol_table",
 ]
 METHOD_FIGURES = [
     "zero_shot_groups",
@@ -477,6 +479,7 @@ METHOD_FIGURES = [
     "textspan_heads",
     "group_accuracy",
     "random_distribution",
+    "method_plane",
 ]
 METHOD_TABLES = [
     "heads_table",
@@ -485,6 +488,7 @@ METHOD_TABLES = [
     "paired_table",
     "random_summary",
     "reference_heads",
+    "protocol_table",
 ]
 SEEDS_FIGURES = ["seeds_scatter"]
 SEEDS_TABLES = ["seeds_table"]
@@ -579,6 +583,7 @@ def report_common_inputs(wildcards):
         "dataset_meta": cell_meta(wildcards),
         "metrics": f"{metrics}/metrics.csv",
         "paired": f"{metrics}/paired.csv",
+        "methods": f"{metrics}/methods.csv",
         "random_draws": f"{metrics}/random_draws.csv",
         "random_summary": f"{metrics}/random_summary.csv",
         "ltc_json": f"{heads}/ltc.json",
