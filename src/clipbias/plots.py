@@ -760,7 +760,10 @@ def method_plane(
     for m in methods:
         level = info.loc[m, "level"]
         colour = LEVEL_COLOURS.get(level, "0.5")
-        x, y = 100 * wide.loc[m, ("value", "avg_acc")], 100 * wide.loc[m, ("value", "worst_group_acc")]
+        x, y = (
+            100 * wide.loc[m, ("value", "avg_acc")],
+            100 * wide.loc[m, ("value", "worst_group_acc")],
+        )
         xerr = [[x - 100 * wide.loc[m, ("ci_low", "avg_acc")]],
                 [100 * wide.loc[m, ("ci_high", "avg_acc")] - x]]  # fmt: skip
         yerr = [[y - 100 * wide.loc[m, ("ci_low", "worst_group_acc")]],
@@ -772,8 +775,18 @@ def method_plane(
         ax.annotate(label + (" (oracle)" if oracle else ""), (x, y), xytext=(4, 3),
                     textcoords="offset points", fontsize=7, color=colour)  # fmt: skip
     if "zero_shot" in wide.index:
-        ax.axvline(100 * wide.loc["zero_shot", ("value", "avg_acc")], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
-        ax.axhline(100 * wide.loc["zero_shot", ("value", "worst_group_acc")], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
+        ax.axvline(
+            100 * wide.loc["zero_shot", ("value", "avg_acc")],
+            color=ZERO_SHOT_COLOUR,
+            ls="--",
+            lw=0.8,
+        )
+        ax.axhline(
+            100 * wide.loc["zero_shot", ("value", "worst_group_acc")],
+            color=ZERO_SHOT_COLOUR,
+            ls="--",
+            lw=0.8,
+        )
     levels = [lv for lv in LEVEL_COLOURS if lv in set(info.loc[methods, "level"])]
     ax.legend(
         handles=[Line2D([], [], color=LEVEL_COLOURS[lv], marker="o", ls="none",

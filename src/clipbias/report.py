@@ -179,7 +179,11 @@ def _published_cell(published: pd.DataFrame | None, dataset: str, name: str, dig
     out = []
     for (paper, model), g in sel.groupby(["paper", "model"], sort=False, dropna=False):
         vals = []
-        for metric, short in (("worst_group_acc", "WG"), ("avg_acc", "Avg"), ("avg_adj_acc", "Avg-adj")):
+        for metric, short in (
+            ("worst_group_acc", "WG"),
+            ("avg_acc", "Avg"),
+            ("avg_adj_acc", "Avg-adj"),
+        ):
             row = g[g["metric"] == metric]
             if len(row):
                 vals.append(f"{short} {100 * float(row['value'].iloc[0]):.{digits}f}")
@@ -237,7 +241,9 @@ def protocol_table(
             )
         row["Δ Worst-group vs zero-shot"] = _diff_cell(paired, m, registry.REFERENCE_METHOD, digits)
         row["Δ Worst-group vs LTC"] = _diff_cell(paired, m, "ltc", digits)
-        row["Published (paper, model)"] = _published_cell(published, dataset, i.get("name", m), digits)
+        row["Published (paper, model)"] = _published_cell(
+            published, dataset, i.get("name", m), digits
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

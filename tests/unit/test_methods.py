@@ -287,7 +287,9 @@ def _prism_projection(store):
     from clipbias.methods import prism
     from clipbias.methods.texts import read_method_texts
 
-    return prism.orthogonal_projection(read_method_texts(store[0] / "texts.parquet")["attribute_word"][1])
+    return prism.orthogonal_projection(
+        read_method_texts(store[0] / "texts.parquet")["attribute_word"][1]
+    )
 
 
 def _expected_peers(store):
@@ -295,7 +297,7 @@ def _expected_peers(store):
     fitted on the val split as the protocol says (§10.8), with the cell seed 3."""
     from clipbias.methods import closed_form as cf
     from clipbias.methods import fairerclip as fc
-    from clipbias.methods import prism, sage, sfid, tie
+    from clipbias.methods import prism, prism_train, sage, sfid, tie
     from clipbias.methods.texts import group_prompts, read_method_texts, unit_rows
 
     root, a = store
@@ -319,14 +321,18 @@ def _expected_peers(store):
     }
     spec = yaml.safe_load((root / "texts.yaml").read_text())["prism"]
     quads = prism.sample_quadruples([2, 2], [1, 2], 500, 3)
-    w, _ = prism.train_map(t["prism_object"][1], t["prism_scene"][1], quads, 0.1, seed=3)
+    w, _ = prism_train.train_map(t["prism_object"][1], t["prism_scene"][1], quads, 0.1, seed=3)
     assert [len(v) for v in spec["objects"].values()] == [2, 2]
     out["prism"] = metrics.predict(test @ w.T, w @ cls)
     s_val = tie.infer_attribute(val, units)
     y_val = vidx["label"].to_numpy()
-    for name, labels, y in (("fairerclip", "ground_truth", y_val),
-                            ("fairerclip_nolabels", "pseudo", np.argmax(val @ cls, axis=1))):
-        f_i, f_t, _ = fc.fairerclip_fit(val, cls.astype(np.float64), y, s_val, labels, m=200, seed=3)
+    for name, labels, y in (
+        ("fairerclip", "ground_truth", y_val),
+        ("fairerclip_nolabels", "pseudo", np.argmax(val @ cls, axis=1)),
+    ):
+        f_i, f_t, _ = fc.fairerclip_fit(
+            val, cls.astype(np.float64), y, s_val, labels, m=200, seed=3
+        )
         out[name] = fc.decide(f_i(test), f_t(cls.T.astype(np.float64)))  # fmt: skip
     coords, mu, _ = sfid.sfid_fit(val, gt_val, k=3, seed=3)
     out["sfid"] = metrics.predict(sfid.impute(test, coords, mu), cls)
@@ -415,13 +421,20 @@ def test_ltc_random_method_equals_direct_draws(store):
 def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):
     root, _ = store
     preds = {m: _run(store, m) for m in ("zero_shot", "ltc", "ltc_random", "ablate")}
-    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary")}
+    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary", "methods")}
     ev.evaluate(preds, root / "dataset.json", out["metrics"], out["paired"], out["draws"],
-                out["summary"], n_boot=200, seed=1)  # fmt: skip
+                out["summary"], n_boot=200, seed=1, out_methods=out["methods"])  # fmt: skip
     m = pd.read_csv(out["metrics"])
     assert set(m["method"]) == {"zero_shot", "ltc", "ltc_random", "ablate"}
     p = pd.read_csv(out["paired"])
-    assert set(p["method"]) == {"ltc", "ablate"} and set(p["baseline"]) == {"zero_shot"}
+    assert set(p["baseline"]) == {"zero_shot", "ltc"}  # peers are compared with LTC too
+    vs_ltc = p[p["baseline"] == "ltc"]
+    assert set(vs_ltc["method"]) == {"ablate"}  # not zero-shot (the negative of LTC's row)
+    p = p[p["baseline"] == "zero_shot"]
+    assert set(p["method"]) == {"ltc", "ablate"}
+    info = pd.read_csv(out["methods"]).set_index("method")
+    assert list(info.index) == list(preds) and info.loc["ltc", "block"] == "oracle_a"
+    assert info.loc["ltc", "level"] == "head" and info.loc["zero_shot", "block"] == "reference"
     assert set(p["metric"]) == {"worst_group_acc", "avg_acc"}
     assert list(p.columns[:4]) == ["method", "baseline", "split", "metric"]
     assert {"diff", "ci_low", "ci_high", "p_value"} <= set(p.columns)
@@ -454,6 +467,10 @@ def test_summarize_seeds_counts_wins_over_zero_shot(tmp_path):
     assert wg["mean"] == pytest.approx(0.6) and wg["sd"] == pytest.approx(0.2)
     assert wg["min"] == pytest.approx(0.4) and wg["max"] == pytest.approx(0.8)
     assert wg["n_seeds"] == 3 and wg["n_better_than_zero_shot"] == 2
+    # gains 0.1, -0.1, 0.1: mean 1/30, sd 0.11547, t(0.975, 2) = 4.302653 -> ± 0.286843
+    assert wg["gain_mean"] == pytest.approx(1 / 30)
+    assert wg["gain_ci_low"] == pytest.approx(1 / 30 - 0.286843, abs=1e-6)
+    assert wg["gain_ci_high"] == pytest.approx(1 / 30 + 0.286843, abs=1e-6)
     assert s.loc[("ltc", "gap"), "n_better_than_zero_shot"] == 2  # lower gap is better
     assert s.loc[("zero_shot", "worst_group_acc"), "n_better_than_zero_shot"] == 0
 

@@ -14,7 +14,7 @@ import pytest
 
 from clipbias.methods import closed_form as cf
 from clipbias.methods import fairerclip as fc
-from clipbias.methods import prism, registry, sage, sfid, tie
+from clipbias.methods import prism, prism_train, registry, sage, sfid, tie
 from clipbias.methods.api import Correction
 from clipbias.methods.compose import chain
 
@@ -94,7 +94,7 @@ def _check_prism_loss(loss):
 
 
 def test_prism_loss_by_hand():
-    _check_prism_loss(prism.prism_loss)
+    _check_prism_loss(prism_train.prism_loss)
 
 
 def test_prism_loss_check_catches_a_missing_renormalisation():
@@ -132,7 +132,7 @@ def test_prism_training_lowers_the_loss():
     rng = np.random.default_rng(0)
     objects, scenes = rng.standard_normal((4, 6)), rng.standard_normal((12, 6))
     quads = prism.sample_quadruples([2, 2], [2, 1], 300, seed=1)
-    w, losses = prism.train_map(objects, scenes, quads, lr=0.05, seed=1)
+    w, losses = prism_train.train_map(objects, scenes, quads, lr=0.05, seed=1)
     assert w.shape == (6, 6) and np.mean(losses[-20:]) < 0.5 * np.mean(losses[:5])
 
 
@@ -143,7 +143,9 @@ def _check_decide(decide):
     # 2-D codes: image (1, 0); class codes (3, 3) (cos 0.707) and (0.5, 0) (cos 1): class 1
     assert decide(np.array([[1.0, 0.0]]), np.array([[3.0, 3.0], [0.5, 0.0]]))[0] == 1
     # dim_z = 1: the sign match; image codes 2 and −0.1, class codes −3 and 0.5
-    np.testing.assert_array_equal(decide(np.array([[2.0], [-0.1]]), np.array([[-3.0], [0.5]])), [1, 0])
+    np.testing.assert_array_equal(
+        decide(np.array([[2.0], [-0.1]]), np.array([[-3.0], [0.5]])), [1, 0]
+    )
 
 
 def test_fairerclip_decision_by_hand():
@@ -395,8 +397,13 @@ def test_blocks_and_label_use_follow_the_protocol():
         "sfid_zs": "inferred_a", "sage": "label_free", "closed_form_debias": "label_free",
         "refineclip": "oracle_a", "ltc_then_prism_mini": "oracle_a",
     }  # fmt: skip
-    assert rows["tie_oracle"]["attribute_test"] == "GT" and rows["tie"]["attribute_test"] == "zero-shot"
-    assert rows["fairerclip"]["classes"] == "GT" and rows["fairerclip_nolabels"]["classes"] == "pseudo"
+    assert (
+        rows["tie_oracle"]["attribute_test"] == "GT"
+        and rows["tie"]["attribute_test"] == "zero-shot"
+    )
+    assert (
+        rows["fairerclip"]["classes"] == "GT" and rows["fairerclip_nolabels"]["classes"] == "pseudo"
+    )
     assert rows["ltc_then_prism_mini"]["steps"] == "ltc → prism_mini"
     assert {r["level"] for r in rows.values()} >= {"head", "embedding", "composition"}
     assert registry.get("tip_adapter").level == "few_shot"

@@ -172,7 +172,9 @@ def fairerclip_fit(
     t = np.asarray(classifier, dtype=np.float64).T  # [C, D]
     s1 = signed_onehot(s, int(np.max(s)) + 1 if len(s) else 1)
     y = np.asarray(y, dtype=np.int64)
-    f_i = solve_side(x_img, signed_onehot(y, n_cls), s1, None, tau_i, tau_z_i, gamma_i, dim_z, m, rng)
+    f_i = solve_side(
+        x_img, signed_onehot(y, n_cls), s1, None, tau_i, tau_z_i, gamma_i, dim_z, m, rng
+    )
     f_t = None
     iters = 1 if labels == "ground_truth" else int(n_iter)
     for it in range(iters):

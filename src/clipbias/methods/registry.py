@@ -444,7 +444,7 @@ _PEER_METHODS = (
         "prism",
         "PRISM",
         "peer",
-        _PRISM,
+        "clipbias.methods.prism_train",
         function="predict_prism",
         description="Linear map learned on text quadruples from the dataset vocabulary (§10.2)",
         texts=True,
@@ -491,8 +491,14 @@ _PEER_METHODS = (
         description="Impute the forest's top-k attribute coordinates with a low-confidence mean (§10.4)",
         texts=True,
         params=_frozen(
-            {"attributes": "ground_truth", "attribute": "", "k": 100, "threshold": 0.7,
-             "heldout": 0.2, "n_estimators": 100}
+            {
+                "attributes": "ground_truth",
+                "attribute": "",
+                "k": 100,
+                "threshold": 0.7,
+                "heldout": 0.2,
+                "n_estimators": 100,
+            }
         ),  # fmt: skip
         block="by_labels",
         label_use=LabelUse("no", "param:attributes", "no", "none", "locate + held-out"),
@@ -797,9 +803,7 @@ def check_steps(steps: Iterable[str | Mapping[str, Any]], owner: str = "compose"
             )
         spec.resolve_params(overrides)
         names.append(name)
-    deciders = [
-        n for n in names if {"classifier", "decision"} & set(get(n).correction)
-    ]
+    deciders = [n for n in names if {"classifier", "decision"} & set(get(n).correction)]
     if len(deciders) > 1:
         raise MethodConfigError(
             f"method {owner!r}: steps {deciders} each change the classifier; keep one"

@@ -105,7 +105,9 @@ def fit(
         attr = infer_attribute(emb, unit_rows(raw).astype(np.float64))
         meta["attribute_texts_sha256"] = texts_sha256(texts)
     else:
-        raise ValueError(f"SFID attributes must be 'ground_truth' or 'zero_shot', got {attributes!r}")
+        raise ValueError(
+            f"SFID attributes must be 'ground_truth' or 'zero_shot', got {attributes!r}"
+        )
     coords, mu, facts = sfid_fit(emb, attr, k, threshold, heldout, n_estimators, ctx.seed)
     meta.update(facts, coordinates=coords.tolist())
     return Correction(transform=lambda e, idx: impute(e, coords, mu), meta=meta)

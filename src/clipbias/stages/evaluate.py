@@ -197,7 +197,9 @@ def evaluate(
         for split, part in index.groupby("split", sort=False):
             rows = part.index.to_numpy()
             for m, p in preds.items():
-                if m == ref or (ref != registry.REFERENCE_METHOD and m == registry.REFERENCE_METHOD):
+                if m == ref or (
+                    ref != registry.REFERENCE_METHOD and m == registry.REFERENCE_METHOD
+                ):
                     continue
                 pr = paired_rows(
                     m, p[rows], ref, preds[ref][rows], part["label"].to_numpy(),

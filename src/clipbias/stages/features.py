@@ -162,7 +162,9 @@ def encode_class_templates(
     templates = load_resource_lines(templates_resource)
     prompts = [fill_template(t, c) for t in templates for c in names]
     emb = encode_texts(loaded.model, loaded.tokenizer, prompts).float().cpu().numpy()
-    write_class_templates(out, templates, names, emb, {**loaded.provenance(), "resource": templates_resource})
+    write_class_templates(
+        out, templates, names, emb, {**loaded.provenance(), "resource": templates_resource}
+    )
     log.info("encoded %d templates x %d classes", len(templates), len(names))
 
 
