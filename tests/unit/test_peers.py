@@ -194,6 +194,30 @@ def test_fairerclip_solve_check_catches_a_flipped_attribute_sign():
         _check_fairerclip_solve(bug)
 
 
+def test_low_rank_generalised_eigenproblem_equals_scipy_dense():
+    from scipy.linalg import eigh
+
+    rng = np.random.default_rng(3)
+    m = 40
+    x = rng.standard_normal((60, m))
+    c = x.T @ x + 0.5 * np.eye(m)
+    a1, a2, a3 = (
+        rng.standard_normal((m, 2)),
+        rng.standard_normal((m, 2)),
+        rng.standard_normal((m, 1)),
+    )
+    a1[:, 1] = -a1[:, 0]  # a centred ±1 one-hot of two values: rank 1
+    w = [1.0, -2.3, 0.4]
+    b = sum(wt * f @ f.T for f, wt in zip((a1, a2, a3), w, strict=True))
+    vals, vecs = eigh(b, c)
+    got_vals, got_vecs = fc.top_generalized_eigvecs([a1, a2, a3], w, c, 2)
+    np.testing.assert_allclose(got_vals, vals[::-1][:2], rtol=1e-8)
+    for j in range(2):  # same vectors up to sign, C-normalised
+        ref = vecs[:, ::-1][:, j]
+        np.testing.assert_allclose(np.abs(got_vecs[:, j] @ c @ ref), 1.0, rtol=1e-8)
+        assert got_vecs[:, j] @ c @ got_vecs[:, j] == pytest.approx(1.0)
+
+
 def test_fairerclip_alternation_with_pseudo_labels_is_seeded():
     x, y, s = _synthetic_ys(300, 1)
     clf = np.array([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]).T  # class 1 along −x₀, class 0 along x₀

@@ -12,7 +12,9 @@ Fourier features φ(x) = √(2/m)·cos(Wx + b), W ~ N(0, σ⁻²I), b ~ U[0, 2π
 the positive squared distances (≤ 4,000 rows), centred. One side solves
 
   B = B_Y/‖B_Y‖₂ + τ_z/(1−τ_z)·B_Z/‖B_Z‖₂ − τ/(1−τ)·B_S/‖B_S‖₂,  C = φ̃ᵀφ̃ + nγI,
-  B u = λ C u (scipy.linalg.eigh), U = the top ``dim_z`` eigenvectors (95 % energy prefix),
+  B u = λ C u, U = the top ``dim_z`` eigenvectors (95 % energy prefix; B has rank ≤ the
+  label columns, so the problem is solved exactly in that small subspace,
+  :func:`top_generalized_eigvecs`),
 
 with B_Y = (φ̃ᵀỸ)(φ̃ᵀỸ)ᵀ and likewise for Z and S; f(x) = √n·(φ(x) − φ̄)ᵀU, its sign flipped
 when it mostly disagrees with Z (the first solve: with Y) [RECON]. Prediction:
@@ -75,11 +77,43 @@ def _centred(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=0)
 
 
-def _gram_term(phi: np.ndarray, k: np.ndarray) -> np.ndarray:
+def _factor(phi: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """a = φ̃ᵀK̃ / ‖a‖₂, so that a aᵀ = B_K / ‖B_K‖₂ (‖a aᵀ‖₂ = ‖a‖₂²) without forming the
+    m × m matrix."""
     a = phi.T @ k  # [m, k]
-    g = a @ a.T
-    norm = np.linalg.norm(g, 2)
-    return g / norm if norm > 0 else g
+    norm = np.linalg.norm(a, 2)
+    return a / norm if norm > 0 else a
+
+
+def top_generalized_eigvecs(
+    factors: list[np.ndarray], weights: list[float], c: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` eigenpairs of B u = λ C u for B = Σ_j w_j a_j a_jᵀ (low rank) and C
+    symmetric positive definite, exactly, in O(m²r + m³/3) instead of a dense generalised
+    eigensolver's O(m³): with A = [a_j] = QR (Q orthonormal, rank r), B = Q M Qᵀ,
+    M = R diag(w) Rᵀ; the nonzero eigenpairs are u = C⁻¹Qv with M G v = λ v, G = QᵀC⁻¹Q =
+    LLᵀ, i.e. the symmetric r × r problem LᵀML y = λ y, v = L⁻ᵀy. Eigenvectors are
+    C-normalised (uᵀCu = 1), as scipy.linalg.eigh(B, C) returns them. -> (λ [k], U [m, k])
+    in descending order."""
+    from scipy.linalg import cho_factor, cho_solve, eigh, qr, solve_triangular
+
+    a = np.concatenate(factors, axis=1)
+    w = np.concatenate([np.full(f.shape[1], wt) for f, wt in zip(factors, weights, strict=True)])
+    q, r, _ = qr(a, mode="economic", pivoting=True)
+    d = np.abs(np.diag(r))
+    rank = int(np.sum(d > max(d.max(), 1e-300) * 1e-10)) if len(d) else 0
+    if rank == 0:
+        raise ValueError("FairerCLIP: the label kernels are zero (constant labels?)")
+    q = q[:, :rank]
+    coef = q.T @ a  # [rank, R]: a = q coef (pivoting only reorders the columns of r)
+    m_small = (coef * w) @ coef.T
+    cf = cho_factor(c)
+    cq = cho_solve(cf, q)  # C⁻¹Q [m, rank]
+    low = np.linalg.cholesky(q.T @ cq)  # G = L Lᵀ
+    vals, y = eigh(low.T @ m_small @ low)
+    order = np.argsort(vals)[::-1][:k]
+    v = solve_triangular(low.T, y[:, order], lower=False)
+    return vals[order], cq @ v
 
 
 def signed_onehot(labels: np.ndarray, n_values: int) -> np.ndarray:
@@ -114,19 +148,17 @@ def solve_side(
 ) -> Encoder:
     """One closed-form solve (module doc): the encoder of ``x`` [n, D] given ±1 one-hot
     ``y`` and ``s`` and the other side's codes ``z`` [n, k] (None on the first solve)."""
-    from scipy.linalg import eigh
-
     n = len(x)
     rff = fit_rff(x, m, rng)
     phi = rff(x)
-    b = _gram_term(phi, _centred(y)) - tau / (1.0 - tau) * _gram_term(phi, _centred(s))
+    factors = [_factor(phi, _centred(y)), _factor(phi, _centred(s))]
+    weights = [1.0, -tau / (1.0 - tau)]
     if z is not None:
         zf = fit_rff(z, m, rng)(z)
-        b = b + tau_z / (1.0 - tau_z) * _gram_term(phi, zf)
+        factors.append(_factor(phi, zf))
+        weights.append(tau_z / (1.0 - tau_z))
     c = phi.T @ phi + n * gamma * np.eye(m)
-    vals, vecs = eigh((b + b.T) / 2.0, c, subset_by_index=[m - dim_z, m - 1])
-    order = np.argsort(vals)[::-1]
-    vals, vecs = vals[order], vecs[:, order]
+    vals, vecs = top_generalized_eigvecs(factors, weights, c, dim_z)
     share = np.cumsum(vals**2) / max(np.sum(vals**2), 1e-300)
     keep = int(np.searchsorted(share, energy) + 1)
     u = vecs[:, : min(keep, dim_z)]
