@@ -90,22 +90,22 @@ def top_generalized_eigvecs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top ``k`` eigenpairs of B u = λ C u for B = Σ_j w_j a_j a_jᵀ (low rank) and C
     symmetric positive definite, exactly, in O(m²r + m³/3) instead of a dense generalised
-    eigensolver's O(m³): with A = [a_j] = QR (Q orthonormal, rank r), B = Q M Qᵀ,
-    M = R diag(w) Rᵀ; the nonzero eigenpairs are u = C⁻¹Qv with M G v = λ v, G = QᵀC⁻¹Q =
+    eigensolver's O(m³): with Q an orthonormal basis of A = [a_j] (rank r) and A = Q R,
+    B = Q M Qᵀ, M = R diag(w) Rᵀ; the nonzero eigenpairs are u = C⁻¹Qv with M G v = λ v, G = QᵀC⁻¹Q =
     LLᵀ, i.e. the symmetric r × r problem LᵀML y = λ y, v = L⁻ᵀy. Eigenvectors are
     C-normalised (uᵀCu = 1), as scipy.linalg.eigh(B, C) returns them. -> (λ [k], U [m, k])
     in descending order."""
-    from scipy.linalg import cho_factor, cho_solve, eigh, qr, solve_triangular
+    from scipy.linalg import cho_factor, cho_solve, eigh, solve_triangular
 
     a = np.concatenate(factors, axis=1)
     w = np.concatenate([np.full(f.shape[1], wt) for f, wt in zip(factors, weights, strict=True)])
-    q, r, _ = qr(a, mode="economic", pivoting=True)
-    d = np.abs(np.diag(r))
-    rank = int(np.sum(d > max(d.max(), 1e-300) * 1e-10)) if len(d) else 0
-    if rank == 0:
+    # orthonormal basis of span(A) from the small Gram matrix AᵀA = V S² Vᵀ: Q = A V S⁻¹
+    s2, vr = eigh(a.T @ a)
+    keep = s2 > max(s2.max(), 1e-300) * 1e-12
+    if not keep.any():
         raise ValueError("FairerCLIP: the label kernels are zero (constant labels?)")
-    q = q[:, :rank]
-    coef = q.T @ a  # [rank, R]: a = q coef (pivoting only reorders the columns of r)
+    q = a @ (vr[:, keep] / np.sqrt(s2[keep]))
+    coef = q.T @ a  # [rank, R]: a = q coef
     m_small = (coef * w) @ coef.T
     cf = cho_factor(c)
     cq = cho_solve(cf, q)  # C⁻¹Q [m, rank]
