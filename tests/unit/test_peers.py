@@ -276,6 +276,16 @@ def test_sfid_check_catches_confident_rows_for_the_mean(monkeypatch):
         _check_sfid(bug)
 
 
+def test_sfid_falls_back_to_the_least_confident_rows():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, 400)
+    x = rng.standard_normal((400, 5))
+    x[:, 2] = 10.0 * (2 * a - 1)  # the forest is sure of every held-out row
+    _, mu, facts = sfid.sfid_fit(x, a, k=1, threshold=0.7, seed=0, min_low=7)
+    assert facts["n_below_threshold"] == 0 and facts["low_confidence_fallback"]
+    assert facts["n_low_confidence"] == 7 and np.isfinite(mu).all()
+
+
 def test_sfid_refuses_k_not_below_the_dimension():
     x, a = _attribute_data(100)
     with pytest.raises(ValueError, match="choose 1 <= k < 6"):

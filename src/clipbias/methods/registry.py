@@ -498,6 +498,7 @@ _PEER_METHODS = (
                 "threshold": 0.7,
                 "heldout": 0.2,
                 "n_estimators": 100,
+                "min_low": 10,
             }
         ),  # fmt: skip
         block="by_labels",

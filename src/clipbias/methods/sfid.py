@@ -5,8 +5,10 @@ On the locate split (§10.4 [REC] mapping): a stratified ``heldout`` fraction is
 random forest (scikit-learn, ``n_estimators`` trees, Gini importance, seeded) learns the
 attribute from ê on the rest; J = the ``k`` coordinates of largest importance. On the
 held-out part, the low-confidence rows L = {x : max_a p̂(a | x) < ``threshold``} give
-μ = mean of ê over L. Every evaluation image then gets ê[J] ← μ[J] (no renormalisation) and
-is classified with the zero-shot classifier.
+μ = mean of ê over L (with fewer than ``min_low`` such rows, the ``min_low`` least confident
+ones: on the planted data the forest reads the background almost perfectly). Every
+evaluation image then gets ê[J] ← μ[J] (no renormalisation) and is classified with the
+zero-shot classifier.
 
 Attributes: the ground truth of the locate split (``attributes: ground_truth``, the paper's
 setting, block oracle-a of §10.8) or the zero-shot attribute of the dataset's attribute
@@ -31,9 +33,12 @@ def sfid_fit(
     heldout: float = 0.2,
     n_estimators: int = 100,
     seed: int = 0,
+    min_low: int = 10,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(J [k] coordinates, μ [D] imputation values, facts) from ``emb`` [N, D] and the
-    attribute ids ``attr`` [N]."""
+    attribute ids ``attr`` [N]. When fewer than ``min_low`` held-out images fall below the
+    confidence threshold (an attribute the forest reads almost perfectly), μ is the mean of
+    the ``min_low`` least confident ones (``facts["low_confidence_fallback"]``) [REC]."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import train_test_split
 
@@ -54,17 +59,17 @@ def sfid_fit(
     j = np.sort(order[:k])
     conf = forest.predict_proba(emb[held_rows]).max(axis=1)
     low = held_rows[conf < threshold]
+    fallback = len(low) < min_low
+    if fallback:  # too few ambiguous images: the min_low least confident ones
+        low = held_rows[np.argsort(conf, kind="stable")[:min_low]]
     facts = {
         "n_fit": len(fit_rows),
         "n_heldout": len(held_rows),
+        "n_below_threshold": int(np.sum(conf < threshold)),
         "n_low_confidence": len(low),
+        "low_confidence_fallback": bool(fallback),
         "heldout_attribute_accuracy": float(forest.score(emb[held_rows], attr[held_rows])),
     }
-    if not len(low):
-        raise ValueError(
-            f"SFID: no held-out image has attribute confidence below {threshold}; raise the "
-            "threshold or the held-out fraction"
-        )
     return j, emb[low].mean(axis=0), facts
 
 
@@ -83,6 +88,7 @@ def fit(
     threshold: float = 0.7,
     heldout: float = 0.2,
     n_estimators: int = 100,
+    min_low: int = 10,
 ) -> Correction:
     from clipbias.methods.texts import texts_sha256, unit_rows
     from clipbias.methods.tie import infer_attribute
@@ -108,7 +114,7 @@ def fit(
         raise ValueError(
             f"SFID attributes must be 'ground_truth' or 'zero_shot', got {attributes!r}"
         )
-    coords, mu, facts = sfid_fit(emb, attr, k, threshold, heldout, n_estimators, ctx.seed)
+    coords, mu, facts = sfid_fit(emb, attr, k, threshold, heldout, n_estimators, ctx.seed, min_low)
     meta.update(facts, coordinates=coords.tolist())
     return Correction(transform=lambda e, idx: impute(e, coords, mu), meta=meta)
 
