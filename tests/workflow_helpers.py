@@ -75,6 +75,7 @@ FIGURES = {
         "located_vs_ground_truth",
         "group_accuracy",
         "random_distribution",
+        "method_plane",
     ],
     "report_method": [
         "zero_shot_groups",
@@ -83,6 +84,7 @@ FIGURES = {
         "textspan_heads",
         "group_accuracy",
         "random_distribution",
+        "method_plane",
     ],
     "report_seeds": ["seeds_scatter"],
     "report_audit": ["audit_random_control", "audit_cav_heatmap", "audit_transitions"],
@@ -98,6 +100,7 @@ TABLES = {
         "main_table",
         "paired_table",
         "random_summary",
+        "protocol_table",
     ],
     "report_method": [
         "heads_table",
@@ -106,6 +109,7 @@ TABLES = {
         "paired_table",
         "random_summary",
         "reference_heads",
+        "protocol_table",
     ],
     "report_seeds": ["seeds_table"],
     "report_audit": ["audit_outcome", "audit_heads", "audit_random_control", "audit_transitions"],

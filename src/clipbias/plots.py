@@ -741,6 +741,106 @@ def seeds_scatter(
     return fig
 
 
+#: Colours of the method levels (registry.LEVELS) in :func:`method_plane`.
+LEVEL_COLOURS = {
+    "reference": ZERO_SHOT_COLOUR,
+    "head": PALETTE[3],
+    "embedding": PALETTE[0],
+    "few_shot": PALETTE[2],
+    "composition": PALETTE[4],
+}
+
+
+@_styled
+def method_plane(
+    metrics_df: pd.DataFrame,
+    methods_df: pd.DataFrame,
+    out: str | os.PathLike,
+    split: str | None = None,
+    title: str | None = None,
+    window: float = 20.0,
+) -> Figure:
+    """Every method of a cell on the worst-group vs average accuracy plane (%), with both
+    95 % bootstrap intervals as error bars, coloured by level (head-level, embedding-level,
+    few-shot, composition; ``methods.csv``). Points carry numbers keyed in the list beside
+    the plot (name, worst group, average). Zero-shot's values are dashed lines; the axes show
+    ``window`` points below zero-shot and everything above, a method further below sits on
+    the border as a triangle pointing out. The oracle upper bound (test attributes) is
+    drawn hollow."""
+    from clipbias.methods import registry
+
+    df = report.select_split(metrics_df, split)
+    info = methods_df.set_index("method")
+    wide = df[df["metric"].isin(["worst_group_acc", "avg_acc"])].pivot_table(
+        index="method", columns="metric", values=["value", "ci_low", "ci_high"]
+    )
+    methods = [m for m in report.ordered_methods(df["method"].tolist()) if m in wide.index]
+    methods = [
+        m for m in methods if m in info.index and np.isfinite(wide.loc[m, ("value", "avg_acc")])
+    ]
+    if not methods:
+        raise ValueError("no method has worst-group and average accuracy rows")
+    val = {k: 100 * wide.loc[methods, ("value", k)] for k in ("avg_acc", "worst_group_acc")}
+    lo = {k: 100 * wide.loc[methods, ("ci_low", k)] for k in val}
+    hi = {k: 100 * wide.loc[methods, ("ci_high", k)] for k in val}
+    ref = "zero_shot" if "zero_shot" in methods else methods[0]
+    xmin = min(val["avg_acc"][ref] - window, 100.0)
+    ymin = min(val["worst_group_acc"][ref] - window, 100.0)
+    xmin = max(xmin, float(lo["avg_acc"][val["avg_acc"] >= xmin].min()) - 1.0)
+    ymin = max(ymin, float(lo["worst_group_acc"][val["worst_group_acc"] >= ymin].min()) - 1.0)
+    xmax = float(hi["avg_acc"].max()) + 1.0
+    ymax = float(hi["worst_group_acc"].max()) + 1.0
+    fig = new_figure(11.0, 6.0, layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[1.5, 1.0])
+    lines = []
+    for k, m in enumerate(methods, start=1):
+        level = info.loc[m, "level"]
+        colour = LEVEL_COLOURS.get(level, "0.5")
+        x, y = val["avg_acc"][m], val["worst_group_acc"][m]
+        oracle = info.loc[m, "block"] == "oracle_test"
+        label = str(info.loc[m, "label"]) if "label" in info.columns else m
+        suffix = " (oracle)" if oracle and "oracle" not in label.lower() else ""
+        lines.append((k, label + suffix, y, x, colour))
+        if x < xmin or y < ymin:  # off the window: a triangle on the border
+            cx, cy = max(x, xmin), max(y, ymin)
+            marker = "<" if x < xmin and y >= ymin else ("v" if y < ymin and x >= xmin else "v")
+            ax.plot(cx, cy, marker=marker, color=colour, ms=8, clip_on=False, zorder=3)
+            ax.annotate(str(k), (cx, cy), xytext=(5, 5), textcoords="offset points",
+                        fontsize=8, color=colour)  # fmt: skip
+            continue
+        ax.errorbar(
+            x, y,
+            xerr=[[x - lo["avg_acc"][m]], [hi["avg_acc"][m] - x]],
+            yerr=[[y - lo["worst_group_acc"][m]], [hi["worst_group_acc"][m] - y]],
+            fmt="o", color=colour, ms=6, lw=0.8, capsize=2,
+            mfc="white" if oracle else colour, zorder=3,
+        )  # fmt: skip
+        ax.annotate(str(k), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=8,
+                    color=colour, fontweight="bold")  # fmt: skip
+    ax.axvline(val["avg_acc"][ref], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
+    ax.axhline(val["worst_group_acc"][ref], color=ZERO_SHOT_COLOUR, ls="--", lw=0.8)
+    ax.set_xlim(xmin, xmax)
+    ax.set_ylim(ymin, ymax)
+    levels = [lv for lv in LEVEL_COLOURS if lv in set(info.loc[methods, "level"])]
+    ax.legend(
+        handles=[Line2D([], [], color=LEVEL_COLOURS[lv], marker="o", ls="none",
+                        label=registry.LEVELS[lv]) for lv in levels],
+        loc="lower right", fontsize=8, frameon=True,
+    )  # fmt: skip
+    ax.set_xlabel(AXIS_LABELS.get("avg_acc", "Average accuracy (%)"))
+    ax.set_ylabel(AXIS_LABELS.get("worst_group_acc", "Worst-group accuracy (%)"))
+    side.axis("off")
+    side.text(0.0, 1.0, "#  method: worst group / average (%)", fontsize=8, fontweight="bold",
+              va="top", transform=side.transAxes)  # fmt: skip
+    step = min(0.045, 0.95 / max(len(lines), 1))
+    for i, (k, label, y, x, colour) in enumerate(lines, start=1):
+        side.text(0.0, 1.0 - step * i, f"{k:>2}  {label}: {y:.1f} / {x:.1f}", fontsize=7.5,
+                  color=colour, va="top", transform=side.transAxes)  # fmt: skip
+    fig.suptitle(title or "Worst-group vs average accuracy (95 % intervals)")
+    save_figure(fig, out)
+    return fig
+
+
 @_styled
 def note_figure(text: str, out: str | os.PathLike) -> Figure:
     """A small figure that states why a figure of the report has no data (e.g. the method it

@@ -168,6 +168,98 @@ def main_table(
     return pd.DataFrame(rows, columns=["Method", *(METRIC_LABELS.get(k, k) for k in metrics)])
 
 
+def _diff_cell(paired: pd.DataFrame | None, method: str, baseline: str, digits: int) -> str:
+    if paired is None:
+        return "–"
+    sel = paired[
+        (paired["method"] == method)
+        & (paired["baseline"] == baseline)
+        & (paired["metric"] == "worst_group_acc")
+    ]
+    if sel.empty:
+        return "–"
+    r = sel.iloc[0]
+    d = format_ci(float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), digits)
+    return d if d.startswith("-") else f"+{d}"
+
+
+def _published_cell(published: pd.DataFrame | None, dataset: str, name: str, digits: int) -> str:
+    """The papers' numbers of ``name`` on ``dataset``: "WG 84.2 / Acc 93.6 (paper, model)"."""
+    if published is None or not dataset:
+        return ""
+    sel = published[(published["dataset"] == dataset) & (published["method"] == name)]
+    out = []
+    for (paper, model), g in sel.groupby(["paper", "model"], sort=False, dropna=False):
+        vals = []
+        for metric, short in (
+            ("worst_group_acc", "WG"),
+            ("avg_acc", "Avg"),
+            ("avg_adj_acc", "Avg-adj"),
+        ):
+            row = g[g["metric"] == metric]
+            if len(row):
+                vals.append(f"{short} {100 * float(row['value'].iloc[0]):.{digits}f}")
+        if vals:
+            out.append(f"{' / '.join(vals)} ({paper}, {model})")
+    return "; ".join(out)
+
+
+#: Columns of :func:`protocol_table` taken from ``methods.csv`` (label use, METHODS §10.7).
+LABEL_USE_COLUMNS = {
+    "level": "Level",
+    "classes": "Class labels",
+    "attribute": "Attribute (fit)",
+    "attribute_test": "Attribute (test)",
+}
+
+
+def protocol_table(
+    metrics_df: pd.DataFrame,
+    paired_df: pd.DataFrame | None,
+    methods_df: pd.DataFrame,
+    split: str | None = None,
+    dataset: str = "",
+    published: pd.DataFrame | None = None,
+    digits: int = 1,
+) -> pd.DataFrame:
+    """The comparison of METHODS §10.8: every method of the cell in its block (oracle
+    attributes on the locate split / inferred attributes / label-free, then the marked oracle
+    upper bound), with its level and label use (``methods.csv``), worst-group and average
+    accuracy (%, 95 % interval), the worst-group difference from zero-shot and from LTC
+    (paired 95 % interval, ``paired.csv``), and the papers' numbers for the dataset with
+    their model (``published``, :func:`clipbias.protocols.load_published_numbers`)."""
+    df = select_split(metrics_df, split)
+    paired = None
+    if paired_df is not None and len(paired_df):
+        paired = select_split(paired_df, split) if "split" in paired_df.columns else paired_df
+    info = methods_df.set_index("method")
+    order = list(registry.BLOCKS)
+    present = [m for m in ordered_methods(df["method"].tolist()) if m in info.index]
+    present.sort(key=lambda m: order.index(info.loc[m, "block"]))
+    rows = []
+    for m in present:
+        sub = df[df["method"] == m].set_index("metric")
+        i = info.loc[m]
+        label = str(i["label"]) if "label" in i and isinstance(i["label"], str) else m
+        row = {"Block": registry.BLOCKS[i["block"]], "Method": label}
+        for col, name in LABEL_USE_COLUMNS.items():
+            v = i.get(col)
+            row[name] = registry.LEVELS.get(v, v) if col == "level" else v
+        for k in ("worst_group_acc", "avg_acc"):
+            row[METRIC_LABELS[k]] = (
+                format_ci(*sub.loc[k, ["value", "ci_low", "ci_high"]].astype(float), digits=digits)
+                if k in sub.index
+                else "n/a"
+            )
+        row["Δ Worst-group vs zero-shot"] = _diff_cell(paired, m, registry.REFERENCE_METHOD, digits)
+        row["Δ Worst-group vs LTC"] = _diff_cell(paired, m, "ltc", digits)
+        row["Published (paper, model)"] = _published_cell(
+            published, dataset, i.get("name", m), digits
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def group_table(
     metrics_df: pd.DataFrame,
     group_names: Sequence[str] | None = None,
@@ -284,6 +376,7 @@ def paired_table(paired_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     bootstrap interval) for worst-group and average accuracy, with the p-values."""
     if "split" in paired_df.columns:
         paired_df = select_split(paired_df, None)
+    paired_df = vs_baseline(paired_df)
     rows = []
     for m in ordered_methods(paired_df["method"].tolist()):
         sub = paired_df[paired_df["method"] == m].set_index("metric")
@@ -300,11 +393,30 @@ def paired_table(paired_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seeds_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+def vs_baseline(paired_df: pd.DataFrame, baseline: str = registry.REFERENCE_METHOD) -> pd.DataFrame:
+    """Rows of ``paired.csv`` against ``baseline`` (files without a baseline column: all)."""
+    if "baseline" not in paired_df.columns:
+        return paired_df
+    return paired_df[paired_df["baseline"] == baseline]
+
+
+def seeds_table(summary_df: pd.DataFrame, digits: int = 1, rank: bool = False) -> pd.DataFrame:
     """Display version of ``summary_over_seeds.csv``: mean ± sd [min, max] per method and
-    metric (%), and on how many seeds the method beat zero-shot."""
+    metric (%), and on how many seeds the method beat zero-shot; with the per-seed paired
+    gains (``gain_*`` columns), the mean worst-group gain over zero-shot with its t-based
+    95 % interval over seeds. ``rank``: rows ordered by mean worst-group gain (zero-shot
+    first), else in report order."""
     rows = []
-    for m in ordered_methods(summary_df["method"].tolist()):
+    methods = ordered_methods(summary_df["method"].tolist())
+    if rank and "gain_mean" in summary_df.columns:
+        wg = summary_df[summary_df["metric"] == "worst_group_acc"].set_index("method")
+        methods.sort(
+            key=lambda m: (
+                m != registry.REFERENCE_METHOD,
+                -(wg["gain_mean"].get(m, float("-inf")) if m in wg.index else float("-inf")),
+            )
+        )
+    for m in methods:
         sub = summary_df[summary_df["method"] == m].set_index("metric")
         row = {"Method": method_label(m)}
         for k in ("worst_group_acc", "avg_acc"):
@@ -319,6 +431,12 @@ def seeds_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
             if m != registry.REFERENCE_METHOD:
                 row[f"{METRIC_LABELS[k]} > zero-shot"] = (
                     f"{int(r['n_better_than_zero_shot'])}/{int(r['n_seeds'])}"
+                )
+            if k == "worst_group_acc" and "gain_mean" in r and m != registry.REFERENCE_METHOD:
+                g = format_ci(float(r["gain_mean"]), float(r["gain_ci_low"]),
+                              float(r["gain_ci_high"]), digits)  # fmt: skip
+                row["Δ Worst-group vs zero-shot (t 95 % over seeds)"] = (
+                    g if g.startswith("-") else f"+{g}"
                 )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -660,7 +778,7 @@ def refineclip_main_table(
     ref = published_reference(reference_table, model, published)
     table = paper_table(reference_table)
     paired = (
-        paired_df.set_index(["method", "metric"])
+        vs_baseline(paired_df).set_index(["method", "metric"])
         if paired_df is not None and len(paired_df)
         else None
     )

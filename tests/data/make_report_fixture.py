@@ -532,6 +532,17 @@ regenerate with
 """
 
 
+def methods_table() -> pd.DataFrame:
+    """``methods.csv`` of the fixture's methods (label use, as rule evaluate writes it)."""
+    from clipbias.methods import registry
+
+    configured = registry.configured([*GROUP_ACC, "ltc_random"])
+    table = pd.DataFrame(registry.label_use_rows(configured, ltc_group_labels=True))
+    table.insert(1, "label", [registry.label(m) for m in configured])
+    table.insert(2, "name", list(configured))
+    return table
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -581,6 +592,7 @@ def main() -> None:
             ignore_index=True,
         )
         write_csv(paired, metrics_dir / "paired.csv")
+        write_csv(methods_table(), metrics_dir / "methods.csv")
     summarize_seeds(metric_files, OUT / "metrics" / DATASET / MODEL / "summary_over_seeds.csv")
 
     truth = pd.concat(

@@ -21,6 +21,7 @@ INPUT_PARAMS = {
         "dataset_meta",
         "metrics",
         "paired",
+        "methods",
         "random_draws",
         "random_summary",
         "ltc_json",

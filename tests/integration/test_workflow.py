@@ -90,6 +90,26 @@ def test_family_stages_run_only_on_datasets_that_run_the_family(clean_copy):
     assert counts["locate_refineclip"] == 4, counts  # phase 1 once per cell
 
 
+def test_two_class_methods_refuse_the_multiclass_benchmark_before_any_job(clean_copy, tmp_path):
+    """FairerCLIP (two classes only) added to the six-class planted benchmark stops the
+    workflow at config time with a message that names the method, its limit and the dataset
+    (METHODS §10.3); the shipped config leaves it out."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config/experiments/planted_multiclass.yaml").read_text())
+    extra = tmp_path / "with_fairerclip.yaml"
+    extra.write_text(yaml.safe_dump({"methods": [*cfg["methods"], "fairerclip"]}))
+    res = subprocess.run(
+        [tool("snakemake"), "-n", "--configfile", "config/experiments/planted_multiclass.yaml",
+         str(extra)],
+        cwd=clean_copy, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "'fairerclip' supports at most 2 classes" in out and "'planted_multiclass' has 6" in out
+    assert "Job stats" not in out
+
+
 def test_snakefmt_clean():
     res = subprocess.run(
         [tool("snakefmt"), "--check", "Snakefile", "workflow/rules"],

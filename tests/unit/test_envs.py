@@ -32,6 +32,7 @@ CONDA_MODULES = {
     "pandas": ["pandas"],
     "pyarrow": ["pyarrow"],
     "scipy": ["scipy"],
+    "scikit-learn": ["sklearn"],
     "threadpoolctl": ["threadpoolctl"],
     "safetensors": ["safetensors"],
     "pillow": ["PIL"],

@@ -83,15 +83,31 @@ def store(tmp_path_factory):
         "class_accept_pos": ["ab1+", "ab2+"],
         "class_accept_neg": ["ab1-", "ab2-"],
     }
-    n_texts = sum(len(v) for v in texts.values())
-    write_method_texts(root / "texts.parquet", texts, rng.standard_normal((n_texts, DIM)))
     spec = {
         "ortho_cali": {"lambda": 100, "pairs": [[0, 1], [1, 2]]},
         "spurious_words": ["text 3", "text 7"],
         "class_insight_pairs": [
             {"classes": ["a", "b"], "accept": [["ab1+", "ab1-"], ["ab2+", "ab2-"]]}
         ],
-    }
+        # peers (METHODS §10): attribute words, PRISM quadruples, closed-form group prompts
+        "attribute_prompts": {"values": ["land", "water"]},
+        "prism": {"objects": {"a": ["o1", "o2"], "b": ["o3", "o4"]},
+                  "backgrounds": {"land": ["l1"], "water": ["w1", "w2"]}},
+        "group_prompts": {"templates": ["{class} on {group}"], "classes": ["a", "b"],
+                          "groups": {"land": ["l1", "l2"], "water": ["w1", "w2"]}},
+    }  # fmt: skip
+    from clipbias.methods.texts import method_texts
+
+    peer_roles = ("attribute_word", "prism_object", "prism_scene", "group_prompt")
+    texts.update({r: method_texts(spec)[r] for r in peer_roles})
+    n_texts = sum(len(v) for v in texts.values())
+    text_emb = rng.standard_normal((n_texts, DIM))
+    text_emb[: len(texts["pool"]) + 10, 0] += 1.0  # not all orthogonal to the class axis
+    write_method_texts(root / "texts.parquet", texts, text_emb)
+    from clipbias.methods.sage import write_class_templates
+
+    write_class_templates(root / "class_templates.parquet", ["t {}", "u {}", "v {}"], ["a", "b"],
+                          rng.standard_normal((6, DIM)))  # fmt: skip
     (root / "texts.yaml").write_text(yaml.safe_dump(spec))
     dmeta = {"classes": ["a", "b"], "group_names": ["a0", "a1", "b0", "b1"],
              "minority_groups": [1, 2], "spurious_attribute": "background",
@@ -129,9 +145,20 @@ FEWSHOT_TIP = {"alpha": 30.0}
 DIAG_ADAPTERS = ("refineclip_adapt", "refineclip_std_ft", "refineclip_no_teacher")
 
 
+# Peers on the tiny store: SFID's k below DIM, FairerCLIP with fewer random features, the
+# compositions' steps.
+PEERS = {
+    "sfid": {"k": 3},
+    "fairerclip": {"m": 200},
+    "fairerclip_nolabels": {"m": 200},
+    "compose": {"steps": ["ltc", "prism_mini"]},
+}
+
+
 def _fewshot_overrides(method):
     spec = registry.get(method)
     out = dict(FEWSHOT) if spec.shots else {}
+    out.update(PEERS.get(method, {}))
     if "refineclip_adapter" in spec.locators:
         out.update(FEWSHOT_ADAPT)
     if method.startswith("tip_adapter"):
@@ -167,10 +194,12 @@ def _run(store, method, **overrides):
              "textspan": root / "textspan.csv", "audit": root / "audit.json",
              **_refineclip_located(root, method, params)}  # fmt: skip
     out = root / "pred" / f"{method}.parquet"
+    locators = registry.spec_for(method, params).locators
     predict.predict(
         method, params, root, root / "dataset.json", out, "val", "test",
         seed=3, texts=root / "texts.parquet", texts_yaml=root / "texts.yaml",
-        located={k: v for k, v in files.items() if k in spec.locators},
+        located={k: v for k, v in files.items() if k in locators},
+        class_templates=root / "class_templates.parquet",
     )  # fmt: skip
     return out
 
@@ -218,12 +247,14 @@ def test_every_registered_method_matches_its_algorithm(store):
         "audit_ablation_greedy": ltc.ltc_correct(h, r, LAYERS, AUDIT_GREEDY, [], None, mv),
     }
     expected_pred = _expected_fewshot(store)
+    expected_pred.update(_expected_peers(store))
+    expected_emb["compose"] = expected_emb["ltc"] @ _prism_projection(store)
     zero_shot = metrics.predict(emb, cls)
     for name, pred in expected_pred.items():  # the comparison below can tell them apart
         # (with this store's two text embeddings, which differ in one coordinate only, a
         # positive diagonal rescaling cannot flip a prediction: the diag adapters are checked
         # by their parameters below)
-        if name not in (*DIAG_ADAPTERS, "adapters"):
+        if name not in (*DIAG_ADAPTERS, "adapters", *NO_CHANGE_HERE):
             assert np.any(pred != zero_shot), name
     for method in registry.names():
         df, draws, meta = _pred(_run(store, method))
@@ -250,6 +281,74 @@ def test_every_registered_method_matches_its_algorithm(store):
         for k, v in params.items():
             if isinstance(v, np.ndarray):
                 np.testing.assert_allclose(saved[k], v, rtol=1e-5, atol=1e-6, err_msg=method)
+
+
+# peers whose predictions on this tiny store equal zero-shot's (checked against the algorithm
+# all the same): SFID imputes 3 of 8 random coordinates, which here never flips a prediction
+NO_CHANGE_HERE = ()
+
+
+def _prism_projection(store):
+    from clipbias.methods import prism
+    from clipbias.methods.texts import read_method_texts
+
+    return prism.orthogonal_projection(
+        read_method_texts(store[0] / "texts.parquet")["attribute_word"][1]
+    )
+
+
+def _expected_peers(store):
+    """Predictions of the peer methods (METHODS §10) from their algorithms called directly,
+    fitted on the val split as the protocol says (§10.8), with the cell seed 3."""
+    from clipbias.methods import closed_form as cf
+    from clipbias.methods import fairerclip as fc
+    from clipbias.methods import prism, prism_train, sage, sfid, tie
+    from clipbias.methods.texts import group_prompts, read_method_texts, unit_rows
+
+    root, a = store
+    h, r, cls = a["heads"], a["rest"], a["cls"]
+    test = h.sum((1, 2), dtype=np.float64) + r
+    vidx, vh, vr = _val_arrays(store)
+    val = vh.sum((1, 2), dtype=np.float64) + vr
+    t = read_method_texts(root / "texts.parquet")
+    units = unit_rows(t["attribute"][1]).astype(np.float64)
+    gt_val = vidx["attr_background"].to_numpy()
+    test_idx = predict.read_predictions(_run(store, "zero_shot"))[0]
+    gt_test = test_idx["attr_background"].to_numpy()
+    inferred = tie.infer_attribute(test, units)
+    lam_gt = tie.tie_scales(val, gt_val, units)
+    lam_zs = tie.tie_scales(val, tie.infer_attribute(val, units), units)
+    out = {
+        "tie": metrics.predict(tie.tie_translate(test, inferred, lam_gt, units), cls),
+        "tie_star": metrics.predict(tie.tie_translate(test, inferred, lam_zs, units), cls),
+        "tie_oracle": metrics.predict(tie.tie_translate(test, gt_test, lam_gt, units), cls),
+        "prism_mini": metrics.predict(test @ _prism_projection(store), cls),
+    }
+    spec = yaml.safe_load((root / "texts.yaml").read_text())["prism"]
+    quads = prism.sample_quadruples([2, 2], [1, 2], 500, 3)
+    w, _ = prism_train.train_map(t["prism_object"][1], t["prism_scene"][1], quads, 0.1, seed=3)
+    assert [len(v) for v in spec["objects"].values()] == [2, 2]
+    out["prism"] = metrics.predict(test @ w.T, w @ cls)
+    s_val = tie.infer_attribute(val, units)
+    y_val = vidx["label"].to_numpy()
+    for name, labels, y in (
+        ("fairerclip", "ground_truth", y_val),
+        ("fairerclip_nolabels", "pseudo", np.argmax(val @ cls, axis=1)),
+    ):
+        f_i, f_t, _ = fc.fairerclip_fit(
+            val, cls.astype(np.float64), y, s_val, labels, m=200, seed=3
+        )
+        out[name] = fc.decide(f_i(test), f_t(cls.T.astype(np.float64)))  # fmt: skip
+    coords, mu, _ = sfid.sfid_fit(val, gt_val, k=3, seed=3)
+    out["sfid"] = metrics.predict(sfid.impute(test, coords, mu), cls)
+    _, t_emb = sage.read_class_templates(root / "class_templates.parquet")
+    out["sage"] = sage_pred = sage.sage_predict(test, t_emb, 1)
+    assert sage_pred.shape == (len(test),)
+    texts_spec = yaml.safe_load((root / "texts.yaml").read_text())
+    basis = cf.bias_basis(cf.group_directions(t["group_prompt"][1], group_prompts(texts_spec)[1]))
+    clf_cf = cf.closed_form_edit(cls.T.astype(np.float64), basis).T
+    out["closed_form_debias"] = metrics.predict(cf.closed_form_edit(test, basis), clf_cf)
+    return out
 
 
 def _val_arrays(store):
@@ -370,13 +469,20 @@ def _last_layer_heads(last=4):
 def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):
     root, _ = store
     preds = {m: _run(store, m) for m in ("zero_shot", "ltc", "ltc_random", "ablate")}
-    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary")}
+    out = {k: tmp_path / f"{k}.csv" for k in ("metrics", "paired", "draws", "summary", "methods")}
     ev.evaluate(preds, root / "dataset.json", out["metrics"], out["paired"], out["draws"],
-                out["summary"], n_boot=200, seed=1)  # fmt: skip
+                out["summary"], n_boot=200, seed=1, out_methods=out["methods"])  # fmt: skip
     m = pd.read_csv(out["metrics"])
     assert set(m["method"]) == {"zero_shot", "ltc", "ltc_random", "ablate"}
     p = pd.read_csv(out["paired"])
-    assert set(p["method"]) == {"ltc", "ablate"} and set(p["baseline"]) == {"zero_shot"}
+    assert set(p["baseline"]) == {"zero_shot", "ltc"}  # peers are compared with LTC too
+    vs_ltc = p[p["baseline"] == "ltc"]
+    assert set(vs_ltc["method"]) == {"ablate"}  # not zero-shot (the negative of LTC's row)
+    p = p[p["baseline"] == "zero_shot"]
+    assert set(p["method"]) == {"ltc", "ablate"}
+    info = pd.read_csv(out["methods"]).set_index("method")
+    assert list(info.index) == list(preds) and info.loc["ltc", "block"] == "oracle_a"
+    assert info.loc["ltc", "level"] == "head" and info.loc["zero_shot", "block"] == "reference"
     assert set(p["metric"]) == {"worst_group_acc", "avg_acc"}
     assert list(p.columns[:4]) == ["method", "baseline", "split", "metric"]
     assert {"diff", "ci_low", "ci_high", "p_value"} <= set(p.columns)
@@ -416,6 +522,10 @@ def test_summarize_seeds_counts_wins_over_zero_shot(tmp_path):
     assert wg["mean"] == pytest.approx(0.6) and wg["sd"] == pytest.approx(0.2)
     assert wg["min"] == pytest.approx(0.4) and wg["max"] == pytest.approx(0.8)
     assert wg["n_seeds"] == 3 and wg["n_better_than_zero_shot"] == 2
+    # gains 0.1, -0.1, 0.1: mean 1/30, sd 0.11547, t(0.975, 2) = 4.302653 -> ± 0.286843
+    assert wg["gain_mean"] == pytest.approx(1 / 30)
+    assert wg["gain_ci_low"] == pytest.approx(1 / 30 - 0.286843, abs=1e-6)
+    assert wg["gain_ci_high"] == pytest.approx(1 / 30 + 0.286843, abs=1e-6)
     assert s.loc[("ltc", "gap"), "n_better_than_zero_shot"] == 2  # lower gap is better
     assert s.loc[("zero_shot", "worst_group_acc"), "n_better_than_zero_shot"] == 0
 

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from clipbias import plots, report
 from clipbias.io import REHEARSAL_BANNER, read_csv
+from clipbias.methods import registry
 
 FIX = "tests/data/report_fixture"
 CELL = "planted/planted-vit-tiny/seed-42"
@@ -323,6 +324,39 @@ def test_seeds_table_and_scatter(fx, tmp_path):
     assert_written(fig, tmp_path / "seeds")
     n_methods = fx["per_seed"]["method"].nunique()
     assert len(fig.axes[0].get_yticklabels()) == n_methods
+
+
+def test_seeds_table_ranks_by_mean_worst_group_gain(fx):
+    t = report.seeds_table(fx["seeds"], rank=True)
+    assert t["Method"].iloc[0] == "Zero-shot"
+    wg = fx["seeds"].query("metric == 'worst_group_acc' and method != 'zero_shot'")
+    best = wg.sort_values("gain_mean", ascending=False)["method"].iloc[0]
+    assert t["Method"].iloc[1] == report.method_label(best)
+    col = "Δ Worst-group vs zero-shot (t 95 % over seeds)"
+    assert t[col].iloc[1].startswith("+") and "[" in t[col].iloc[1]
+
+
+def test_protocol_table_and_method_plane(fx, tmp_path):
+    methods = pd.read_csv(fx["root"] / "metrics" / CELL / "methods.csv")
+    from clipbias.protocols import load_published_numbers
+
+    t = report.protocol_table(fx["metrics"], fx["paired"], methods, dataset="waterbirds",
+                              published=load_published_numbers())  # fmt: skip
+    assert t["Block"].iloc[0] == registry.BLOCKS["reference"]
+    ltc = t.set_index("Method").loc["LTC"]
+    assert ltc["Block"] == registry.BLOCKS["oracle_a"] and ltc["Level"] == "head-level"
+    assert ltc["Class labels"] == "GT" and ltc["Δ Worst-group vs LTC"] == "–"
+    assert ltc["Δ Worst-group vs zero-shot"].startswith("+")
+    # blocks in protocol order, the label-free block after the oracle-a one
+    order = [list(registry.BLOCKS.values()).index(b) for b in t["Block"]]
+    assert order == sorted(order)
+    # published reference columns with the paper's model (PRISM's Orth-Cali on Waterbirds)
+    oc = t.set_index("Method").loc["Ortho-Cali", "Published (paper, model)"]
+    assert "WG 68.8" in oc and "prism, ViT-L-14" in oc
+    fig = plots.method_plane(fx["metrics"], methods, tmp_path / "plane")
+    assert_written(fig, tmp_path / "plane")
+    with pytest.raises(ValueError, match="no method"):
+        plots.method_plane(fx["metrics"], methods.head(0), tmp_path / "empty")
 
 
 def test_grid_main_table(fx):

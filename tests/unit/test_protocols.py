@@ -191,7 +191,7 @@ def test_published_numbers_loader():
     ]  # fmt: skip
     key = ["paper", "table", "dataset", "model", "method", "metric"]
     assert not df.duplicated(key).any()
-    assert set(df["paper"]) == {"refineclip", "ltc", "audit"}
+    assert set(df["paper"]) == {"refineclip", "ltc", "audit", "tie", "prism", "sage"}
     frac = df[df["unit"] == "fraction"]
     assert frac["value"].between(0, 1).all()
 
@@ -219,5 +219,9 @@ def test_published_numbers_loader():
     jtt = one(paper="ltc", method="probe_jtt_ltc", metric="worst_group_acc")
     assert jtt["value"] == pytest.approx(0.864)
     assert one(paper="ltc", table="abstract")["qualifier"] == ">"
+    prism = one(paper="prism", dataset="waterbirds", method="prism", metric="worst_group_acc")
+    assert prism["value"] == pytest.approx(0.842) and prism["model"] == "ViT-L-14"
+    tie = one(paper="tie", dataset="waterbirds", method="tie_oracle", metric="worst_group_acc")
+    assert tie["value"] == pytest.approx(0.788)
     with pytest.raises(ValueError, match="unknown unit"):
         load_published_numbers([{"paper": "x", "value": 1, "unit": "furlongs"}])

@@ -396,6 +396,12 @@ def _all_texts(spec):
             out += [("protected_value", t) for t in texts]
         out += [("bias_text", t) for t in attr["bias_texts"]]
     out += [("pool", t) for t in spec["pool"]]
+    from clipbias.methods.texts import attribute_words, group_prompts, prism_texts
+
+    objects, scenes = prism_texts(spec)
+    out += [("prism_object", t) for t in objects] + [("prism_scene", t) for t in scenes]
+    out += [("group_prompt", t) for t in group_prompts(spec)[0]]
+    out += [("attribute_word", t) for t in attribute_words(spec)]
     return out
 
 

@@ -192,10 +192,24 @@ def _check_edit_shots():
             )
 
 
+def _check_method_classes():
+    """Methods with a class limit (e.g. FairerCLIP: two classes) refuse, before any job
+    runs, a planted dataset with more classes (a registry dataset's class count is known
+    only once its index is built; the method then refuses at run time)."""
+    for name, d in DATASETS.items():
+        classes = (d.get("synth") or {}).get("classes") if is_planted(name) else None
+        if classes:
+            try:
+                registry.check_classes(METHODS, name, len(classes), cell_methods(name))
+            except registry.MethodConfigError as err:
+                raise ValueError(f"config methods: {err}") from None
+
+
 _check_grid()
 _check_heads_from()
 _check_dataset_methods()
 _check_edit_shots()
+_check_method_classes()
 
 
 def fseed(dataset, model, seed):
@@ -449,6 +463,9 @@ def predict_inputs(wildcards):
     spec = METHODS[wildcards.method].spec
     texts = spec.texts or has_retrieval(wildcards.dataset)
     files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or texts}
+    if spec.class_templates:
+        folder = feature_dir(wildcards.dataset, wildcards.model, wildcards.seed)
+        files["class_templates"] = f"{folder}/class_templates.parquet"
     return {**files, "texts_yaml": cell_texts_yaml(wildcards), **located_files(wildcards)}
 
 
@@ -662,6 +679,7 @@ PLANTED_FIGURES = [
     "located_vs_ground_truth",
     "group_accuracy",
     "random_distribution",
+    "method_plane",
 ]
 PLANTED_TABLES = [
     "zero_shot_groups",
@@ -672,6 +690,7 @@ PLANTED_TABLES = [
     "main_table",
     "paired_table",
     "random_summary",
+    "protocol_table",
 ]
 METHOD_FIGURES = [
     "zero_shot_groups",
@@ -680,6 +699,7 @@ METHOD_FIGURES = [
     "textspan_heads",
     "group_accuracy",
     "random_distribution",
+    "method_plane",
 ]
 METHOD_TABLES = [
     "heads_table",
@@ -688,6 +708,7 @@ METHOD_TABLES = [
     "paired_table",
     "random_summary",
     "reference_heads",
+    "protocol_table",
 ]
 SEEDS_FIGURES = ["seeds_scatter"]
 SEEDS_TABLES = ["seeds_table"]
@@ -783,6 +804,7 @@ def report_common_inputs(wildcards):
         "dataset_meta": cell_meta(wildcards),
         "metrics": f"{metrics}/metrics.csv",
         "paired": f"{metrics}/paired.csv",
+        "methods": f"{metrics}/methods.csv",
         "random_draws": f"{metrics}/random_draws.csv",
         "random_summary": f"{metrics}/random_summary.csv",
         "ltc_json": f"{heads}/ltc.json",

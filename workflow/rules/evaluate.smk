@@ -11,6 +11,7 @@ rule evaluate:
         paired=f"{METRICS}/paired.csv",
         draws=f"{METRICS}/random_draws.csv",
         random_summary=f"{METRICS}/random_summary.csv",
+        methods=f"{METRICS}/methods.csv",
     log:
         f"logs/{EXPERIMENT}/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
@@ -25,6 +26,7 @@ rule evaluate:
         n_boot=config["evaluate"]["n_boot"],
         protocol=protocol,
         edit_targets=dataset_edit_targets,
+        ltc_group_labels=config["locate"]["ltc"]["use_group_labels"],
         code_version=CODE_VERSION,
     script:
         "../scripts/evaluate.py"

@@ -57,6 +57,31 @@ rule encode_method_texts:
         "../scripts/encode_method_texts.py"
 
 
+# Per-template class embeddings (the 80 OpenAI templates) for methods that choose templates
+# per image (SAGE, METHODS §10.5); requested only by their predict jobs.
+rule encode_class_templates:
+    input:
+        unpack(extract_inputs),
+    output:
+        f"{FEATURES}/class_templates.parquet",
+    log:
+        f"logs/{EXPERIMENT}/encode_class_templates/{{dataset}}/{{model}}/{{fseed}}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=30,
+    params:
+        model_name=model_name,
+        pretrained=pretrained_arg,
+        hf_home=hf_home_arg,
+        device=config["device"],
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/encode_class_templates.py"
+
+
 rule extract_features:
     input:
         unpack(extract_inputs),

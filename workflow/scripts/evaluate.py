@@ -22,4 +22,6 @@ evaluate(
     threads=snakemake.threads,
     protocol=snakemake.params.protocol,
     edit_targets=snakemake.params.edit_targets,
+    out_methods=snakemake.output.methods,
+    ltc_group_labels=snakemake.params.ltc_group_labels,
 )

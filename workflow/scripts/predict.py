@@ -27,4 +27,5 @@ predict(
     texts_yaml=snakemake.input.texts_yaml,
     located={k: v for k, v in snakemake.input.items() if k in LOCATORS},
     threads=snakemake.threads,
+    class_templates=snakemake.input.get("class_templates"),
 )

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 #: edit(heads [n, L, H, D], rest [n, D], idx) -> embeddings [n, D]
 EditFn = Callable[[np.ndarray, np.ndarray, pd.DataFrame], np.ndarray]
+#: transform(embeddings [n, D] float64, idx) -> embeddings [n, D] (an embedding-level edit)
+TransformFn = Callable[[np.ndarray, pd.DataFrame], np.ndarray]
+#: classify(embeddings [n, D] float64, idx) -> class ids [n] (a decision that is not one
+#: argmax over a fixed classifier matrix, e.g. SAGE's per-image templates)
+ClassifyFn = Callable[[np.ndarray, pd.DataFrame], np.ndarray]
 
 
 @dataclass
@@ -45,6 +50,27 @@ class MethodOutput:
 
 
 @dataclass
+class Correction:
+    """A fitted correction, applied batch by batch to the evaluation splits.
+
+    Its parts act in this order on a batch: ``heads`` (a head-level edit of the stored
+    contributions, :data:`EditFn`; None = their plain sum ê), ``transform`` (an
+    embedding-level edit, :data:`TransformFn`), then the decision: ``classify`` if set, else
+    argmax of the scores with ``classifier`` ([D', C]; None = the zero-shot classifier).
+    A method that returns a Correction from its ``fit`` function can be a step of a
+    composition (:mod:`clipbias.methods.compose`); its ``predict`` is
+    ``apply_correction(ctx, fit(ctx, ...))``. ``meta``: JSON-serialisable facts (as
+    :attr:`MethodOutput.meta`).
+    """
+
+    heads: EditFn | None = None
+    transform: TransformFn | None = None
+    classifier: np.ndarray | None = None
+    classify: ClassifyFn | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class MethodContext:
     """Everything a method may read: features, classifier, texts, located heads, splits."""
 
@@ -60,6 +86,9 @@ class MethodContext:
     located: Mapping[str, Any] = field(default_factory=dict)
     batch_rows: int | None = None  # None: from the row width (FeatureSet.batch_rows)
     eval_splits: Sequence[str] = ()
+    #: per-template class embeddings (``class_templates.parquet``) for methods that declare
+    #: ``class_templates`` in the registry (SAGE), else None
+    class_templates: Path | None = None
     _features: FeatureSet | None = field(default=None, repr=False)
     _means: dict[str | tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
     #: retrieval scores [N, K] of the last :meth:`predict` (when the texts have ``retrieval``)
@@ -95,6 +124,29 @@ class MethodContext:
         """Stream (index, heads, rest) of ``split`` (default: every evaluation split in turn)."""
         for s in [split] if split else self.splits:
             yield from self.features.iter_batches(layers, s, batch_rows=self.batch_rows)
+
+    def embeddings(self, split: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+        """(index, ê [N, D] float64) of ``split`` (default: the locate split): the stored
+        embedding, Σ of all contributions, without reading the heads."""
+        split = split or self.locate_split
+        idx, emb = [], []
+        for i, _, rest in self.features.iter_batches([], split, batch_rows=self.batch_rows):
+            idx.append(i)
+            emb.append(np.asarray(rest, dtype=np.float64))
+        if not idx:
+            raise ValueError(f"no rows of split {split!r} in {self.feature_dir}")
+        return pd.concat(idx, ignore_index=True), np.concatenate(emb)
+
+    def attribute_name(self, attribute: str = "") -> str:
+        """``attribute``, or the dataset's spurious attribute (else its protected one)."""
+        name = attribute or self.dataset_meta.get("spurious_attribute")
+        name = name or self.dataset_meta.get("protected_attribute")
+        if not name:
+            raise ValueError(
+                "the dataset names no spurious or protected attribute (dataset.json); set the "
+                "method's attribute parameter"
+            )
+        return str(name)
 
     def test_index(self) -> pd.DataFrame:
         """Index rows of the evaluation splits, in the order :meth:`predict` returns them."""
@@ -177,6 +229,31 @@ class MethodContext:
         return np.concatenate(out)
 
 
+def apply_correction(ctx: MethodContext, corr: Correction) -> MethodOutput:
+    """Predictions of a fitted :class:`Correction` on the evaluation splits (streamed).
+
+    Only a head-level edit reads the heads; the other parts read the stored embedding."""
+    layers = None if corr.heads is not None else []
+
+    def embed(heads, rest, idx):
+        if corr.heads is not None:
+            emb = np.asarray(corr.heads(heads, rest, idx), dtype=np.float64)
+        else:
+            emb = heads.sum(axis=(1, 2), dtype=np.float64) + rest
+        return emb if corr.transform is None else corr.transform(emb, idx)
+
+    if corr.classify is None:
+        return MethodOutput(ctx.predict(embed, corr.classifier, layers=layers), dict(corr.meta))
+    out = [
+        np.asarray(corr.classify(embed(heads, rest, idx), idx), dtype=np.int64)
+        for idx, heads, rest in ctx.batches(layers=layers)
+    ]
+    if not out:
+        raise ValueError(f"no rows of splits {ctx.splits} in {ctx.feature_dir}")
+    ctx.last_scores = None
+    return MethodOutput(np.concatenate(out), dict(corr.meta))
+
+
 def open_context(
     feature_dir: str | os.PathLike,
     dataset_meta: Mapping[str, Any],
@@ -188,6 +265,7 @@ def open_context(
     located: Mapping[str, Any] | None = None,
     batch_rows: int | None = None,
     eval_splits: Sequence[str] = (),
+    class_templates: str | os.PathLike | None = None,
 ) -> MethodContext:
     """A context on ``feature_dir`` (its ``classifier.parquet``; ``texts`` = texts.parquet)."""
     from clipbias.features import read_classifier
@@ -208,4 +286,5 @@ def open_context(
         located=dict(located or {}),
         batch_rows=batch_rows,
         eval_splits=list(eval_splits),
+        class_templates=Path(class_templates) if class_templates else None,
     )

@@ -802,7 +802,7 @@ def class_plan_from_context(ctx: Any, located: dict[str, Any], salient: Sequence
     )
 
 
-def predict(
+def ltc_edit(
     ctx: Any,
     heads_from: str = "ltc",
     ablate: bool = True,
@@ -812,16 +812,11 @@ def predict(
     scale_preserving: bool = False,
     renormalize_after_edit: bool = False,
     insight: str = "global",
-) -> Any:
-    """LTC correct (METHODS §4.6-4.7) on the test split; the registry's variants fix
-    ``heads_from`` (``ltc`` or ``ltc_full``), ``ablate`` (mean-ablate S), ``project``
-    (accept-project Y), ``ablation_stats`` and ``scale_preserving``.
-
-    ``insight``: ``global`` (one basis from ``insight_pairs.accept`` for every image, the
-    reference's binary path) or ``per_class`` (the reference's multi-class path: per
-    pseudo-class Y heads and the basis of the class and its most-confused class,
-    :func:`per_class_plan`)."""
-    from clipbias.methods.api import MethodOutput
+) -> tuple[Any, dict[str, Any]]:
+    """LTC's head edit of one evaluation batch, ``edit(heads, rest, idx) -> embeddings``, and
+    its meta (the heads used, and for ``per_class`` the per-class plan and, filled as batches
+    are edited, the rows of each status). :func:`predict` applies it to the test split;
+    :func:`clipbias.methods.compose.fit_ltc` chains it with other corrections."""
     from clipbias.metrics import predict as zero_shot
 
     if insight not in INSIGHT:
@@ -831,7 +826,7 @@ def predict(
     s = s if ablate else []
     y = y if project else []
     means = ctx.ablation_means(ablation_stats) if s and ablation == "mean" else None
-    meta = {
+    meta: dict[str, Any] = {
         "heads_from": heads_from,
         "spurious": s,
         "salient": y,
@@ -843,8 +838,12 @@ def predict(
     if project and insight == "per_class":
         plan = class_plan_from_context(ctx, located, y)
         n_rows = dict.fromkeys(("ok", "fallback_heads", "no_partner", "no_texts", "unlocated"), 0)
+        meta["per_class"] = {
+            "rows": n_rows,
+            "classes": [{k: v for k, v in step.items() if k != "basis"} for step in plan.values()],
+        }
 
-        def edit(heads, rest, idx):
+        def edit_per_class(heads, rest, idx):
             base = heads.sum(axis=(1, 2), dtype=np.float64) + rest
             pseudo = zero_shot(base, ctx.classifier, ctx.candidates(idx))
             for c in pseudo:
@@ -854,14 +853,7 @@ def predict(
                 renormalize_after_edit,
             )  # fmt: skip
 
-        pred = ctx.predict(edit)
-        if n_rows["no_partner"] + n_rows["no_texts"] + n_rows["unlocated"]:
-            log.warning("LTC per_class: test rows without a projection: %s", n_rows)
-        meta["per_class"] = {
-            "rows": n_rows,
-            "classes": [{k: v for k, v in step.items() if k != "basis"} for step in plan.values()],
-        }
-        return MethodOutput(pred, meta)
+        return edit_per_class, meta
 
     q = ctx.basis("accept_pos", "accept_neg") if y else None
     if y and q is None:
@@ -881,4 +873,23 @@ def predict(
             renormalize_after_edit,
         )  # fmt: skip
 
-    return MethodOutput(ctx.predict(edit), meta)
+    return edit, meta
+
+
+def predict(ctx: Any, **params: Any) -> Any:
+    """LTC correct (METHODS §4.6-4.7) on the test split; the registry's variants fix
+    ``heads_from`` (``ltc`` or ``ltc_full``), ``ablate`` (mean-ablate S), ``project``
+    (accept-project Y), ``ablation_stats`` and ``scale_preserving``.
+
+    ``insight``: ``global`` (one basis from ``insight_pairs.accept`` for every image, the
+    reference's binary path) or ``per_class`` (the reference's multi-class path: per
+    pseudo-class Y heads and the basis of the class and its most-confused class,
+    :func:`per_class_plan`). Parameters: :func:`ltc_edit`."""
+    from clipbias.methods.api import MethodOutput
+
+    edit, meta = ltc_edit(ctx, **params)
+    pred = ctx.predict(edit)
+    rows = (meta.get("per_class") or {}).get("rows") or {}
+    if rows.get("no_partner", 0) + rows.get("no_texts", 0) + rows.get("unlocated", 0):
+        log.warning("LTC per_class: test rows without a projection: %s", rows)
+    return MethodOutput(pred, meta)

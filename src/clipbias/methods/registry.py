@@ -14,13 +14,19 @@ its function has the signature ``fn(ctx: MethodContext, **params) -> MethodOutpu
 How to add a method (docs/DESIGN.md, "How to add a method"): write the module with its
 ``predict`` function, add one :class:`MethodSpec` to :data:`METHODS` below, add its name to the
 ``methods`` enum of ``workflow/schemas/config.schema.yaml``.
+
+Every method also says what it fits on and with which labels (:class:`LabelUse`, METHODS
+§10.7), its level (head-level, embedding-level, few-shot) and its block of the comparison
+protocol (§10.8; :func:`label_use_rows`), and, when it exposes a fitted
+:class:`~clipbias.methods.api.Correction` (``fit``), what that correction edits, so it can be
+a step of a composition (``{name: compose, steps: [...]}``, :func:`check_steps`).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -99,6 +105,46 @@ def _frozen(d: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
+class LabelUse:
+    """What a method uses at fit and test time (METHODS §10.7), as shown in the main table.
+
+    ``classes``: class labels at fit time (``no``, ``GT``, ``pseudo`` = zero-shot
+    predictions, ``shots`` = ground truth of the few-shot samples); ``attribute``: the
+    spurious/protected attribute at fit time (``no``, ``GT``, ``zero-shot``, ``groups`` = LTC's
+    locate groups, ground truth or zero-shot as ``locate.ltc.use_group_labels`` says, or
+    ``param:<name>`` = chosen by that parameter); ``attribute_test``: the attribute of the
+    **test** images (``no``, ``zero-shot``, ``GT`` = an oracle); ``texts``: texts used;
+    ``images``: the image split fitted on (``none``, ``locate``, ...).
+    """
+
+    classes: str = "no"
+    attribute: str = "no"
+    attribute_test: str = "no"
+    texts: str = "none"
+    images: str = "none"
+
+
+#: Blocks of the comparison protocol (METHODS §10.8), in table order.
+BLOCKS = {
+    "reference": "Reference (zero-shot)",
+    "oracle_a": "Oracle-a: ground-truth attributes of the locate split",
+    "inferred_a": "Inferred-a: zero-shot attributes / class labels only",
+    "label_free": "Label-free",
+    "oracle_test": "Oracle upper bound: test-image attributes (not a main-table entry)",
+}
+#: Levels (the figure's colours): where a method acts.
+LEVELS = {
+    "reference": "zero-shot",
+    "head": "head-level",
+    "embedding": "embedding-level",
+    "few_shot": "few-shot",
+    "composition": "composition",
+}
+#: What a fitted Correction may edit (MethodSpec.correction).
+CORRECTION_PARTS = ("heads", "embedding", "classifier", "decision")
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """One registered method.
 
@@ -110,6 +156,14 @@ class MethodSpec:
     ``env``: conda env of its predict rule (``analysis`` has no torch, ``torch`` has);
     ``control_of``: for random controls, the method whose result they are compared with (its
     predictions file then holds draws, and ``requires`` must list it).
+    ``level``, ``block``, ``label_use``: see :data:`LEVELS`, :data:`BLOCKS`, :class:`LabelUse`
+    (``block`` ``"by_labels"`` = derived from ``label_use`` and the configuration,
+    :func:`label_use_rows`). ``fit``: the function returning the method's fitted
+    :class:`~clipbias.methods.api.Correction` (a name in ``module``, or ``"module:function"``),
+    ``correction``: the parts of :data:`CORRECTION_PARTS` it sets (empty: not composable).
+    ``max_classes``: the most classes the method supports (checked at config time where the
+    class count is known). ``class_templates``: it reads the per-template class embeddings
+    of the 80 OpenAI templates (rule ``encode_class_templates``).
     """
 
     name: str
@@ -126,10 +180,24 @@ class MethodSpec:
     fixed: Mapping[str, Any] = field(default_factory=_frozen)
     requires: tuple[str, ...] = ()
     control_of: str | None = None
+    level: str = "embedding"
+    block: str = "label_free"
+    label_use: LabelUse = LabelUse()
+    fit: str | None = None
+    correction: tuple[str, ...] = ()
+    max_classes: int | None = None
+    class_templates: bool = False
 
     def load(self) -> Callable[..., Any]:
         """Import the method's module and return its predict function."""
         return getattr(importlib.import_module(self.module), self.function)
+
+    def load_fit(self) -> Callable[..., Any]:
+        """The method's ``fit(ctx, **params) -> Correction`` (composition steps)."""
+        if not self.fit or not self.correction:
+            raise MethodConfigError(f"method {self.name!r} exposes no correction to compose")
+        module, _, fn = self.fit.rpartition(":")
+        return getattr(importlib.import_module(module or self.module), fn)
 
     def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults updated by ``overrides`` (unknown or fixed keys are errors), then fixed."""
@@ -336,9 +404,212 @@ _REFINECLIP_METHODS = (
     ),
 )
 
+# ------------------------------------------------------------------------------ peers
+# METHODS §10: the published training-free debiasing methods, on the stored embeddings.
+_TIE = "clipbias.methods.tie"
+_TIE_PARAMS = {"attribute": ""}
+_PRISM = "clipbias.methods.prism"
+_FAIRER = "clipbias.methods.fairerclip"
+# Waterbirds defaults of the reference configs (METHODS §10.3); n_iter: without labels only
+_FAIRER_PARAMS = {
+    "n_iter": 2, "tau_i": 0.7, "tau_z_i": 0.7, "tau_t": 0.1, "tau_z_t": 0.1,
+    "gamma_i": 3e-4, "gamma_t": 2e-4, "dim_z": 1, "m": 3000,
+}  # fmt: skip
+_PEER_METHODS = (
+    MethodSpec(
+        "tie",
+        "TIE",
+        "peer",
+        _TIE,
+        description="Translate ê by its attribute's text vector; λ from GT locate attributes (§10.1)",
+        texts=True,
+        params=_frozen(_TIE_PARAMS),
+        fixed=_frozen({"fit_attributes": "ground_truth", "test_attributes": "zero_shot"}),
+        block="oracle_a",
+        label_use=LabelUse("no", "GT", "zero-shot", "attribute prompts", "locate"),
+        fit="fit",
+        correction=("embedding",),
+    ),
+    MethodSpec(
+        "tie_star",
+        "TIE*",
+        "peer",
+        _TIE,
+        description="TIE with zero-shot attributes everywhere (§10.1)",
+        texts=True,
+        params=_frozen(_TIE_PARAMS),
+        fixed=_frozen({"fit_attributes": "zero_shot", "test_attributes": "zero_shot"}),
+        block="inferred_a",
+        label_use=LabelUse("no", "zero-shot", "zero-shot", "attribute prompts", "locate"),
+        fit="fit",
+        correction=("embedding",),
+    ),
+    MethodSpec(
+        "tie_oracle",
+        "TIE (oracle: test attributes)",
+        "peer",
+        _TIE,
+        description="Upper bound: TIE indexed by the test images' ground-truth attributes (§10.1)",
+        texts=True,
+        params=_frozen(_TIE_PARAMS),
+        fixed=_frozen({"fit_attributes": "ground_truth", "test_attributes": "ground_truth"}),
+        block="oracle_test",
+        label_use=LabelUse("no", "GT", "GT", "attribute prompts", "locate"),
+        fit="fit",
+        correction=("embedding",),
+    ),
+    MethodSpec(
+        "prism_mini",
+        "PRISM-mini",
+        "peer",
+        _PRISM,
+        function="predict_mini",
+        description="Project the attribute words out of ê (closed form, §10.2)",
+        texts=True,
+        label_use=LabelUse(texts="attribute words"),
+        fit="fit_mini",
+        correction=("embedding",),
+    ),
+    MethodSpec(
+        "prism",
+        "PRISM",
+        "peer",
+        "clipbias.methods.prism_train",
+        function="predict_prism",
+        description="Linear map learned on text quadruples from the dataset vocabulary (§10.2)",
+        texts=True,
+        env="torch",
+        params=_frozen({"n_quadruples": 500, "lr": 0.1, "batch": 3, "epochs": 1, "margin": 0.5}),
+        label_use=LabelUse(texts="quadruples (vocabulary)"),
+        fit="fit_prism",
+        correction=("embedding", "classifier"),
+    ),
+    MethodSpec(
+        "fairerclip",
+        "FairerCLIP",
+        "peer",
+        _FAIRER,
+        description="Kernel encoders (RFF, generalised eigenproblems); GT class labels (§10.3)",
+        texts=True,
+        params=_frozen(_FAIRER_PARAMS),
+        fixed=_frozen({"labels": "ground_truth"}),
+        block="inferred_a",
+        label_use=LabelUse("GT", "zero-shot", "no", "attribute prompts", "locate"),
+        fit="fit",
+        correction=("decision",),
+        max_classes=2,
+    ),
+    MethodSpec(
+        "fairerclip_nolabels",
+        "FairerCLIP (no labels)",
+        "peer",
+        _FAIRER,
+        description="FairerCLIP on zero-shot pseudo-labels, re-predicted each iteration (§10.3)",
+        texts=True,
+        params=_frozen(_FAIRER_PARAMS),
+        fixed=_frozen({"labels": "pseudo"}),
+        label_use=LabelUse("pseudo", "zero-shot", "no", "attribute prompts", "locate"),
+        fit="fit",
+        correction=("decision",),
+        max_classes=2,
+    ),
+    MethodSpec(
+        "sfid",
+        "SFID",
+        "peer",
+        "clipbias.methods.sfid",
+        description="Impute the forest's top-k attribute coordinates with a low-confidence mean (§10.4)",
+        texts=True,
+        params=_frozen(
+            {
+                "attributes": "ground_truth",
+                "attribute": "",
+                "k": 100,
+                "threshold": 0.7,
+                "heldout": 0.2,
+                "n_estimators": 100,
+                "min_low": 10,
+            }
+        ),  # fmt: skip
+        block="by_labels",
+        label_use=LabelUse("no", "param:attributes", "no", "none", "locate + held-out"),
+        fit="fit",
+        correction=("embedding",),
+    ),
+    MethodSpec(
+        "sage",
+        "SAGE",
+        "peer",
+        "clipbias.methods.sage",
+        description="Per-image choice of the most separating of the 80 OpenAI templates (§10.5)",
+        params=_frozen({"k": 1}),
+        label_use=LabelUse(texts="80 templates"),
+        fit="fit",
+        correction=("decision",),
+        class_templates=True,
+    ),
+    MethodSpec(
+        "closed_form_debias",
+        "Closed-form debiasing",
+        "peer",
+        "clipbias.methods.closed_form",
+        description="Closed-form shrinking of the group-prompt subspace, image and text (§10.6)",
+        texts=True,
+        label_use=LabelUse(texts="group prompts (synonyms)"),
+        fit="fit",
+        correction=("embedding", "classifier"),
+    ),
+    MethodSpec(
+        "compose",
+        "Composition",
+        "composition",
+        "clipbias.methods.compose",
+        description="Chain a head-level correction with embedding-level ones (DESIGN.md)",
+        params=_frozen({"steps": []}),
+        level="composition",
+        block="by_labels",
+    ),
+)
+
+_COMPOSE = "clipbias.methods.compose"
+_LTC_USE = LabelUse("GT", "groups", "no", "accept texts", "locate")
+_SHOTS_USE = LabelUse("shots", "shots", "no", "none", "shots")
+#: Level, block, label use and correction of the methods registered before the peers.
+_PROTOCOL: Mapping[str, Mapping[str, Any]] = {
+    "zero_shot": {"level": "reference", "block": "reference"},
+    "ortho_cali": {"label_use": LabelUse(texts="spurious + candidate prompts"),
+                   "fit": f"{_COMPOSE}:fit_ortho_cali", "correction": ("classifier",)},
+    "roboshot": {"label_use": LabelUse(texts="insight pairs"), "fit": f"{_COMPOSE}:fit_roboshot",
+                 "correction": ("embedding",)},
+    "roboshot_accept": {"label_use": LabelUse(texts="insight pairs"),
+                        "fit": f"{_COMPOSE}:fit_roboshot", "correction": ("embedding",)},
+    "textspan_ablation": {"level": "head", "label_use": LabelUse(texts="TextSpan pool",
+                          images="locate"), "fit": f"{_COMPOSE}:fit_textspan",
+                          "correction": ("heads",)},
+    **{m: {"level": "head", "block": "by_labels", "label_use": _LTC_USE,
+           "fit": f"{_COMPOSE}:fit_ltc", "correction": ("heads",)}
+       for m in ("ltc", "ltc_transductive", "ltc_scale_preserving", "ablate", "ltc_no_ablate",
+                 "ltc_full")},
+    "ltc_random": {"level": "head", "block": "by_labels", "label_use": _LTC_USE},
+    **{m: {"level": "head", "block": "oracle_a", "label_use": LabelUse("no", "GT", "no",
+           "concept texts", "locate"), "fit": f"{_COMPOSE}:fit_audit", "correction": ("heads",)}
+       for m in ("audit_ablation", "audit_ablation_greedy")},
+    **{m: {"level": "head", "block": "by_labels", "label_use": _SHOTS_USE}
+       for m in ("refineclip", "refineclip_star")},
+}  # fmt: skip
+
+
+def _with_protocol(spec: MethodSpec) -> MethodSpec:
+    if spec.name in _PROTOCOL:
+        return replace(spec, **_PROTOCOL[spec.name])
+    if spec.family == "refineclip" or spec.shots:
+        return replace(spec, level="few_shot", block="by_labels", label_use=_SHOTS_USE)
+    return spec
+
+
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
-        s.name: s
+        s.name: _with_protocol(s)
         for s in (
             MethodSpec(
                 "zero_shot",
@@ -488,6 +759,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 fixed=_frozen({"head_set": "greedy"}),
             ),
             *_REFINECLIP_METHODS,
+            *_PEER_METHODS,
         )
     }
 )
@@ -524,7 +796,167 @@ class Configured:
 
     @property
     def spec(self) -> MethodSpec:
-        return get(self.name)
+        return spec_for(self.name, self.params)
+
+
+def step_entry(entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, parameter overrides) of one composition step (a name or ``{name, ...}``)."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, Mapping) and "name" in entry:
+        return str(entry["name"]), {k: v for k, v in entry.items() if k != "name"}
+    raise MethodConfigError(f"a composition step must be a name or {{name: ...}}, got {entry!r}")
+
+
+def check_steps(steps: Iterable[str | Mapping[str, Any]], owner: str = "compose") -> list[str]:
+    """Validate a composition's steps (names, parameters, order) -> their names.
+
+    Every step must expose a correction (:attr:`MethodSpec.correction`); a head-level edit
+    (``heads``) can only come first (later steps see an embedding, not heads), a decision
+    rule (``decision``) only last, and at most one step may change the classifier."""
+    steps = list(steps)
+    if len(steps) < 2:
+        raise MethodConfigError(f"method {owner!r}: a composition needs at least two steps")
+    names = []
+    for i, entry in enumerate(steps):
+        name, overrides = step_entry(entry)
+        spec = get(name)
+        if name == "compose":
+            raise MethodConfigError(f"method {owner!r}: compositions do not nest")
+        if not spec.correction:
+            raise MethodConfigError(
+                f"method {owner!r}: step {name!r} cannot compose: it exposes no correction "
+                "(an embedding edit or a classifier), only its own predictions; composable: "
+                f"{sorted(n for n, s in METHODS.items() if s.correction)}"
+            )
+        if "heads" in spec.correction and i > 0:
+            raise MethodConfigError(
+                f"method {owner!r}: step {name!r} edits attention heads, so it must be the "
+                "first step (later steps receive an embedding, not the heads)"
+            )
+        if "decision" in spec.correction and i < len(steps) - 1:
+            raise MethodConfigError(
+                f"method {owner!r}: step {name!r} outputs a decision, not an embedding, so it "
+                "must be the last step"
+            )
+        spec.resolve_params(overrides)
+        names.append(name)
+    deciders = [n for n in names if {"classifier", "decision"} & set(get(n).correction)]
+    if len(deciders) > 1:
+        raise MethodConfigError(
+            f"method {owner!r}: steps {deciders} each change the classifier; keep one"
+        )
+    return names
+
+
+def spec_for(name: str, params: Mapping[str, Any] | None = None) -> MethodSpec:
+    """The spec of a configured method: the registry's, or for a composition one whose needs
+    (locators, texts, env, class templates, shots, class limit) are those of its steps."""
+    spec = get(name)
+    if name != "compose":
+        return spec
+    steps = [get(step_entry(e)[0]) for e in (params or {}).get("steps", [])]
+    limits = [s.max_classes for s in steps if s.max_classes is not None]
+    return replace(
+        spec,
+        locators=tuple(dict.fromkeys(loc for s in steps for loc in s.locators)),
+        texts=any(s.texts for s in steps),
+        shots=any(s.shots for s in steps),
+        env="torch" if any(s.env == "torch" for s in steps) else "analysis",
+        class_templates=any(s.class_templates for s in steps),
+        max_classes=min(limits) if limits else None,
+    )
+
+
+def check_classes(
+    configured: Mapping[str, Configured], dataset: str, n_classes: int, method_ids: Iterable[str]
+) -> None:
+    """Refuse, before any job runs, a method whose ``max_classes`` is below ``n_classes``."""
+    for mid in method_ids:
+        limit = configured[mid].spec.max_classes
+        if limit is not None and n_classes > limit:
+            raise MethodConfigError(
+                f"method {mid!r} supports at most {limit} classes (METHODS §10), but dataset "
+                f"{dataset!r} has {n_classes}; remove it from methods or from this dataset's "
+                "datasets[].methods"
+            )
+
+
+_BLOCK_ORDER = ("reference", "label_free", "inferred_a", "oracle_a", "oracle_test")
+
+
+def _attribute_use(use: LabelUse, params: Mapping[str, Any], ltc_group_labels: bool) -> str:
+    a = use.attribute
+    if a == "groups":
+        return "GT" if ltc_group_labels else "zero-shot"
+    if a == "shots":
+        return "GT" if params.get("shot_sampling") == "group_balanced" else "no"
+    if a.startswith("param:"):
+        v = params.get(a.split(":", 1)[1])
+        return {"ground_truth": "GT", "zero_shot": "zero-shot"}.get(v, str(v))
+    return a
+
+
+def _block(spec: MethodSpec, params: Mapping[str, Any], ltc_group_labels: bool) -> str:
+    if spec.name == "compose":
+        blocks = [
+            _block(get(n), {**get(n).params, **o}, ltc_group_labels)
+            for n, o in map(step_entry, params.get("steps", []))
+        ]
+        return max(blocks, key=_BLOCK_ORDER.index) if blocks else "label_free"
+    if spec.block != "by_labels":
+        return spec.block
+    attr = _attribute_use(spec.label_use, params, ltc_group_labels)
+    if attr == "GT":
+        return "oracle_a"
+    if attr == "zero-shot" or spec.label_use.classes in ("GT", "shots"):
+        return "inferred_a"
+    return "label_free"
+
+
+def label_use_rows(
+    configured: Mapping[str, Configured], ltc_group_labels: bool = True
+) -> list[dict[str, str]]:
+    """One row per configured method: its block (§10.8), level and label use (§10.7), in
+    config order. ``ltc_group_labels``: ``locate.ltc.use_group_labels`` (LTC's groups are
+    then ground truth, else zero-shot)."""
+    rows = []
+    for mid, c in configured.items():
+        spec = c.spec
+        use = spec.label_use
+        if spec.name == "compose":
+            entries = [step_entry(e) for e in c.params.get("steps", [])]
+            parts = [get(n) for n, _ in entries]
+            steps = " → ".join(s.name for s in parts)
+            uses = [
+                _attribute_use(s.label_use, {**s.params, **o}, ltc_group_labels)
+                for s, (_, o) in zip(parts, entries, strict=True)
+            ]
+            use = LabelUse(
+                classes=" + ".join(dict.fromkeys(s.label_use.classes for s in parts)),
+                attribute=" + ".join(dict.fromkeys(uses)),
+                attribute_test=" + ".join(dict.fromkeys(s.label_use.attribute_test for s in parts)),
+                texts=" + ".join(dict.fromkeys(s.label_use.texts for s in parts)),
+                images=" + ".join(dict.fromkeys(s.label_use.images for s in parts)),
+            )
+            attr = use.attribute
+        else:
+            steps = ""
+            attr = _attribute_use(use, c.params, ltc_group_labels)
+        rows.append(
+            {
+                "method": mid,
+                "block": _block(spec, c.params, ltc_group_labels),
+                "level": spec.level,
+                "classes": use.classes,
+                "attribute": attr,
+                "attribute_test": use.attribute_test,
+                "texts": use.texts,
+                "images": use.images,
+                "steps": steps,
+            }
+        )
+    return rows
 
 
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
@@ -553,6 +985,8 @@ def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configur
                 f"a methods entry must be a name or a mapping with 'name', got {entry!r}"
             )
         spec = get(name)
+        if name == "compose":
+            check_steps(overrides.get("steps", []), mid)
         if not mid or set(mid) - _ID_CHARS:
             raise MethodConfigError(f"method id {mid!r}: use lower-case letters, digits and _")
         if mid in out:

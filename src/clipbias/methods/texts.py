@@ -6,7 +6,11 @@ Roles: ``pool`` (TextSpan text pool), ``accept_pos``/``accept_neg`` and
 :func:`class_insight_pairs`), ``ortho_spurious`` and
 ``ortho_candidate`` (Ortho-Cali prompts, §4.10), ``attribute`` (zero-shot prompts of the
 spurious attribute's values, §4.8), ``retrieval`` (concept prompts whose per-image scores are
-stored with the predictions, e.g. FairFace's MaxSkew, §4.11). The text file keys are described in
+stored with the predictions, e.g. FairFace's MaxSkew, §4.11), and the peer methods' texts
+(METHODS §10): ``attribute_word`` (PRISM-mini's attribute words, ``attribute_prompts.words``
+or else ``attribute_prompts.values``), ``prism_object``/``prism_scene`` (PRISM's text
+quadruples, :func:`prism_texts`), ``group_prompt`` (closed-form debiasing's group prompts,
+:func:`group_prompts`). The text file keys are described in
 ``config/texts/planted.yaml``. Encoded texts are stored raw (unnormalised) in
 ``texts.parquet`` next to the features: ``role, idx, text, embedding``. The fairness audit's
 ``protected_attributes`` texts (METHODS §6.4, §3.7) are encoded separately, into
@@ -37,6 +41,10 @@ TEXT_ROLES = (
     "retrieval",
     "class_accept_pos",
     "class_accept_neg",
+    "attribute_word",
+    "prism_object",
+    "prism_scene",
+    "group_prompt",
 )
 
 
@@ -85,6 +93,9 @@ def method_texts(spec: Mapping[str, Any], pool_cap: int = 0) -> dict[str, list[s
         "retrieval": retrieval_prompts(spec),
         "class_accept_pos": [r[2] for r in class_insight_pairs(spec)],
         "class_accept_neg": [r[3] for r in class_insight_pairs(spec)],
+        "attribute_word": attribute_words(spec),
+        **dict(zip(("prism_object", "prism_scene"), prism_texts(spec), strict=True)),
+        "group_prompt": group_prompts(spec)[0],
     }
 
 
@@ -121,6 +132,72 @@ def class_insight_pairs(spec: Mapping[str, Any]) -> list[tuple[str, str, str, st
             )
         out += [(str(classes[0]), str(classes[1]), str(p), str(n)) for p, n in accept]
     return out
+
+
+def attribute_words(spec: Mapping[str, Any]) -> list[str]:
+    """PRISM-mini's attribute words (METHODS §10.2): ``attribute_prompts.words``, else the
+    attribute's value names ``attribute_prompts.values``."""
+    ap = spec.get("attribute_prompts", {}) or {}
+    return [str(w) for w in (ap.get("words") or ap.get("values") or [])]
+
+
+def prism_texts(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """PRISM's texts (METHODS §10.2, built from the dataset's vocabulary, [REC]): the object
+    texts ``prism.object_template`` filled with every object word (``prism.objects``: words
+    per class, in class order) and the scene texts ``prism.scene_template`` filled with every
+    (object word, background word) pair, objects outer, backgrounds (``prism.backgrounds``:
+    words per attribute value, in value order) inner. ``([], [])`` without a ``prism``
+    section."""
+    p = spec.get("prism") or {}
+    if not p:
+        return [], []
+    objects = [str(w) for words in (p.get("objects") or {}).values() for w in words]
+    backgrounds = [str(w) for words in (p.get("backgrounds") or {}).values() for w in words]
+    obj_t = p.get("object_template", "a photo of a {object}")
+    scene_t = p.get("scene_template", "a photo of a {object} on {background}")
+    return (
+        [obj_t.format(object=o) for o in objects],
+        [scene_t.format(object=o, background=b) for o in objects for b in backgrounds],
+    )
+
+
+def group_prompts(spec: Mapping[str, Any]) -> tuple[list[str], tuple[int, int, int]]:
+    """Closed-form debiasing's group prompts (METHODS §10.6, fixed synonym templates instead
+    of LLM prompts): for every group (``group_prompts.groups``: synonyms per attribute value,
+    in value order), every class word (``group_prompts.classes``, default the file's
+    ``classes``) and every template (``group_prompts.templates`` with ``{class}`` and
+    ``{group}``), one text per synonym. Returns (texts, (n_groups, n_classes, n_variants));
+    texts are ordered group, class, then variant (template outer, synonym inner)."""
+    g = spec.get("group_prompts") or {}
+    if not g:
+        return [], (0, 0, 0)
+    groups = [[str(w) for w in words] for words in (g.get("groups") or {}).values()]
+    classes = [str(c) for c in (g.get("classes") or spec.get("classes") or [""])]
+    templates = [str(t) for t in g.get("templates", ["a photo of a {class} on {group}"])]
+    n_syn = {len(w) for w in groups}
+    if len(n_syn) > 1:
+        raise ValueError(
+            "group_prompts.groups: every group needs the same number of synonyms "
+            f"(got {[len(w) for w in groups]})"
+        )
+    texts = [
+        t.format(**{"class": c, "group": w})
+        for words in groups
+        for c in classes
+        for t in templates
+        for w in words
+    ]
+    n_var = len(templates) * (n_syn.pop() if n_syn else 0)
+    return texts, (len(groups), len(classes), n_var)
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """sha256 of a list of texts (canonical JSON): the version of the texts a method used,
+    recorded in its predictions' meta."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode()).hexdigest()
 
 
 def retrieval_prompts(spec: Mapping[str, Any]) -> list[str]:

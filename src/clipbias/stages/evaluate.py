@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 #: Metrics compared with zero-shot in ``paired.csv``.
 PAIRED_METRICS = ("worst_group_acc", "avg_acc")
+#: Baselines of ``paired.csv`` (its ``baseline`` column), when configured: zero-shot for every
+#: method, LTC for every other method but zero-shot (the peers' comparison, METHODS §10.8).
+PAIRED_BASELINES = ("zero_shot", "ltc")
 PAIRED_COLUMNS = [
     "method",
     "baseline",
@@ -101,13 +104,20 @@ def evaluate(
     threads: int | None = None,
     protocol: str = "none",
     edit_targets: str | Sequence[str] | None = None,
+    out_methods: str | os.PathLike | None = None,
+    ltc_group_labels: bool = True,
 ) -> None:
     """Tidy metrics of every method on every evaluation split (95 % stratified bootstrap
-    intervals), paired differences with zero-shot, the random-control draws and summary (on
-    the test split), and the dataset's protocol metrics (:func:`protocol_rows`). With
-    ``edit_targets`` (the dataset's, :func:`clipbias.methods.fewshot.edit_target_classes`),
-    every method also gets edit-success and locality rows on each evaluation split
-    (METHODS §7.1)."""
+    intervals), paired differences with zero-shot and with LTC (:data:`PAIRED_BASELINES`,
+    when configured), the random-control draws and summary (on the test split), and the
+    dataset's protocol metrics (:func:`protocol_rows`). With ``edit_targets`` (the dataset's,
+    :func:`clipbias.methods.fewshot.edit_target_classes`), every method also gets
+    edit-success and locality rows on each evaluation split (METHODS §7.1).
+
+    ``out_methods`` (``methods.csv``): per method id its display label, registry name,
+    level, block of the comparison protocol and label use (METHODS §10.7-10.8,
+    :func:`clipbias.methods.registry.label_use_rows`; ``ltc_group_labels`` =
+    ``locate.ltc.use_group_labels``)."""
     import pandas as pd
 
     from clipbias.io import read_json
@@ -126,8 +136,11 @@ def evaluate(
     point: dict[str, dict[str, float]] = {}
     scores: dict[str, np.ndarray] = {}
     index = None
+    configured = {}
     for method, path in predictions.items():
         df, draws, info = read_predictions(path)
+        name = info.get("method_name", method)
+        configured[method] = registry.Configured(method, name, info.get("params") or {})
         if index is None:
             index = df
         elif not df["image_id"].equals(index["image_id"]):
@@ -176,19 +189,24 @@ def evaluate(
     metrics = pd.concat(tables, ignore_index=True)
     _write_csv(metrics, out_metrics)
 
-    ref = registry.REFERENCE_METHOD
     paired = []
-    for split, part in index.groupby("split", sort=False):
-        rows = part.index.to_numpy()
-        for m, p in preds.items():
-            if m == ref or ref not in preds:
-                continue
-            pr = paired_rows(
-                m, p[rows], ref, preds[ref][rows], part["label"].to_numpy(),
-                part["group"].to_numpy(), n_boot, seed,
-            )  # fmt: skip
-            pr.insert(2, "split", split)
-            paired.append(pr)
+    for ref in PAIRED_BASELINES:
+        if ref not in preds:
+            continue
+        for split, part in index.groupby("split", sort=False):
+            rows = part.index.to_numpy()
+            for m, p in preds.items():
+                if m == ref or (
+                    ref != registry.REFERENCE_METHOD and m == registry.REFERENCE_METHOD
+                ):
+                    continue
+                pr = paired_rows(
+                    m, p[rows], ref, preds[ref][rows], part["label"].to_numpy(),
+                    part["group"].to_numpy(), n_boot, seed,
+                )  # fmt: skip
+                pr.insert(2, "split", split)
+                paired.append(pr)
+    ref = registry.REFERENCE_METHOD
     paired_df = (
         pd.concat(paired, ignore_index=True)
         if paired
@@ -199,6 +217,11 @@ def evaluate(
     _write_csv(draws_df, out_draws)
     summary_df = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     _write_csv(summary_df, out_random_summary)
+    if out_methods is not None:
+        table = pd.DataFrame(registry.label_use_rows(configured, ltc_group_labels))
+        table.insert(1, "label", [registry.label(m, c.name) for m, c in configured.items()])
+        table.insert(2, "name", [c.name for c in configured.values()])
+        _write_csv(table, out_methods)
     shown = metrics[metrics["metric"].isin(["avg_acc", "worst_group_acc", "gap"])]
     pivot = shown.pivot_table(index="method", columns=["split", "metric"], values="value")
     log.info("evaluation:\n%s", pivot.round(4).to_string())
@@ -511,10 +534,12 @@ def summarize_seeds(
 ) -> None:
     """``summary_over_seeds.csv``: per method and metric the mean, sd (ddof 1), min and max
     over seeds, the number of seeds, on how many seeds the method beat zero-shot (higher is
-    better, except :data:`LOWER_IS_BETTER`), and a ``note`` when a metric could not be
-    computed (its rows' note). Only the dataset-level rows of the evaluation split ``split``
-    count (:func:`clipbias.protocols.table_rows`; a dataset with several evaluation splits
-    has one row per split and metric in metrics.csv)."""
+    better, except :data:`LOWER_IS_BETTER`), the gain over zero-shot paired by seed
+    (``gain_mean``, t-based 95 % interval over seeds ``gain_ci_low``/``gain_ci_high``,
+    METHODS §7.2), and a ``note`` when a metric could not be computed (its rows' note). Only
+    the dataset-level rows of the evaluation split ``split`` count
+    (:func:`clipbias.protocols.table_rows`; a dataset with several evaluation splits has one
+    row per split and metric in metrics.csv)."""
     import pandas as pd
 
     from clipbias.io import read_csv
@@ -537,6 +562,8 @@ def summarize_seeds(
         better = v < base if metric in LOWER_IS_BETTER else v > base
         notes = g["note"].fillna("").astype(str) if "note" in g else pd.Series([], dtype=str)
         finite = v[np.isfinite(v)]
+        gain = (v - base)[~np.isnan(base)]
+        low, high = _t_interval(gain)
         rows.append(
             {
                 "method": method,
@@ -548,9 +575,23 @@ def summarize_seeds(
                 "n_seeds": len(finite),
                 "n_better_than_zero_shot": int(np.sum(better & ~np.isnan(base))),
                 "note": next((n for n in notes if n), ""),
+                "gain_mean": float(gain.mean()) if len(gain) else float("nan"),
+                "gain_ci_low": low,
+                "gain_ci_high": high,
             }
         )
     _write_csv(pd.DataFrame(rows), out)
+
+
+def _t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """t-based interval of the mean of ``x`` over seeds (METHODS §7.2); NaN below 2 values."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
 
 
 def grid_table(

@@ -141,6 +141,36 @@ def encode_method_texts(
     log.info("encoded %d texts (%s)", len(texts), {r: len(by_role[r]) for r in TEXT_ROLES})
 
 
+def encode_class_templates(
+    model_name: str,
+    pretrained: str | None,
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    templates_resource: str = "openai_imagenet_templates.txt",
+    device: str | None = None,
+    threads: int | None = None,
+    hf_home: str | None = None,
+) -> None:
+    """Raw text embeddings of every (template, class) prompt -> ``class_templates.parquet``
+    (:func:`clipbias.methods.sage.write_class_templates`), for methods that choose templates
+    per image (SAGE, METHODS §10.5). ``templates_resource``: a template list of
+    ``clipbias/resources/`` (default the 80 OpenAI ImageNet templates)."""
+    from clipbias.methods.heads import load_resource_lines
+    from clipbias.methods.sage import write_class_templates
+    from clipbias.text import encode_texts, fill_template
+
+    set_torch_threads(threads)
+    loaded = _load(model_name, pretrained, device, hf_home)
+    names = class_prompts(dataset_dir)
+    templates = load_resource_lines(templates_resource)
+    prompts = [fill_template(t, c) for t in templates for c in names]
+    emb = encode_texts(loaded.model, loaded.tokenizer, prompts).float().cpu().numpy()
+    write_class_templates(
+        out, templates, names, emb, {**loaded.provenance(), "resource": templates_resource}
+    )
+    log.info("encoded %d templates x %d classes", len(templates), len(names))
+
+
 def feature_manifest(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> None:
     """Verify every shard against its write-time sha256 and write ``manifest.json``."""
     from clipbias.features import write_manifest

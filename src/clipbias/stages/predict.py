@@ -140,18 +140,20 @@ def predict(
     threads: int | None = None,
     method_id: str | None = None,
     eval_splits: Sequence[str] = (),
+    class_templates: str | os.PathLike | None = None,
 ) -> None:
     """Run the registered ``method`` with ``params`` and write its predictions file.
 
     ``method_id``: the configured id (default: the name; differs for a method configured
-    twice with different parameters)."""
+    twice with different parameters); ``class_templates``: the per-template class embeddings
+    (``class_templates.parquet``) for methods that declare them (SAGE)."""
     from clipbias.io import read_json
     from clipbias.methods import registry
     from clipbias.methods.api import open_context
     from clipbias.methods.texts import read_spec
 
     limit_blas_threads(threads)
-    spec = registry.get(method)
+    spec = registry.spec_for(method, params)
     missing = [loc for loc in spec.locators if loc not in (located or {})]
     if missing:
         raise ValueError(f"method {method!r} needs the located heads of {missing}")
@@ -167,6 +169,7 @@ def predict(
         text_spec=read_spec(texts_yaml) if texts_yaml else None,
         located=read_located(located or {}),
         eval_splits=eval_splits,
+        class_templates=class_templates if spec.class_templates else None,
     )
     output = spec.load()(ctx, **dict(params))
     info = {

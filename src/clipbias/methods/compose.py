@@ -1,0 +1,161 @@
+"""Compositions: chain a head-level correction with embedding-level ones (docs/DESIGN.md,
+"Compositions").
+
+A composition is configured as ``{name: compose, id: ltc_then_prism_mini, steps: [ltc,
+{name: prism_mini}]}``: a list of registered methods (names, or mappings with their
+parameters) that expose a fitted :class:`~clipbias.methods.api.Correction` (registry field
+``correction``). Each step is fitted on the locate split exactly as when it runs alone (from
+the stored, unedited features), then the corrections are applied in order to every
+evaluation batch: the first step's head edit (if any) builds the embedding, every step's
+embedding transform follows in turn, and the decision is that of the one step that sets a
+classifier or a decision rule (else zero-shot's classifier). What can chain is checked at
+config time (:func:`clipbias.methods.registry.check_steps`): a head edit only as the first
+step, a decision rule only as the last, at most one step that changes the classifier.
+
+This module also holds the ``fit`` functions of the existing methods that can be a step
+(LTC and its ablations, the audit's ablation, TextSpan's ablation, RoboShot, Ortho-Cali):
+each rebuilds what the method's own ``predict`` applies, so alone and in a chain they are
+the same correction (``tests/unit/test_methods.py`` checks both paths agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
+
+
+def chain(steps: Sequence[tuple[str, Correction]]) -> Correction:
+    """One :class:`Correction` applying ``steps`` ((id, correction) pairs) in order."""
+    if not steps:
+        raise ValueError("a composition needs at least one step")
+    for i, (name, c) in enumerate(steps):
+        if c.heads is not None and i > 0:
+            raise ValueError(f"step {name!r} edits heads: it can only be the first step")
+        if c.classify is not None and i < len(steps) - 1:
+            raise ValueError(f"step {name!r} has its own decision rule: it must be the last step")
+    deciders = [n for n, c in steps if c.classifier is not None or c.classify is not None]
+    if len(deciders) > 1:
+        raise ValueError(f"steps {deciders} both change the classifier; keep one of them")
+    transforms = [c.transform for _, c in steps if c.transform is not None]
+
+    def transform(emb, idx):
+        for t in transforms:
+            emb = t(emb, idx)
+        return emb
+
+    last = next((c for _, c in steps if c.classifier is not None or c.classify is not None), None)
+    return Correction(
+        heads=steps[0][1].heads,
+        transform=transform if transforms else None,
+        classifier=None if last is None else last.classifier,
+        classify=None if last is None else last.classify,
+        meta={"steps": [{"id": n, "meta": c.meta} for n, c in steps]},
+    )
+
+
+def fit_steps(ctx: MethodContext, steps: Sequence[Any]) -> Correction:
+    """Fit every step (a registered name or ``{name, <param>: ...}``) and chain them."""
+    from clipbias.methods import registry
+
+    fitted = []
+    for entry in steps:
+        name, overrides = registry.step_entry(entry)
+        spec = registry.get(name)
+        fitted.append((name, spec.load_fit()(ctx, **spec.resolve_params(overrides))))
+    return chain(fitted)
+
+
+def predict(ctx: MethodContext, steps: Sequence[Any] = ()) -> MethodOutput:
+    return apply_correction(ctx, fit_steps(ctx, steps))
+
+
+# --------------------------------------------------------------------------------------------
+# fit functions of the existing methods (their predict functions are unchanged)
+# --------------------------------------------------------------------------------------------
+
+
+def fit_ltc(ctx: MethodContext, **params: Any) -> Correction:
+    """LTC's head edit (:func:`clipbias.methods.ltc.ltc_edit`, the edit its ``predict``
+    applies; METHODS §4.6-4.7)."""
+    from clipbias.methods.ltc import ltc_edit
+
+    edit, meta = ltc_edit(ctx, **params)
+    return Correction(heads=edit, meta=meta)
+
+
+def fit_audit(
+    ctx: MethodContext,
+    attribute: str = "",
+    variant: str = "split",
+    ablation_stats: str = "locate",
+    head_set: str = "top_k",
+) -> Correction:
+    """The audit's head ablation (:func:`clipbias.methods.audit_ablation.predict`)."""
+    from clipbias.methods.audit_ablation import selected_heads
+    from clipbias.methods.ltc import ltc_correct
+
+    attr, heads = selected_heads(
+        ctx.located["audit"], ctx.dataset_meta, attribute, variant, head_set
+    )
+    meta = {"heads": heads, "attribute": attr, "head_set": head_set}
+    if not heads:
+        return Correction(meta=meta)
+    means = ctx.ablation_means(ablation_stats)
+
+    def edit(h, rest, idx):
+        return ltc_correct(h, rest, ctx.layers, heads, [], None, means, "mean")
+
+    return Correction(heads=edit, meta=meta)
+
+
+def fit_textspan(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> Correction:
+    """TextSpan's head ablation (:func:`clipbias.methods.textspan_ablation.predict`)."""
+    from clipbias.methods.heads import head_str
+    from clipbias.methods.textspan_ablation import select_textspan_heads, textspan_ablation
+
+    words = list(ctx.text_spec.get("spurious_words", []))
+    if not words:
+        raise ValueError("TextSpan ablation needs spurious_words in the dataset text file")
+    heads = select_textspan_heads(ctx.located["textspan"], words, top_k)
+    means = ctx.head_means() if ablation == "mean" else None
+
+    def edit(h, rest, idx):
+        return textspan_ablation(h, rest, ctx.layers, heads, means, ablation)
+
+    return Correction(heads=edit, meta={"heads": [head_str(h) for h in heads]})
+
+
+def fit_roboshot(ctx: MethodContext, mode: str = "both") -> Correction:
+    """RoboShot's projections of the full embedding (:mod:`clipbias.methods.roboshot`)."""
+    from clipbias.methods.roboshot import roboshot
+
+    q_accept = ctx.basis("accept_pos", "accept_neg")
+    q_reject = ctx.basis("reject_pos", "reject_neg") if mode == "both" else None
+
+    def transform(e, idx):
+        return roboshot(e, q_reject, q_accept, mode).astype(np.float64)
+
+    return Correction(transform=transform, meta={"mode": mode})
+
+
+def fit_ortho_cali(ctx: MethodContext, orientation: str = "original") -> Correction:
+    """Ortho-Cali's debiased classifier (:mod:`clipbias.methods.ortho_cali`)."""
+    from clipbias.methods.ortho_cali import ortho_cali
+
+    spec: Mapping[str, Any] = ctx.text_spec.get("ortho_cali", {}) or {}
+    if not len(ctx.text_roles("ortho_spurious")[0]):
+        raise ValueError("Ortho-Cali needs ortho_cali.spurious prompts in the dataset text file")
+    candidates = ctx.text_roles("ortho_candidate")
+    clf = ortho_cali(
+        ctx.classifier,
+        ctx.unit_texts("ortho_spurious"),
+        ctx.unit_texts("ortho_candidate") if len(candidates[0]) else None,
+        [tuple(p) for p in spec.get("pairs", [])],
+        lam=float(spec.get("lambda", 1000.0)),
+        orientation=orientation,
+    )
+    return Correction(classifier=clf, meta={"orientation": orientation})
