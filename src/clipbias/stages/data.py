@@ -73,8 +73,9 @@ def _mark_if_fixture(dataset_root: Path, sources: list[Path], class_cap: int = 0
     classes gets a ``classifier_subset`` of at most that many (its own classes included,
     :func:`clipbias.labels.capped_imagenet_subset`)."""
     from clipbias.data.fixtures import FIXTURE_MARKER
+    from clipbias.io import REHEARSAL_BANNER as BANNER
+    from clipbias.io import REHEARSAL_KEY as KEY
     from clipbias.io import read_json, write_json
-    from clipbias.rehearsal import BANNER, KEY
 
     marked = any(
         (s / FIXTURE_MARKER).is_file()
