@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipbias.io import read_json
+from clipbias.io import read_csv, read_json
 from clipbias.stages.audit import TABLE_KEYS
 
 #: CSV tables of every ``<attribute>/<variant>/`` folder (stages.audit.TABLE_KEYS + TextSpan).
@@ -78,7 +78,7 @@ def read_audit(audit_dir: str | os.PathLike) -> AuditResults:
             for key in TABLES:
                 path = folder / f"{key}.csv"
                 if path.is_file() and path.stat().st_size > 0:
-                    frames[key].append(pd.read_csv(path))
+                    frames[key].append(read_csv(path))
     tables = {k: pd.concat(v, ignore_index=True) for k, v in frames.items() if v}
     return AuditResults(summary, info, tables)
 

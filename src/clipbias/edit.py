@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_path, sha256_file
+from .io import atomic_path, sha256_file, stamped_metadata
 from .methods.refineclip_adapt import adapter_matrix, apply_adapter
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,8 @@ def write_edited_checkpoint(
             )
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out_path) as tmp:
-        save_file(
-            state, str(tmp), metadata={"format": "pt", "clipbias.edit": str(params["variant"])}
-        )
+        meta = {"format": "pt", "clipbias.edit": str(params["variant"])}
+        save_file(state, str(tmp), metadata=stamped_metadata(out_path, meta))
     info = {
         "model": model_name,
         "pretrained": loaded.pretrained,

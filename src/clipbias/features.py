@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clipbias import __version__
-from clipbias.io import atomic_path, read_json, sha256_file, write_json
+from clipbias.io import atomic_path, read_json, sha256_file, stamp_table, write_json
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ def write_shard(table: pa.Table, path: str | os.PathLike) -> str:
         if _is_feature(f.name) and pa.types.is_fixed_size_list(f.type)
     ]
     strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    table = stamp_table(table, path)
     with atomic_path(path) as tmp:
         pq.write_table(
             table,
@@ -624,7 +625,7 @@ def write_classifier(
         }
     ).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(stamp_table(table, path), tmp)
 
 
 def read_classifier(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict]:

@@ -35,10 +35,16 @@ class LoadedModel:
     checkpoint_sha256: str | None
     device: torch.device
     quick_gelu_forced: bool = False
+    #: "<model>/<tag>" when these are random weights standing in for a tag (a rehearsal)
+    rehearsal_of: str | None = None
 
     def provenance(self) -> dict[str, Any]:
+        from clipbias.rehearsal import BANNER, KEY
+
         pp = getattr(self.model.visual, "preprocess_cfg", None)
+        rehearsal = {KEY: BANNER, "rehearsal_of": self.rehearsal_of} if self.rehearsal_of else {}
         return {
+            **rehearsal,
             "model": self.name,
             "pretrained": self.pretrained,
             "checkpoint_sha256": self.checkpoint_sha256,
@@ -79,7 +85,10 @@ def load_model(
             f"Known: {', '.join(open_clip.list_models()[:10])}, ..."
         )
     sha = None
+    stored: dict[str, Any] = {}
     if pretrained and (os.path.sep in str(pretrained) or Path(pretrained).suffix):
+        from clipbias.rehearsal import checkpoint_settings
+
         p = Path(pretrained)
         if not p.is_file():
             raise FileNotFoundError(
@@ -88,6 +97,15 @@ def load_model(
             )
         sha = sha256_file(p)
         pretrained = str(p)
+        # settings a checkpoint records (clipbias.rehearsal.make_random_weights): the
+        # activation and normalisation of the tag it stands in for
+        stored = checkpoint_settings(p)
+        if image_mean is None and stored.get("image_mean"):
+            image_mean = tuple(stored["image_mean"])
+        if image_std is None and stored.get("image_std"):
+            image_std = tuple(stored["image_std"])
+        if force_quick_gelu is None and "quick_gelu" in stored:
+            force_quick_gelu = bool(stored["quick_gelu"])
     dev = resolve_device(device)
     kwargs: dict[str, Any] = {}
     if image_mean is not None:
@@ -106,5 +124,13 @@ def load_model(
         name, **({"cache_dir": str(cache_dir)} if cache_dir is not None else {})
     )
     return LoadedModel(
-        model, preprocess, tokenizer, name, pretrained, sha, dev, bool(force_quick_gelu)
+        model,
+        preprocess,
+        tokenizer,
+        name,
+        pretrained,
+        sha,
+        dev,
+        bool(force_quick_gelu),
+        rehearsal_of=stored.get("rehearsal_of"),
     )

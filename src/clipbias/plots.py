@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from clipbias import report
-from clipbias.io import atomic_path
+from clipbias.io import atomic_path, rehearsal_banner
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,24 @@ def _stem(out: str | os.PathLike) -> Path:
 
 
 def save_figure(fig: Figure, out: str | os.PathLike) -> dict[str, Path]:
-    """Write ``out.png`` (200 dpi) and ``out.pdf`` atomically; returns the two paths."""
+    """Write ``out.png`` (200 dpi) and ``out.pdf`` atomically; returns the two paths.
+
+    In a rehearsal's folder (:func:`clipbias.io.rehearsal_banner`) the figure carries the
+    banner across its top, and in the files' metadata (PNG ``Comment``, PDF ``Subject``)."""
     stem = _stem(out)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    banner = rehearsal_banner(stem)
+    png_meta: dict[str, Any] = {"Software": None}
+    pdf_meta: dict[str, Any] = {"CreationDate": None}
+    if banner:
+        fig.text(
+            0.5, 1.0, banner, ha="center", va="bottom", color="#b00000", fontsize=11,
+            fontweight="bold", transform=fig.transFigure,
+        )  # fmt: skip
+        png_meta["Comment"] = banner
+        pdf_meta["Subject"] = banner
     paths = {}
-    for fmt, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
+    for fmt, meta in (("png", png_meta), ("pdf", pdf_meta)):
         path = stem.with_name(f"{stem.name}.{fmt}")
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=meta)
@@ -284,7 +297,13 @@ def group_accuracy(
     table's ``group_name``). Each method's worst group is hatched with a black edge, its
     value written above. Methods without per-group rows (``ltc_random``) are skipped. With a
     single method (e.g. ``zero_shot.csv``) the groups are on the x axis, values written.
+    A dataset without groups (ImageNet-A's edit task) gets a note figure saying so.
     """
+    rows = report.select_split(metrics_df, split)
+    if not rows["metric"].astype(str).str.startswith("acc_group_").any():
+        return note_figure(
+            "The dataset has no groups (group -1 in its index): no per-group accuracy.", out
+        )
     df, methods, gids, names = _group_rows(metrics_df, methods, split, group_names)
     n_m, n_g = len(methods), len(gids)
     single = n_m == 1  # one method: groups on the x axis, named there

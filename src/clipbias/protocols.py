@@ -30,17 +30,65 @@ import pandas as pd
 import yaml
 
 from clipbias.methods import head_str, parse_head, resource_path
+from clipbias.tables import (  # noqa: F401  (re-exported: the metrics of each protocol)
+    COUNTERANIMAL_WORST_K,
+    EDIT_METRICS,
+    GENDERBIAS_TOP_K,
+    MAXSKEW_K,
+    PROTECTED_METRICS,
+    TABLE_METRICS,
+    table_metrics,
+)
 
 log = logging.getLogger(__name__)
 
-TIDY_COLUMNS = ["metric", "value", "group_name"]
+TIDY_COLUMNS = ["metric", "value", "group_name", "note"]
 MODEL_ALIASES = {"B16": "ViT-B-16", "L14": "ViT-L-14", "H14": "ViT-H-14"}
 
 
-def _tidy(rows: Iterable[tuple[str, float, str]]) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=TIDY_COLUMNS)
+def table_rows(metrics: pd.DataFrame, split: str, names: Sequence[str]) -> pd.DataFrame:
+    """The dataset-level rows of ``names`` on ``split`` of a tidy metrics table: per-item rows
+    (one per occupation, concept or group) are left out, a protocol's ``"mean"`` row and the
+    protected attribute's V rows kept."""
+    m = metrics[(metrics["split"] == split) & metrics["metric"].isin(list(names))]
+    group = m["group_name"].fillna("").astype(str)
+    dataset_level = group.isin(["", "mean"]) | m["metric"].isin(PROTECTED_METRICS)
+    return m[dataset_level]
+
+
+def missing_table_metrics(
+    metrics: pd.DataFrame, split: str, methods: Sequence[str], names: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(method, metric, why) for every table metric a method lacks on ``split``: no row, or a
+    NaN value without a ``note`` saying why it cannot be computed. A NaN with a note (e.g.
+    MaxSkew@1000 on a split of 300 images) counts as reported."""
+    rows = table_rows(metrics, split, names)
+    has_note = rows["note"].fillna("").astype(str).str.len() > 0 if "note" in rows else False
+    ok = rows[rows["value"].notna() | has_note]
+    out = []
+    for method in methods:
+        got = set(ok.loc[ok["method"] == method, "metric"])
+        present = set(rows.loc[rows["method"] == method, "metric"])
+        for name in names:
+            if name not in got:
+                why = "NaN without a note" if name in present else "no row"
+                out.append((method, name, why))
+    return out
+
+
+def tidy_rows(rows: Iterable[tuple]) -> pd.DataFrame:
+    """Tidy rows ``(metric, value, group_name[, note])`` as a frame (public: the evaluation
+    writes rows of metrics it cannot compute with it)."""
+    return _tidy(rows)
+
+
+def _tidy(rows: Iterable[tuple]) -> pd.DataFrame:
+    """Tidy rows ``(metric, value, group_name[, note])``."""
+    rows = [tuple(r) + ("",) * (4 - len(r)) for r in rows]
+    df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     df["value"] = df["value"].astype(float)
     df["group_name"] = df["group_name"].astype(str)
+    df["note"] = df["note"].astype(str)
     return df
 
 
@@ -105,13 +153,15 @@ def genderbias_bias(
     gender: Any,
     top_occupations: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
+    k: int = GENDERBIAS_TOP_K,
 ) -> pd.DataFrame:
     """GenderBias-VL bias metrics (METHODS §4.11).
 
     Rows: ``overall_bias`` = mean bias_o over occupations with both genders;
-    ``top{k}_bias`` = mean bias_o over ``top_occupations`` (from
-    :func:`genderbias_top_occupations` on the baseline); one ``occupation_bias`` row per
-    occupation (``group_name`` = class name or index). Values are fractions.
+    ``top{k}_bias`` (default k = :data:`GENDERBIAS_TOP_K`) = mean bias_o over ``top_occupations``
+    (from :func:`genderbias_top_occupations` on the baseline; NaN with a note when fewer than k
+    occupations have both genders); one ``occupation_bias`` row per occupation
+    (``group_name`` = class name or index). Values are fractions.
     """
     table = genderbias_occupation_bias(correct, occupation, gender)
     if table.empty:
@@ -126,7 +176,12 @@ def genderbias_bias(
                 f"top occupations {missing} have no images of both genders in this evaluation; "
                 "fix the top set from the same split's baseline"
             )
-        rows.append((f"top{len(top)}_bias", float(by_occ.loc[top].mean()), ""))
+        name = f"top{k}_bias"
+        if len(top) < k:
+            why = f"{len(table)} occupations with both genders < {k}"
+            rows.append((name, float("nan"), "", why))
+        else:
+            rows.append((name, float(by_occ.loc[top].mean()), ""))
     rows += [
         ("occupation_bias", b, _name(class_names, o))
         for o, b in zip(table["occupation"], table["bias"], strict=True)
@@ -310,15 +365,18 @@ def counteranimal_metrics(
     correct_counter: Any,
     label_counter: Any,
     worst_classes: Sequence[int],
+    k: int = COUNTERANIMAL_WORST_K,
 ) -> pd.DataFrame:
     """CounterAnimal metrics (METHODS §4.11, §9 #22), all three quantities reported.
 
     ``correct_*`` [N] is whether the 1,000-way zero-shot prediction equals the image's
     ImageNet index (``dataset.json`` ``imagenet_1k_indices[label]``); ``label_*`` the dataset
     class. Rows: ``common_acc`` and ``counter_acc`` (sample-weighted), ``gap`` = common_acc −
-    counter_acc, ``worst{k}_counter_acc`` = sample-weighted counter accuracy over the images of
-    ``worst_classes`` (the reference's computed-but-unprinted number), and
-    ``worst{k}_common_acc`` = mean per-class common accuracy of those classes.
+    counter_acc (``common_counter_gap``; not ``gap``, which is the group gap of the split),
+    ``worst{k}_counter_acc`` (default k = :data:`COUNTERANIMAL_WORST_K`) = sample-weighted counter
+    accuracy over the images of ``worst_classes`` (the reference's computed-but-unprinted
+    number), and ``worst{k}_common_acc`` = mean per-class common accuracy of those classes;
+    both NaN with a note when fewer than k classes are in both splits.
     """
     cc = _as_1d("correct_common", correct_common, dtype=bool)
     lc = _as_1d("label_common", label_common, len(cc)).astype(np.int64)
@@ -334,10 +392,13 @@ def counteranimal_metrics(
     rows = [
         ("common_acc", cc.mean(), ""),
         ("counter_acc", cn.mean(), ""),
-        ("gap", cc.mean() - cn.mean(), ""),
+        ("common_counter_gap", cc.mean() - cn.mean(), ""),
     ]
-    if worst:
-        k = len(worst)
+    if len(worst) < k:
+        why = f"{len(worst)} classes in both splits < {k}"
+        rows.append((f"worst{k}_counter_acc", float("nan"), "", why))
+        rows.append((f"worst{k}_common_acc", float("nan"), "", why))
+    else:
         rows.append((f"worst{k}_counter_acc", cn[in_worst].mean(), ""))
         rows.append((f"worst{k}_common_acc", float(np.mean([acc_c[c] for c in worst])), ""))
     return _tidy(rows)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipbias.io import atomic_path, read_json
+from clipbias.io import atomic_path, read_csv, read_json, rehearsal_banner, write_csv
 from clipbias.methods import registry
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,18 @@ METRIC_LABELS: dict[str, str] = {
     "avg_acc": "Average",
     "avg_group_acc": "Group average",
     "gap": "Gap",
+    "overall_bias": "Overall bias",
+    "top10_bias": "Top-10 bias",
+    "counter_acc": "Counter",
+    "common_acc": "Common",
+    "common_counter_gap": "Common - counter",
+    "worst10_counter_acc": "Worst-10 counter",
+    "maxskew_uniform@1000": "MaxSkew@1000",
+    "maxskew_empirical@1000": "MaxSkew@1000 (empirical prior)",
+    "protected_v": "Cramér's V",
+    "protected_v_excess": "V excess",
+    "edit_success": "Edit success",
+    "locality": "Locality",
 }
 
 
@@ -46,7 +58,7 @@ def read_metrics(*paths: str | os.PathLike) -> pd.DataFrame:
     Rows repeated across files (e.g. ``zero_shot`` in both ``zero_shot.csv`` and the
     per-model table) are kept once, the first file winning.
     """
-    frames = [pd.read_csv(p) for p in paths]
+    frames = [read_csv(p) for p in paths]
     df = pd.concat(frames, ignore_index=True)
     return df.drop_duplicates(subset=["method", "split", "metric"], keep="first").reset_index(
         drop=True
@@ -255,8 +267,14 @@ def group_table(
     split: str | None = None,
     digits: int = 1,
 ) -> pd.DataFrame:
-    """Per-group accuracy (%, with interval): one row per method, one column per group."""
+    """Per-group accuracy (%, with interval): one row per method, one column per group (a
+    dataset without groups: one ``Groups`` column saying so)."""
     df = select_split(metrics_df, split)
+    if not df["metric"].astype(str).str.startswith("acc_group_").any():
+        methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)
+        return pd.DataFrame(
+            {"Method": [method_label(m) for m in methods], "Groups": "none in this dataset"}
+        )
     df = df[df["metric"].str.startswith("acc_group_")].copy()
     df["gid"] = df["metric"].str.slice(len("acc_group_")).astype(int)
     methods = ordered_methods(df["method"].tolist()) if methods is None else list(methods)
@@ -424,27 +442,45 @@ def seeds_table(summary_df: pd.DataFrame, digits: int = 1, rank: bool = False) -
     return pd.DataFrame(rows)
 
 
+#: Metrics shown as they are (not as %): MaxSkew (a log ratio) and Cramér's V (0-1).
+RAW_METRICS = (
+    "maxskew_uniform@1000", "maxskew_empirical@1000", "protected_v", "protected_v_excess",
+)  # fmt: skip
+GRID_CAPTION = (
+    "Mean over seeds on the evaluation split (± sd over seeds when there are several); "
+    "accuracies, gaps and biases in %, MaxSkew@1000 as log ratio, Cramér's V in [0, 1]; "
+    "n/a: the method has no such row; a reason after n/a: the metric cannot be computed on "
+    "this data"
+)
+
+
 def grid_main_table(
-    summaries: Sequence[Mapping[str, str]],
+    summaries: Sequence[Mapping[str, Any]],
     metric_names: Sequence[str] = ("worst_group_acc", "avg_acc"),
     digits: int = 1,
 ) -> pd.DataFrame:
-    """One row per method, one column per (dataset, model, metric): mean over seeds in %
-    (± sd with several seeds). ``summaries``: ``{"dataset", "model", "path"}`` of each
-    cell's ``summary_over_seeds.csv``."""
+    """One row per method, one column per (dataset, model, metric): mean over seeds (± sd
+    with several seeds), in % except :data:`RAW_METRICS`. ``summaries``: ``{"dataset",
+    "model", "path"}`` of each cell's ``summary_over_seeds.csv``, and optionally ``metrics``,
+    the cell's own table metrics (default ``metric_names``)."""
     cols: dict[str, dict[str, str]] = {}
     methods: list[str] = []
     for cell in summaries:
-        df = pd.read_csv(cell["path"]).set_index(["method", "metric"])
+        df = read_csv(cell["path"]).set_index(["method", "metric"])
         methods += df.index.get_level_values(0).tolist()
-        for k in metric_names:
+        for k in cell.get("metrics") or metric_names:
             col = f"{cell['dataset']} / {cell['model']}: {METRIC_LABELS.get(k, k)}"
             cols[col] = {}
+            scale, d = (1.0, digits + 2) if k in RAW_METRICS else (100.0, digits)
             for (m, metric), r in df.iterrows():
                 if metric != k:
                     continue
-                sd = f" ± {100 * r['sd']:.{digits}f}" if np.isfinite(r["sd"]) else ""
-                cols[col][m] = f"{100 * r['mean']:.{digits}f}{sd}"
+                if not np.isfinite(r["mean"]):
+                    note = r.get("note") if isinstance(r.get("note"), str) else ""
+                    cols[col][m] = f"n/a: {note}" if note else "n/a"
+                    continue
+                sd = f" ± {scale * r['sd']:.{d}f}" if np.isfinite(r["sd"]) else ""
+                cols[col][m] = f"{scale * r['mean']:.{d}f}{sd}"
     rows = [
         {"Method": method_label(m), **{c: v.get(m, "n/a") for c, v in cols.items()}}
         for m in ordered_methods(methods)
@@ -531,16 +567,23 @@ def write_table(
     label: str | None = None,
     index: bool = False,
 ) -> dict[str, Path]:
-    """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` (atomically); returns the paths."""
+    """Write ``stem.csv``, ``stem.md`` and ``stem.tex`` (atomically); returns the paths.
+
+    The caption goes with every file: ``# `` comment lines above the CSV header
+    (:func:`clipbias.io.read_csv` skips them), a paragraph above the Markdown table, the LaTeX
+    ``\\caption``. In a rehearsal's folder (:func:`clipbias.io.rehearsal_banner`) the banner
+    comes first in all three."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = {ext: stem.with_name(stem.name + "." + ext) for ext in ("csv", "md", "tex")}
-    with atomic_path(paths["csv"]) as tmp:
-        df.to_csv(tmp, index=index)
+    banner = rehearsal_banner(paths["csv"])
+    write_csv(df, paths["csv"], comments=[caption] if caption else [], index=index)
+    head = "".join(f"**{t}**\n\n" if t == banner else f"{t}\n\n" for t in (banner, caption) if t)
     with atomic_path(paths["md"]) as tmp:
-        Path(tmp).write_text(to_markdown(df, index=index))
+        Path(tmp).write_text(head + to_markdown(df, index=index))
+    tex_caption = " ".join(t for t in (banner, caption) if t) or None
     with atomic_path(paths["tex"]) as tmp:
-        Path(tmp).write_text(to_latex(df, caption=caption, label=label, index=index))
+        Path(tmp).write_text(to_latex(df, caption=tex_caption, label=label, index=index))
     log.info("wrote table %s.{csv,md,tex}", stem)
     return paths
 
@@ -886,7 +929,7 @@ def planted_truth(
     ``"output"``: empty frame when the table has none)."""
     from clipbias.ground_truth import truth_view
 
-    table = pd.read_csv(path)
+    table = read_csv(path)
     if kind is None:
         return truth_view(table, attribute)
     rows = table[(table["attribute"] == attribute) & (table["kind"] == kind)]

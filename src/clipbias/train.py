@@ -35,7 +35,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from clipbias.io import atomic_path, write_json
+from clipbias.io import atomic_path, stamped_metadata, write_json
 from clipbias.models import register_model_configs, resolve_device
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def train_clip(
         model.eval()
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         with atomic_path(out_checkpoint) as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt"})
+            save_file(state, str(tmp), metadata=stamped_metadata(out_checkpoint, {"format": "pt"}))
         threads = torch.get_num_threads()
 
     out = {

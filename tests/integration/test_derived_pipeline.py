@@ -1,6 +1,8 @@
 """RefineCLIP's edit-locality tasks end to end (METHODS §5.8): the derived registry datasets
 waterbirds_imagenet_r and imagenet_a_top10, built by rule derive_dataset from prepared
-Waterbirds / ImageNet-R / ImageNet-A folders (fixtures made by the real adapters), with a
+Waterbirds / ImageNet-R / ImageNet-A folders (the rehearsal's fixture datasets,
+clipbias.data.fixtures, indexed by the real adapters; the registry's derive entries as
+shipped), with a
 local open_clip checkpoint (random weights of the micro test model), through phase 1 with
 shots from the edit targets only, phase 2 and STD-FT, to metrics with edit success and
 locality rows. Result tables only (`snakemake tables`)."""
@@ -9,47 +11,28 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 from workflow_helpers import make_workdir, run
 
-from clipbias.data.adapters import build_index, imagenet_wnid_index
+from clipbias.data.adapters import build_index
+from clipbias.data.download import check_layout
+from clipbias.data.fixtures import write_extracted
+from clipbias.data.registry import load_registry
 
 pytestmark = pytest.mark.slow
 
-WNIDS = list(imagenet_wnid_index())[1:23:1]  # 22 ImageNet-1k classes
 
-
-def _img(path, rng):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
-
-
-def _prepare(resources, rng):
-    """resources/datasets/{waterbirds,imagenet_r,imagenet_a}: extracted files + the index
-    their adapters write (what rules download_dataset and prepare_dataset leave behind)."""
-    src = resources / "waterbirds" / "extracted" / "wb"
-    rows = []
-    for i in range(48):
-        y, split, place = i % 2, (i // 2) % 3, (i // 6) % 2
-        rows.append(
-            (i, f"c{y}/{i}.png", y, split, place, f"/{'o/ocean' if place else 'f/forest'}/x.jpg")
-        )
-    cols = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
-    src.mkdir(parents=True)
-    pd.DataFrame(rows, columns=cols).to_csv(src / "metadata.csv", index=False)
-    for r in rows:
-        _img(src / r[1], rng)
-    build_index("waterbirds", src, resources / "waterbirds")
-    for name, n_classes in (("imagenet_r", 20), ("imagenet_a", 12)):
-        src = resources / name / "extracted" / name.replace("_", "-")
-        for k, wnid in enumerate(WNIDS[:n_classes]):
-            for j in range(3 + k % 4):
-                _img(src / wnid / f"{'cartoon' if j < 1 + k % 3 else 'art'}_{j}.png", rng)
-        build_index(name, src, resources / name)
+def _prepare(work, seed=0):
+    """resources/datasets/{waterbirds,imagenet_r,imagenet_a}: the fixture's extracted files at
+    the micro model's input size + the index their adapters write (what rules
+    download_dataset and prepare_dataset leave behind)."""
+    registry = load_registry(work / "config" / "datasets.yaml")
+    for name in ("waterbirds", "imagenet_r", "imagenet_a"):
+        root = work / "resources" / "datasets" / name
+        extracted = write_extracted(name, root / "extracted", image_size=32, seed=seed)
+        build_index(registry[name], check_layout(registry[name], extracted), root)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +43,7 @@ def derived_run(tmp_path_factory):
     from clipbias.models import register_model_configs
 
     work = make_workdir(tmp_path_factory.mktemp("derived") / "wf")
-    # the fixture has 3-6 images per ImageNet-A class: hold out 2 per class, not 10
-    reg = work / "config" / "datasets.yaml"
-    reg.write_text(reg.read_text().replace("holdout: {per_class: 10,", "holdout: {per_class: 2,"))
-    _prepare(work / "resources" / "datasets", np.random.default_rng(0))
+    _prepare(work)
     register_model_configs()
     model = open_clip.create_model("planted-vit-micro")
     ckpt = work / "micro.safetensors"
@@ -117,7 +97,7 @@ def test_derived_tasks_run_to_edit_metrics(derived_run):
     assert meta["classes"][:2] == ["landbird", "waterbird"] and len(meta["classes"]) == 20
     assert meta["class_prompt_names"][2] != meta["classes"][2]  # a class name, not a wnid
     top = json.loads((res / "imagenet_a_top10" / "dataset.json").read_text())
-    assert len(top["classes"]) == 10 and top["splits"]["train"] == 10 * 2
+    assert len(top["classes"]) == 10 and top["splits"]["train"] == 10 * 10  # the registry's holdout
     for d, targets in (("waterbirds_imagenet_r", {0, 1}), ("imagenet_a_top10", None)):
         cell = f"{d}/planted-vit-micro/seed-3"
         p1 = json.loads(

@@ -1,4 +1,5 @@
-"""Adapters (raw layout -> dataset index) and index validation, on tiny generated layouts."""
+"""Adapters (raw layout -> dataset index) and index validation, on tiny layouts made by the
+fixture builders of ``clipbias.data.fixtures`` (the rehearsal's datasets) from hand-made rows."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from clipbias.data import fixtures as fx
 from clipbias.data.adapters import (
     AdapterError,
     build_index,
@@ -50,14 +52,8 @@ WB_ROWS = [
 
 @pytest.fixture
 def wb_source(tmp_path) -> Path:
-    src = tmp_path / "extracted" / "waterbird_complete95_forest2water2"
-    cols = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
-    df = pd.DataFrame(WB_ROWS, columns=cols)
-    src.mkdir(parents=True)
-    df.to_csv(src / "metadata.csv", index=False)
-    for i, fn in enumerate(df["img_filename"]):
-        _png(src / fn, i)  # PNG bytes under a .jpg name: PIL reads either
-    return src
+    fx.write_members(fx.waterbirds_members(image_size=4, rows=WB_ROWS), tmp_path / "extracted")
+    return tmp_path / "extracted" / "waterbird_complete95_forest2water2"
 
 
 def test_place_category():
@@ -162,14 +158,9 @@ CELEBA_ROWS = [
 @pytest.fixture
 def celeba_source(tmp_path) -> Path:
     src = tmp_path / "extracted"
-    src.mkdir()
-    lines = [str(len(CELEBA_ROWS)), " ".join(CELEBA_ATTRS) + " "]
-    for r in CELEBA_ROWS:
-        lines.append(f"{r[0]} " + " ".join(f"{v:2d}" for v in r[1:5]))
-    (src / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    (src / "list_eval_partition.txt").write_text("".join(f"{r[0]} {r[5]}\n" for r in CELEBA_ROWS))
-    for i, r in enumerate(CELEBA_ROWS):
-        _png(src / "img_align_celeba" / r[0], i)
+    fx.write_members(
+        fx.celeba_members(image_size=4, rows=CELEBA_ROWS, attributes=CELEBA_ATTRS), src
+    )
     return src
 
 
@@ -206,10 +197,11 @@ def test_celeba_configurable_target(celeba_source):
 
 @pytest.fixture
 def folder_source(tmp_path) -> Path:
+    classes = {
+        w: [f"{w}_{j}.jpg" for j in range(2)] for w in ["n01443537", "n01484850", "n01494475"]
+    }
+    fx.write_members(fx.imagenet_r_members(image_size=4, classes=classes), tmp_path)
     src = tmp_path / "imagenet-r"
-    for k, wnid in enumerate(["n01443537", "n01484850", "n01494475"]):
-        for j in range(2):
-            _png(src / wnid / f"{wnid}_{j}.jpg", k)
     (src / "README.txt").write_text("not a class")
     (src / "n01443537" / "notes.txt").write_text("not an image")
     return src

@@ -1,5 +1,6 @@
 """Derived datasets (clipbias.data.derive): the RefineCLIP edit-locality tasks built from the
-prepared folders of registry datasets, here from fixture folders made by the real adapters."""
+prepared folders of registry datasets, here from fixture folders (raw layouts from the builders
+of clipbias.data.fixtures, indexed by the real adapters)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
+from clipbias.data import fixtures as fx
 from clipbias.data.adapters import build_index
 from clipbias.data.derive import (
     DeriveError,
@@ -27,37 +28,29 @@ from clipbias.labels import classifier_class_names
 IN_R = {"n01443537": (1, 4), "n01484850": (3, 0), "n01494475": (2, 1), "n01496331": (0, 5)}
 
 
-def _png(path: Path, value: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), (value % 256, 0, 0)).save(path)
-
-
 @pytest.fixture
 def resources(tmp_path) -> Path:
     """resources/datasets/{waterbirds,imagenet_r}/ prepared as the workflow leaves them."""
     base = tmp_path / "resources" / "datasets"
-    # Waterbirds-like: metadata.csv -> the real adapter
-    src = base / "waterbirds" / "extracted" / "wb"
+    # Waterbirds: metadata.csv -> the real adapter
     rows = [
         (i, f"c{y}/{i}.jpg", y, split, place, f"/{'o/ocean' if place else 'f/forest'}/{i}.jpg")
         for i, (y, split, place) in enumerate(
             [(y, s, p) for y in (0, 1) for s in (0, 1, 2) for p in (0, 1)], start=1
         )
     ]
-    cols = ["img_id", "img_filename", "y", "split", "place", "place_filename"]
-    src.mkdir(parents=True)
-    pd.DataFrame(rows, columns=cols).to_csv(src / "metadata.csv", index=False)
-    for r in rows:
-        _png(src / r[1], r[0])
-    build_index("waterbirds", src, base / "waterbirds")
-    # ImageNet-R-like: <wnid>/cartoon_k.jpg and art_k.jpg -> the real adapter
-    src = base / "imagenet_r" / "extracted" / "imagenet-r"
-    for wnid, (n_cartoon, n_art) in IN_R.items():
-        for k in range(n_cartoon):
-            _png(src / wnid / f"cartoon_{k}.jpg", k)
-        for k in range(n_art):
-            _png(src / wnid / f"art_{k}.jpg", k)
-    build_index("imagenet_r", src, base / "imagenet_r")
+    extracted = base / "waterbirds" / "extracted"
+    fx.write_members(fx.waterbirds_members(image_size=4, rows=rows), extracted)
+    build_index("waterbirds", extracted / fx.WATERBIRDS_LAYOUT, base / "waterbirds")
+    # ImageNet-R: <wnid>/cartoon_k.jpg and art_k.jpg -> the real adapter
+    classes = {
+        wnid: [f"cartoon_{k}.jpg" for k in range(n_cartoon)]
+        + [f"art_{k}.jpg" for k in range(n_art)]
+        for wnid, (n_cartoon, n_art) in IN_R.items()
+    }
+    extracted = base / "imagenet_r" / "extracted"
+    fx.write_members(fx.imagenet_r_members(image_size=4, classes=classes), extracted)
+    build_index("imagenet_r", extracted / "imagenet-r", base / "imagenet_r")
     return base
 
 

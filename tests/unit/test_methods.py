@@ -501,15 +501,22 @@ def test_summarize_seeds_counts_wins_over_zero_shot(tmp_path):
     rows = []
     for seed, (zs, lt) in {1: (0.5, 0.6), 2: (0.5, 0.4), 3: (0.7, 0.8)}.items():
         path = tmp_path / f"{seed}.csv"
-        pd.DataFrame(
+        test = pd.DataFrame(
             {
                 "method": ["zero_shot", "ltc", "zero_shot", "ltc"],
+                "split": "test",
                 "metric": ["worst_group_acc", "worst_group_acc", "gap", "gap"],
                 "value": [zs, lt, 0.3, 0.2 if seed != 2 else 0.4],
+                "group_name": "",
             }
-        ).to_csv(path, index=False)
+        )
+        # a second evaluation split (CounterAnimal's common beside counter) and a per-group
+        # row: neither may enter the summary of the test split
+        other = test.assign(split="common", value=0.99)
+        group = test.iloc[:1].assign(metric="worst_group_acc", group_name="g0", value=0.01)
+        pd.concat([test, other, group]).to_csv(path, index=False)
         rows.append((seed, path))
-    ev.summarize_seeds(dict(rows), tmp_path / "s.csv")
+    ev.summarize_seeds(dict(rows), tmp_path / "s.csv", split="test")
     s = pd.read_csv(tmp_path / "s.csv").set_index(["method", "metric"])
     wg = s.loc[("ltc", "worst_group_acc")]
     assert wg["mean"] == pytest.approx(0.6) and wg["sd"] == pytest.approx(0.2)

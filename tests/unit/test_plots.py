@@ -8,6 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from clipbias import plots, report
+from clipbias.io import REHEARSAL_BANNER, read_csv
 from clipbias.methods import registry
 
 FIX = "tests/data/report_fixture"
@@ -271,11 +272,26 @@ def test_write_table(fx, tmp_path):
         "main_table.md",
         "main_table.tex",
     ]
-    assert pd.read_csv(paths["csv"]).equals(t)
+    # the caption travels with every file: CSV comment line, Markdown paragraph, LaTeX caption
+    assert paths["csv"].read_text().startswith("# Main\n")
+    assert read_csv(paths["csv"]).equals(t)
     md = paths["md"].read_text().splitlines()
-    assert len(md) == 2 + len(t)
+    assert md[0] == "Main" and md[1] == ""
+    assert len(md) == 2 + 2 + len(t)
     assert "| LTC-random (mean of draws) |" in md[-1]
     assert "\\caption{Main}" in paths["tex"].read_text()
+    assert "REHEARSAL" not in paths["md"].read_text()
+
+
+def test_write_table_in_a_rehearsal_folder_says_so(fx, tmp_path):
+    t = report.main_table(fx["metrics"])
+    folder = tmp_path / "results" / "ltc_waterbirds-rehearsal" / "tables"
+    paths = report.write_table(t, folder / "main_table", caption="Main")
+    csv = paths["csv"].read_text().splitlines()
+    assert csv[0] == f"# {REHEARSAL_BANNER}" and csv[1] == "# Main"
+    assert read_csv(paths["csv"]).equals(t)
+    assert paths["md"].read_text().startswith(f"**{REHEARSAL_BANNER}**\n\nMain\n\n")
+    assert f"\\caption{{{REHEARSAL_BANNER.replace('—', '—')} Main}}" in paths["tex"].read_text()
 
 
 def test_random_summary_table(fx):
@@ -366,3 +382,28 @@ def test_reference_heads_table():
     assert other["Verdict"].str.startswith("not comparable").all()
     planted = report.reference_heads_table({"ltc": ltc}, "planted", "planted-vit-tiny", "train")
     assert planted["Verdict"].str.startswith("no reference list").all()
+
+
+def test_group_figures_and_tables_of_a_dataset_without_groups(tmp_path):
+    """ImageNet-A's edit task has no groups (group -1): no acc_group_* rows, no worst group.
+    The report's group figure says so instead of failing (the rehearsal's first run of
+    refineclip_edit_imagenet_a failed in report_method here), and the tables keep their
+    columns."""
+    metrics = pd.DataFrame(
+        {
+            "method": ["zero_shot", "refineclip"],
+            "split": "test",
+            "metric": "avg_acc",
+            "value": [0.5, 0.6],
+            "ci_low": [0.4, 0.5],
+            "ci_high": [0.6, 0.7],
+            "group_name": "",
+        }
+    )
+    fig = plots.group_accuracy(metrics, tmp_path / "g", split="test")
+    assert any("no groups" in t.get_text() for t in fig.texts)
+    assert (tmp_path / "g.png").is_file()
+    table = report.group_table(metrics, split="test")
+    assert table["Method"].tolist() == ["Zero-shot", "RefineCLIP phase 1"]
+    main = report.main_table(metrics, split="test")
+    assert main.loc[0, "Worst-group"] == "n/a" and main.loc[0, "Average"].startswith("50.0")

@@ -50,10 +50,14 @@ def test_genderbias_bias_by_hand():
     assert genderbias_top_occupations(COR, OCC, GEN, k=1) == [0]
     assert genderbias_top_occupations(COR, OCC, GEN, k=5) == [0, 1]
 
-    df = genderbias_bias(COR, OCC, GEN, top_occupations=[0], class_names=["a", "b", "c"])
+    df = genderbias_bias(COR, OCC, GEN, top_occupations=[0], class_names=["a", "b", "c"], k=1)
     assert list(df.columns) == TIDY_COLUMNS
     assert _value(df, "overall_bias") == 0.25
     assert _value(df, "top1_bias") == 0.5
+    # the paper's k = 10 on data with 2 occupations: the metric keeps its name, NaN + why
+    ten = genderbias_bias(COR, OCC, GEN, top_occupations=[0, 1]).set_index("metric")
+    assert np.isnan(ten.loc["top10_bias", "value"])
+    assert ten.loc["top10_bias", "note"] == "2 occupations with both genders < 10"
     assert _value(df, "occupation_bias", "a") == 0.5
     assert _value(df, "occupation_bias", "b") == 0.0
     with pytest.raises(ValueError, match="top occupations \\[2\\] have no images of both"):
@@ -115,10 +119,12 @@ def test_counteranimal_by_hand():
     # drops 0.5, 0.5, 0.25 -> classes 0 and 1 (tie: smaller index first)
     worst = counteranimal_worst_classes(cc, lc, cn, ln, k=2)
     assert worst == [0, 1]
-    df = counteranimal_metrics(cc, lc, cn, ln, worst)
+    df = counteranimal_metrics(cc, lc, cn, ln, worst, k=2)
     assert _value(df, "common_acc") == pytest.approx(5 / 6)
     assert _value(df, "counter_acc") == pytest.approx(0.5)
-    assert _value(df, "gap") == pytest.approx(5 / 6 - 0.5)
+    # not "gap": that name is the split's group gap (avg - worst group) in metrics.csv
+    assert _value(df, "common_counter_gap") == pytest.approx(5 / 6 - 0.5)
+    assert "gap" not in set(df["metric"])
     assert _value(df, "worst2_counter_acc") == pytest.approx(0.25)  # 1 right of 4 images
     assert _value(df, "worst2_common_acc") == pytest.approx(0.75)  # mean of 1 and 0.5
     with pytest.raises(ValueError, match="no counter image belongs"):

@@ -1,26 +1,27 @@
 """CounterAnimal, GenderBias-VL, FairFace and FACET adapters on tiny archives in the real layout.
 
-Each test builds a fake archive with the real file names and annotation columns, serves it
-over loopback HTTP (FACET: placed by hand, as the gated dataset requires), fetches it with
-checksum verification through ``fetch_dataset`` using the registry entry's filenames, layout
-and adapter options, indexes it and validates the index contract.
+Each test builds the dataset's files with the fixture builders of ``clipbias.data.fixtures``
+(the code that makes the rehearsal's datasets) from a hand-made layout, packs them into the
+registry entry's raw files (``raw_files``: real file names and annotation columns), serves
+them over loopback HTTP (FACET: placed by hand, as the gated dataset requires), fetches them
+with checksum verification through ``fetch_dataset`` using the registry entry's filenames,
+layout and adapter options, indexes them and validates the index contract.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from loopback_http import make_tar, make_zip, serve, sha256_bytes
+from loopback_http import serve, sha256_bytes
 from PIL import Image
 
+from clipbias.data import fixtures as fx
 from clipbias.data.adapters import (
     GENDERBIAS_LOCATE_OCCUPATIONS,
     AdapterError,
@@ -99,25 +100,20 @@ def test_get_adapter_knows_all_eight_datasets(registry):
 # --------------------------------------------------------------------------- CounterAnimal
 
 
-def _counteranimal_zip() -> bytes:
-    top = "LAION-final"
-    members = {f"{top}/imagenet_names.txt": b"2\tgreat white shark\n10\tbrambling\n"}
-    layout = {
-        "100 black swan": {"common-water": 2, "counter-grass": 1},
-        "10 brambling": {"common-tree": 1, "counter-sky": 2},
-        "2 great white shark": {"common-water": 1, "counter-sand": 1},
-    }
-    k = 0
-    for cls, subs in layout.items():
-        for sub, n in subs.items():
-            for i in range(n):
-                members[f"{top}/{cls}/{sub}/{i:03d}.jpg"] = _image(value=k, fmt="JPEG")
-                k += 1
-    return make_zip(members)
+CA_CLASSES = [
+    fx.CounterAnimalClass(100, "black swan", "water", "grass", 2, 1),
+    fx.CounterAnimalClass(10, "brambling", "tree", "sky", 1, 2),
+    fx.CounterAnimalClass(2, "great white shark", "water", "sand", 1, 1),
+]
 
 
 def test_counteranimal_fixture(registry, server, tmp_path):
-    entry = _served(registry["counteranimal"], server, {"counteranimal.zip": _counteranimal_zip()})
+    files = fx.counteranimal_members(
+        image_size=4, classes=CA_CLASSES, names={2: "great white shark", 10: "brambling"}
+    )
+    entry = _served(
+        registry["counteranimal"], server, fx.raw_files(registry["counteranimal"], files)
+    )
     df, meta, base = _fetch_and_index(entry, tmp_path)
 
     # classes ordered by ImageNet index (2 < 10 < 100), label = position among them
@@ -151,18 +147,7 @@ def test_counteranimal_needs_common_and_counter(tmp_path):
 
 # --------------------------------------------------------------------------- GenderBias-VL
 
-PAIR_HEADER = (
-    "job_male,job_female,similarity,img_similarity,text_similarity,job_male_ratio,"
-    "job_female_ratio,job_male_label,job_female_label,job_male_1_class,job_male_2_class,"
-    "job_male_3_class,job_female_1_class,job_female_2_class,job_female_3_class"
-)
-
-
-def _pairs_csv(rows: list[tuple[str, str, float, float]]) -> bytes:
-    lines = [PAIR_HEADER]
-    for jm, jf, rm, rf in rows:
-        lines.append(f'{jm},{jf},0.9,0.9,0.9,{rm},{rf},"A, B",C,D,E,F,G,H,I')
-    return ("\n".join(lines) + "\n").encode()
+_pairs_csv = fx.genderbias_pairs_csv
 
 
 def test_counterpart_rule_by_hand():
@@ -191,34 +176,25 @@ def test_counterpart_rule_by_hand():
         occupation_counterparts(pairs.drop(columns=["job_female_ratio"]))
 
 
-def _genderbias_tar() -> bytes:
-    members = {}
-    layout = {
-        "Lawyer": {"female": 2, "male": 1},
-        "Paralegal": {"female": 1, "male": 1},  # a locate occupation (Appendix C)
-        "Accountant": {"female": 1, "male": 2},  # a locate occupation
-        "Legal_secretary": {"female": 2},  # one gender only: dropped
-        "Astronomer": {"female": 1, "male": 1},  # not in the pairing table: dropped
-    }
-    k = 0
-    for occ, genders in layout.items():
-        for g, n in genders.items():
-            for i in range(n):
-                members[f"xl_generate_base/{occ}/{g}/{g}_{occ}_{i}.png"] = _image(value=k)
-                k += 1
-    return make_tar(members)
+GB_LAYOUT = {
+    "Lawyer": {"female": 2, "male": 1},
+    "Paralegal": {"female": 1, "male": 1},  # a locate occupation (Appendix C)
+    "Accountant": {"female": 1, "male": 2},  # a locate occupation
+    "Legal_secretary": {"female": 2},  # one gender only: dropped
+    "Astronomer": {"female": 1, "male": 1},  # not in the pairing table: dropped
+}
 
 
 def test_genderbias_vl_fixture(registry, server, tmp_path):
-    pairs = _pairs_csv(
-        [
-            ("Lawyer", "Paralegal", 40.0, 85.0),
-            ("Lawyer", "Legal secretary", 40.0, 95.0),
-            ("Accountant", "Paralegal", 60.0, 85.0),
-        ]
+    pairs = [
+        ("Lawyer", "Paralegal", 40.0, 85.0),
+        ("Lawyer", "Legal secretary", 40.0, 95.0),
+        ("Accountant", "Paralegal", 60.0, 85.0),
+    ]
+    files = fx.genderbias_members(image_size=4, layout=GB_LAYOUT, pairs=pairs)
+    entry = _served(
+        registry["genderbias_vl"], server, fx.raw_files(registry["genderbias_vl"], files)
     )
-    files = {"xl_generate_base.tar.gz": _genderbias_tar(), "occ_merge_filter_sim.csv": pairs}
-    entry = _served(registry["genderbias_vl"], server, files)
     df, meta, base = _fetch_and_index(entry, tmp_path)
 
     classes = meta["classes"]
@@ -258,24 +234,13 @@ FAIRFACE_VAL = [
 ]
 
 
-def _fairface_files() -> dict[str, bytes]:
-    members = {"train/1.jpg": _image(fmt="JPEG")}
-    for i, r in enumerate(FAIRFACE_VAL):
-        members[r[0]] = _image(value=i + 1, fmt="JPEG")
-
-    def csv(rows):
-        lines = ["file,age,gender,race,service_test"] + [",".join(r) for r in rows]
-        return ("\n".join(lines) + "\n").encode()
-
-    return {
-        "fairface-img-margin125-trainval.zip": make_zip(members),
-        "fairface_label_train.csv": csv([("train/1.jpg", "20-29", "Male", "White", "False")]),
-        "fairface_label_val.csv": csv(FAIRFACE_VAL),
-    }
+def _fairface_files(entry) -> dict[str, bytes]:
+    rows = {"train": [("train/1.jpg", "20-29", "Male", "White", "False")], "val": FAIRFACE_VAL}
+    return fx.raw_files(entry, fx.fairface_members(image_size=4, rows=rows))
 
 
 def test_fairface_fixture(registry, server, tmp_path):
-    entry = _served(registry["fairface"], server, _fairface_files())
+    entry = _served(registry["fairface"], server, _fairface_files(registry["fairface"]))
     df, meta, base = _fetch_and_index(entry, tmp_path)
 
     assert meta["splits"] == {"val": 3}  # validation CSV only (LTC protocol)
@@ -308,21 +273,7 @@ def test_fairface_fixture(registry, server, tmp_path):
 
 # --------------------------------------------------------------------------- FACET
 
-FACET_COLUMNS = [
-    "person_id", "filename", "class1", "class2", "bounding_box",
-    "gender_presentation_masc", "gender_presentation_fem", "gender_presentation_non_binary",
-    "gender_presentation_na", "age_presentation_young", "age_presentation_middle",
-    "age_presentation_older", "age_presentation_na",
-    *[f"skin_tone_{i}" for i in range(1, 11)], "skin_tone_na", "visible_face", "lighting_well_lit",
-]  # fmt: skip
-
-
-def _facet_row(pid, fn, cls, box, gender, age):
-    g = {"masc": (1, 0, 0, 0), "fem": (0, 1, 0, 0), "nb": (0, 0, 1, 0), "na": (0, 0, 0, 1)}[gender]
-    a = {"young": (1, 0, 0, 0), "middle": (0, 1, 0, 0), "older": (0, 0, 1, 0), "na": (0, 0, 0, 1)}[
-        age
-    ]
-    return [pid, fn, cls, "", json.dumps(box), *g, *a, *([0] * 10), 1, 1, 1]
+_facet_row = fx.facet_row
 
 
 FACET_ROWS = [
@@ -335,14 +286,13 @@ FACET_ROWS = [
 ]  # fmt: skip
 
 
-def _facet_archives() -> dict[str, bytes]:
-    csv = pd.DataFrame(FACET_ROWS, columns=FACET_COLUMNS).to_csv(index=False).encode()
-    return {
-        "annotations.zip": make_zip({"annotations/annotations.csv": csv}),
-        "imgs_1.zip": make_zip({"imgs_1/sa_1.jpg": _image((40, 30), 1, "JPEG")}),
-        "imgs_2.zip": make_zip({"imgs_2/sa_2.jpg": _image((40, 30), 2, "JPEG")}),
-        "imgs_3.zip": make_zip({"imgs_3/sa_3.jpg": _image((40, 30), 3, "JPEG")}),
-    }
+def _facet_files() -> dict[str, bytes]:
+    """annotations/annotations.csv and imgs_{1,2,3}/sa_{1,2,3}.jpg (40x30) of FACET_ROWS."""
+    return fx.facet_members(rows=FACET_ROWS, image_shape=(40, 30))
+
+
+def _facet_archives(entry) -> dict[str, bytes]:
+    return fx.raw_files(entry, _facet_files())
 
 
 def test_facet_is_gated_then_accepts_placed_archives(registry, tmp_path, monkeypatch):
@@ -355,7 +305,8 @@ def test_facet_is_gated_then_accepts_placed_archives(registry, tmp_path, monkeyp
     msg = str(exc.value)
     assert "is gated" in msg and "https://facet.metademolab.com" in msg
     assert entry.manual_steps in msg
-    archives = _facet_archives()
+    archives = _facet_archives(entry)
+    assert sorted(archives) == ["annotations.zip", "imgs_1.zip", "imgs_2.zip", "imgs_3.zip"]
     for name in archives:
         assert str(raw / name) in msg
 
@@ -410,25 +361,23 @@ def test_facet_is_gated_then_accepts_placed_archives(registry, tmp_path, monkeyp
 def test_facet_full_image_mode_and_unknown_class(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     src = tmp_path / "facet"
-    for data in _facet_archives().values():
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            zf.extractall(src)
+    fx.write_members(_facet_files(), src)
     with pytest.raises(AdapterError, match="no person of the kept professions"):
         get_adapter("facet")(src, src, crop="full_single")  # every image has two persons
-    rows = [r for r in FACET_ROWS if r[1] != "sa_3.jpg"] + [
+    rows = [dict(r) for r in FACET_ROWS if r["filename"] != "sa_3.jpg"] + [
         _facet_row(
             21, "sa_3.jpg", "doctor", {"x": 2, "y": 3, "width": 4, "height": 5}, "masc", "na"
         )
     ]
-    pd.DataFrame(rows, columns=FACET_COLUMNS).to_csv(
+    pd.DataFrame(rows, columns=fx.FACET_COLUMNS).to_csv(
         src / "annotations/annotations.csv", index=False
     )
     df, meta = get_adapter("facet")(src, src, crop="full_single")
     validate_index(df, meta, src)
     assert df["image_id"].tolist() == ["21"]
     assert crop_boxes(df).tolist() == [[0, 0, 40, 30]]
-    rows[0][2] = "astronaut_pilot"
-    pd.DataFrame(rows, columns=FACET_COLUMNS).to_csv(
+    rows[0]["class1"] = "astronaut_pilot"
+    pd.DataFrame(rows, columns=fx.FACET_COLUMNS).to_csv(
         src / "annotations/annotations.csv", index=False
     )
     with pytest.raises(AdapterError, match="'astronaut_pilot'.* not among the 52 FACET classes"):

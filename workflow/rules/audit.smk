@@ -11,12 +11,14 @@ rule encode_audit_texts:
         f"{RESULTS}/features/{{dataset}}/{{model}}/{{fseed}}/audit_texts.parquet",
     log:
         f"logs/{EXPERIMENT}/encode_audit_texts/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/encode_audit_texts/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -37,13 +39,13 @@ rule audit:
     log:
         f"logs/{EXPERIMENT}/audit/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/audit/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/audit/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 2
     resources:
-        mem_mb=model_mem_mb,
-        runtime=240,
+        mem_mb=stream_mem_mb("audit"),
+        runtime=stream_runtime("audit"),
     params:
         locate_split=locate_split,
         test_split=test_split,
@@ -70,6 +72,8 @@ rule report_audit:
         tables=report_tables(AUDIT_TABLES),
     log:
         f"logs/{EXPERIMENT}/report_audit/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_audit/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1

@@ -1,4 +1,5 @@
 # Helpers shared by all stages: config validation, the experiment grid, paths, resources.
+import re
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from snakemake.utils import validate
 # The package's pure-Python parts (version, method registry) are read by the workflow itself.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from clipbias import __version__ as CODE_VERSION  # noqa: E402
+from clipbias import rehearsal  # noqa: E402
 from clipbias.methods import registry  # noqa: E402
 from clipbias.methods.audit.params import TEXT_KEYS as _AUDIT_TEXT_KEYS  # noqa: E402
 
@@ -29,9 +31,23 @@ if _SYNTH_ON_REAL:
     )
 validate(config, schema="../schemas/config.schema.yaml")
 
-EXPERIMENT = config["experiment"]
+# A dress rehearsal (config/overlays/rehearsal.yaml, clipbias.rehearsal): random weights of
+# the real architectures and fixture datasets, in its own experiment folder.
+REHEARSAL = config["rehearsal"]
+IS_REHEARSAL = bool(REHEARSAL["enabled"])
+if config["experiment"].endswith(rehearsal.SUFFIX):
+    raise ValueError(
+        f"config experiment: names ending in {rehearsal.SUFFIX!r} are reserved for "
+        f"rehearsals; name the experiment {config['experiment'][: -len(rehearsal.SUFFIX)]!r} "
+        "and add config/overlays/rehearsal.yaml to rehearse it"
+    )
+EXPERIMENT = config["experiment"] + (rehearsal.SUFFIX if IS_REHEARSAL else "")
 SEEDS = [int(s) for s in config["seeds"]]
+if IS_REHEARSAL and REHEARSAL["seeds"] == "first":
+    SEEDS = SEEDS[:1]
 RESULTS = f"results/{EXPERIMENT}"
+# Prepared registry datasets: the downloads, or a rehearsal's fixtures (never the same folder).
+DATASETS_DIR = REHEARSAL["datasets_dir"] if IS_REHEARSAL else "resources/datasets"
 
 
 def _model_id(entry):
@@ -47,6 +63,18 @@ def _unique(entries, key, what):
 
 
 MODELS = _unique(config["models"], _model_id, "models (id or name)")
+# Rehearsal: a tag's or checkpoint's weights become random weights of the same architecture
+# (rule make_rehearsal_weights); models trained by the pipeline are kept.
+REHEARSAL_WEIGHTS = {}
+if IS_REHEARSAL:
+    if REHEARSAL["models"] == "smallest":
+        _keep = _model_id(rehearsal.smallest(MODELS.values()))
+        MODELS = {_keep: MODELS[_keep]}
+    for _m in MODELS.values():
+        if _m["pretrained"] != "train":
+            _stem = rehearsal.weights_stem(_m["name"], _m["pretrained"])
+            REHEARSAL_WEIGHTS[_stem] = {"name": _m["name"], "pretrained": _m["pretrained"]}
+            _m["pretrained"] = f"{REHEARSAL['weights_dir']}/{_stem}.safetensors"
 DATASETS = _unique(config["datasets"], lambda d: d["name"], "datasets")
 METHODS = registry.configured(config["methods"])
 
@@ -72,8 +100,8 @@ def derived_components(wildcards):
     """Index and metadata of every component of a derived dataset."""
     files = {}
     for c in DERIVED[wildcards.dataset]:
-        files[f"{c}_index"] = f"resources/datasets/{c}/index.parquet"
-        files[f"{c}_meta"] = f"resources/datasets/{c}/dataset.json"
+        files[f"{c}_index"] = f"{DATASETS_DIR}/{c}/index.parquet"
+        files[f"{c}_meta"] = f"{DATASETS_DIR}/{c}/dataset.json"
     return files
 
 
@@ -197,7 +225,7 @@ def data_root(dataset, seed):
     """Folder with index.parquet and dataset.json (``seed``: int or None for real data)."""
     if is_planted(dataset):
         return f"{RESULTS}/data/{dataset}/seed-{seed}"
-    return f"resources/datasets/{dataset}"
+    return f"{DATASETS_DIR}/{dataset}"
 
 
 def feature_dir(dataset, model, seed):
@@ -213,7 +241,30 @@ def planted_synth(wildcards):
 
 
 def n_shards(dataset):
-    return DATASETS[dataset].get("n_shards") or config["features"]["n_shards"]
+    n = DATASETS[dataset].get("n_shards") or config["features"]["n_shards"]
+    return min(n, REHEARSAL["max_shards"]) if IS_REHEARSAL else n
+
+
+def rehearsal_weights_params(wildcards):
+    """Architecture and tag whose random weights a rehearsal checkpoint stands in for."""
+    return REHEARSAL_WEIGHTS[wildcards.weights]
+
+
+# matches no name when nothing is rehearsed
+REHEARSAL_WEIGHTS_PATTERN = "|".join(map(re.escape, REHEARSAL_WEIGHTS)) or "(?!x)x"
+# Logs of the dataset rules (not per experiment: prepared datasets are shared).
+DATA_LOGS = "logs/rehearsal-datasets" if IS_REHEARSAL else "logs"
+
+
+def rehearsal_weights_mem_mb(wildcards, attempt):
+    """Building and saving random weights holds them about twice (model + contiguous copy)."""
+    name = REHEARSAL_WEIGHTS[wildcards.weights]["name"]
+    return 2 * _costs.text_mem_mb(COSTS, name, False, attempt)
+
+
+def text_pool_cap():
+    """General TextSpan pool cap: a rehearsal's (rehearsal.text_pool_cap), else none."""
+    return REHEARSAL["text_pool_cap"] if IS_REHEARSAL else 0
 
 
 def templates(dataset):
@@ -222,6 +273,19 @@ def templates(dataset):
 
 def texts_file(dataset):
     return DATASETS[dataset]["texts"]
+
+
+_TEXT_SPECS = {}
+
+
+def text_spec(dataset):
+    """The parsed text file of ``dataset`` ({} when missing: the rules then report it)."""
+    import yaml
+
+    if dataset not in _TEXT_SPECS:
+        path = Path(texts_file(dataset))
+        _TEXT_SPECS[dataset] = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+    return _TEXT_SPECS[dataset]
 
 
 def cells():
@@ -389,9 +453,16 @@ def score_locators_inputs(wildcards):
     return files
 
 
+def has_retrieval(dataset):
+    """The dataset's text file defines retrieval prompts (FairFace's concepts): every method's
+    predictions then carry retrieval scores, so every method gets MaxSkew."""
+    return bool(((text_spec(dataset).get("retrieval") or {}).get("concepts")))
+
+
 def predict_inputs(wildcards):
     spec = METHODS[wildcards.method].spec
-    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or spec.texts}
+    texts = spec.texts or has_retrieval(wildcards.dataset)
+    files = {k: v for k, v in cell_features(wildcards).items() if k != "texts" or texts}
     if spec.class_templates:
         folder = feature_dir(wildcards.dataset, wildcards.model, wildcards.seed)
         files["class_templates"] = f"{folder}/class_templates.parquet"
@@ -434,18 +505,166 @@ def grid_summaries(wildcards):
     return [f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS]
 
 
+def cell_table_metrics(dataset):
+    """Metrics summarised over seeds and shown in the grid table for ``dataset``: the seed
+    metrics and the metrics its paper table reports (clipbias.protocols.table_metrics)."""
+    from clipbias.tables import table_metrics
+
+    own = table_metrics(
+        DATASETS[dataset]["protocol"],
+        edit_targets=bool(DATASETS[dataset].get("edit_targets")),
+        protected=dataset_audits(dataset),
+    )
+    return own
+
+
+def seed_metric_names(wildcards):
+    from clipbias.tables import SEED_METRICS
+
+    return list(dict.fromkeys([*SEED_METRICS, *cell_table_metrics(wildcards.dataset)]))
+
+
+def completeness_cells():
+    """Every (dataset, model, seed) cell with its metrics file, evaluation split, methods and
+    the metrics its paper table reports (rule table_completeness)."""
+    out = []
+    for d, m, s in cells():
+        methods = cell_methods(d)
+        out.append(
+            {
+                "dataset": d,
+                "model": m,
+                "seed": s,
+                "path": f"{METRICS.format(dataset=d, model=m, seed=s)}/metrics.csv",
+                "meta": f"{data_root(d, s)}/dataset.json",
+                "split": DATASETS[d]["test_split"],
+                "methods": [x for x in methods if not METHODS[x].spec.control_of],
+                "controls": [x for x in methods if METHODS[x].spec.control_of],
+                "metrics": cell_table_metrics(d),
+            }
+        )
+    return out
+
+
+def completeness_inputs(wildcards):
+    return [p for c in completeness_cells() for p in (c["path"], c["meta"])]
+
+
 def grid_cells():
-    return [{"dataset": d, "model": m} for d in DATASETS for m in MODELS]
+    return [
+        {"dataset": d, "model": m, "metrics": cell_table_metrics(d)}
+        for d in DATASETS
+        for m in MODELS
+    ]
 
 
-# Memory (MB) by model size; the profile can override with set-resources.
-_MODEL_MEM_MB = {"ViT-H-14": 48000, "ViT-L-14": 24000, "ViT-B-16": 12000, "ViT-B-32": 8000}
+# ---------------------------------------------------------------------------- resources
+# Requests from measured costs (clipbias.costs, workflow/resources.yaml written by
+# benchmarks/rehearse.py --fit; docs/DESIGN.md "Resources"), with each job's own sizes: the
+# rows of its feature shard (dataset index), the MiB of its cell's shards, its model. A
+# profile or --set-resources still overrides them. Failed jobs are retried with attempt x.
+import yaml as _yaml  # noqa: E402
+
+from clipbias import costs as _costs  # noqa: E402
+
+COSTS = _yaml.safe_load((Path(workflow.basedir) / "workflow" / "resources.yaml").read_text())
+ON_GPU = config["device"] != "cpu"
+# rows assumed for a job whose inputs do not exist yet (a dry run prints these requests)
+_PLANNED_ROWS = 1000
+
+
+def _arch(wildcards):
+    return MODELS[wildcards.model]["name"]
+
+
+def _row_mib(wildcards):
+    """MiB of one in-memory feature row of the job's model and stored layers."""
+    cfg = (rehearsal._model_config(_arch(wildcards)) or {}).get("vision_cfg", {})
+    n_layers, width = int(cfg.get("layers", 32)), int(cfg.get("width", 1280))
+    n_heads = width // int(cfg.get("head_width", 64))
+    dim = int((rehearsal._model_config(_arch(wildcards)) or {}).get("embed_dim", 1024))
+    spec = config["features"]["layers"]
+    stored = n_layers if spec == "all" else (-spec if isinstance(spec, int) else len(spec))
+    return _costs.feature_row_mib(n_layers, n_heads, dim, min(stored, n_layers))
+
+
+def _shard_rows(wildcards, input):
+    """Rows of the job's feature shard: its share of the extracted splits of the index."""
+    index = Path(input.index)
+    if not index.is_file():
+        return _PLANNED_ROWS
+    import pyarrow.parquet as pq
+
+    split = pq.read_table(index, columns=["split"]).column("split").to_pylist()
+    wanted = set(extract_splits(wildcards))
+    n = sum(1 for s in split if s in wanted)
+    n_sh = n_shards(wildcards.dataset)
+    base, extra = divmod(n, n_sh)
+    return base + (1 if int(wildcards.shard) < extra else 0)
+
+
+def extract_mem_mb(wildcards, input, attempt):
+    rows = _shard_rows(wildcards, input)
+    batch = config["features"]["batch_size"]
+    return _costs.extract_mem_mb(
+        COSTS, _arch(wildcards), rows, _row_mib(wildcards), batch, ON_GPU, attempt
+    )
+
+
+def extract_runtime(wildcards, input):
+    return _costs.extract_runtime_min(
+        COSTS, _arch(wildcards), _shard_rows(wildcards, input), ON_GPU
+    )
+
+
+def text_mem_mb(wildcards, attempt):
+    return _costs.text_mem_mb(COSTS, _arch(wildcards), ON_GPU, attempt)
+
+
+def text_runtime(wildcards, input):
+    """Prompts of the dataset's classifier (its classes x templates) or of its method texts
+    (the general TextSpan pool, capped in a rehearsal, and the dataset's own texts)."""
+    n = 1448 if not IS_REHEARSAL else REHEARSAL["text_pool_cap"] + 500
+    meta = Path(getattr(input, "meta", "") or "")
+    if meta.is_file():
+        import json
+
+        m = json.loads(meta.read_text())
+        n_classes = len(m.get("classifier_subset") or m.get("classes") or [])
+        if m.get("classifier_classes") == "imagenet_1k" and not m.get("classifier_subset"):
+            n_classes = 1000
+        n = max(n_classes * len(templates(wildcards.dataset)), 1)
+    return _costs.text_runtime_min(COSTS, _arch(wildcards), n, ON_GPU)
+
+
+def _feature_mib(input):
+    manifest = Path(input.manifest) if hasattr(input, "manifest") else None
+    if manifest is None or not manifest.is_file():
+        return float(_PLANNED_ROWS)
+    return sum(p.stat().st_size for p in manifest.parent.glob("shard-*.parquet")) / 2**20
+
+
+def stream_mem_mb(rule):
+    """mem_mb of the streamed CPU stage ``rule`` (a resource callable)."""
+
+    def mem(wildcards, attempt):
+        return _costs.stream_mem_mb(COSTS, rule, attempt)
+
+    return mem
+
+
+def stream_runtime(rule):
+    """runtime of the streamed CPU stage ``rule``, from its cell's feature MiB."""
+
+    def runtime(wildcards, input):
+        return _costs.stream_runtime_min(COSTS, rule, _feature_mib(input))
+
+    return runtime
 
 
 def model_mem_mb(wildcards, attempt):
-    name = MODELS[wildcards.model]["name"]
-    base = next((v for k, v in _MODEL_MEM_MB.items() if name.startswith(k)), 4000)
-    return base * attempt
+    """A rule that loads the job's model (text encoding, exporting an edited checkpoint)."""
+    return text_mem_mb(wildcards, attempt)
 
 
 # ------------------------------------------------------------------------------- report
@@ -567,6 +786,7 @@ def table_targets():
         f"{RESULTS}/metrics/{d}/{m}/summary_over_seeds.csv" for d in DATASETS for m in MODELS
     ]
     targets.append(f"{RESULTS}/tables/grid_main.csv")
+    targets.append(f"{RESULTS}/tables/completeness.csv")
     targets += audit_table_targets()
     targets += refineclip_table_targets()
     return list(dict.fromkeys(targets))
@@ -624,13 +844,11 @@ def dataset_audits(dataset):
 
 def _check_audit_texts():
     """Every dataset needs a protected_attributes block when an audit method is configured."""
-    import yaml
-
     for name, entry in DATASETS.items():
         if not dataset_audits(name):
             continue
         path = Path(entry["texts"])
-        spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+        spec = text_spec(name)
         if not isinstance(spec, dict) or not spec.get("protected_attributes"):
             raise ValueError(
                 f"config: the audit methods need a protected_attributes block in the text "

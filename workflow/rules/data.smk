@@ -10,7 +10,7 @@ rule make_planted_dataset:
     log:
         f"logs/{EXPERIMENT}/make_planted_dataset/{{dataset}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/make_planted_dataset/{{dataset}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/make_planted_dataset/{{dataset}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/download.yaml"
     threads: 1
@@ -31,6 +31,8 @@ rule download_dataset:
         directory("resources/datasets/{dataset}/extracted"),
     log:
         "logs/download_dataset/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/download_dataset/{dataset}.tsv"
     conda:
         "../../envs/download.yaml"
     threads: 1
@@ -43,21 +45,51 @@ rule download_dataset:
         "../scripts/download_dataset.py"
 
 
+# A rehearsal's stand-in for download_dataset: a fixture-scale copy of the dataset in its
+# real on-disk layout (clipbias.data.fixtures), which prepare_dataset then indexes.
+rule make_rehearsal_dataset:
+    input:
+        registry=config["dataset_registry"],
+    output:
+        directory(f"{REHEARSAL['datasets_dir']}/{{dataset}}/extracted"),
+    log:
+        f"{DATA_LOGS}/make_rehearsal_dataset/{{dataset}}.log",
+    benchmark:
+        f"{DATA_LOGS}/benchmarks/make_rehearsal_dataset/{{dataset}}.tsv"
+    conda:
+        "../../envs/download.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        image_size=REHEARSAL["image_size"],
+        seed=REHEARSAL["fixture_seed"],
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/make_rehearsal_dataset.py"
+
+
 rule prepare_dataset:
     input:
         registry=config["dataset_registry"],
-        extracted="resources/datasets/{dataset}/extracted",
+        extracted=f"{DATASETS_DIR}/{{dataset}}/extracted",
     output:
-        index="resources/datasets/{dataset}/index.parquet",
-        meta="resources/datasets/{dataset}/dataset.json",
+        index=f"{DATASETS_DIR}/{{dataset}}/index.parquet",
+        meta=f"{DATASETS_DIR}/{{dataset}}/dataset.json",
     log:
-        "logs/prepare_dataset/{dataset}.log",
+        f"{DATA_LOGS}/prepare_dataset/{{dataset}}.log",
+    benchmark:
+        f"{DATA_LOGS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
     conda:
         "../../envs/download.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        rehearsal=IS_REHEARSAL,
+        class_cap=REHEARSAL["class_text_cap"],
     script:
         "../scripts/prepare_dataset.py"
 
@@ -69,10 +101,12 @@ rule derive_dataset:
         unpack(derived_components),
         registry=config["dataset_registry"],
     output:
-        index="resources/datasets/{dataset}/index.parquet",
-        meta="resources/datasets/{dataset}/dataset.json",
+        index=f"{DATASETS_DIR}/{{dataset}}/index.parquet",
+        meta=f"{DATASETS_DIR}/{{dataset}}/dataset.json",
     log:
-        "logs/derive_dataset/{dataset}.log",
+        f"{DATA_LOGS}/derive_dataset/{{dataset}}.log",
+    benchmark:
+        f"{DATA_LOGS}/benchmarks/derive_dataset/{{dataset}}.tsv"
     wildcard_constraints:
         dataset=DERIVED_PATTERN,
     conda:

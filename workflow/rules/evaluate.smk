@@ -14,12 +14,14 @@ rule evaluate:
         methods=f"{METRICS}/methods.csv",
     log:
         f"logs/{EXPERIMENT}/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/evaluate/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=stream_mem_mb("evaluate"),
+        runtime=stream_runtime("evaluate"),
     params:
         n_boot=config["evaluate"]["n_boot"],
         protocol=protocol,
@@ -38,12 +40,14 @@ rule planted_ground_truth:
         total=f"{GROUND_TRUTH}/total.csv",
     log:
         f"logs/{EXPERIMENT}/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/planted_ground_truth/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=20,
+        mem_mb=stream_mem_mb("planted_ground_truth"),
+        runtime=stream_runtime("planted_ground_truth"),
     params:
         split=test_split,
         n_boot=config["ground_truth"]["n_boot"],
@@ -59,6 +63,8 @@ rule score_locators:
         f"{GROUND_TRUTH}/locator_scores.csv",
     log:
         f"logs/{EXPERIMENT}/score_locators/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/score_locators/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -78,6 +84,8 @@ rule summarize_seeds:
         f"{RESULTS}/metrics/{{dataset}}/{{model}}/summary_over_seeds.csv",
     log:
         f"logs/{EXPERIMENT}/summarize_seeds/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/summarize_seeds/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -85,6 +93,8 @@ rule summarize_seeds:
         mem_mb=1000,
         runtime=10,
     params:
+        split=test_split,
+        metrics=seed_metric_names,
         code_version=CODE_VERSION,
     script:
         "../scripts/summarize_seeds.py"
@@ -99,6 +109,8 @@ rule grid_table:
         tex=f"{RESULTS}/tables/grid_main.tex",
     log:
         f"logs/{EXPERIMENT}/grid_table.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/grid_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -110,3 +122,27 @@ rule grid_table:
         code_version=CODE_VERSION,
     script:
         "../scripts/grid_table.py"
+
+
+# Every metric each paper table reports, for every configured method of every cell
+# (clipbias.tables): a job that succeeds but leaves out a table's number fails here.
+rule table_completeness:
+    input:
+        completeness_inputs,
+    output:
+        f"{RESULTS}/tables/completeness.csv",
+    log:
+        f"logs/{EXPERIMENT}/table_completeness.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/table_completeness.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        cells=completeness_cells(),
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/table_completeness.py"

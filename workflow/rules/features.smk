@@ -11,12 +11,14 @@ rule encode_classes:
         f"{FEATURES}/classifier.parquet",
     log:
         f"logs/{EXPERIMENT}/encode_classes/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/encode_classes/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -36,17 +38,20 @@ rule encode_method_texts:
         f"{FEATURES}/texts.parquet",
     log:
         f"logs/{EXPERIMENT}/encode_method_texts/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/encode_method_texts/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=model_mem_mb,
-        runtime=30,
+        mem_mb=text_mem_mb,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
         hf_home=hf_home_arg,
         device=config["device"],
+        pool_cap=text_pool_cap(),
         code_version=CODE_VERSION,
     script:
         "../scripts/encode_method_texts.py"
@@ -86,15 +91,15 @@ rule extract_features:
     log:
         f"logs/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/extract_features/{{dataset}}/{{model}}/{{fseed}}/{{shard}}.tsv"
     conda:
         "../../envs/torch.yaml"
     # On a GPU, all but one thread decode and resize images for the next batches.
     threads: 4
     resources:
         gpu=1,
-        mem_mb=model_mem_mb,
-        runtime=120,
+        mem_mb=extract_mem_mb,
+        runtime=extract_runtime,
     params:
         model_name=model_name,
         pretrained=pretrained_arg,
@@ -119,6 +124,8 @@ rule feature_manifest:
         f"{FEATURES}/manifest.json",
     log:
         f"logs/{EXPERIMENT}/feature_manifest/{{dataset}}/{{model}}/{{fseed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/feature_manifest/{{dataset}}/{{model}}/{{fseed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1

@@ -9,13 +9,13 @@ rule textspan:
     log:
         f"logs/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/textspan/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/textspan/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stream_mem_mb("textspan"),
+        runtime=stream_runtime("textspan"),
     params:
         split=locate_split,
         m=config["locate"]["textspan"]["m"],
@@ -34,13 +34,13 @@ rule locate_ltc:
     log:
         f"logs/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/locate_ltc/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=stream_mem_mb("locate_ltc"),
+        runtime=stream_runtime("locate_ltc"),
     params:
         split=locate_split,
         use_group_labels=config["locate"]["ltc"]["use_group_labels"],

@@ -12,7 +12,7 @@ rule train_small_clip:
     log:
         f"logs/{EXPERIMENT}/train_small_clip/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/train_small_clip/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/train_small_clip/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -36,6 +36,8 @@ rule fetch_weights:
         f"{HF_HOME}/fetched/{{model}}.json",
     log:
         "logs/fetch_weights/{model}.log",
+    benchmark:
+        "logs/benchmarks/fetch_weights/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -48,3 +50,29 @@ rule fetch_weights:
         hf_home=hf_home_of_record,
     script:
         "../scripts/fetch_weights.py"
+
+
+# A rehearsal's stand-in for a tag's or checkpoint's weights: random weights of the same
+# open_clip architecture, QuickGELU setting and image normalisation (clipbias.rehearsal),
+# seeded; one file per (architecture, tag), shared by every rehearsal.
+rule make_rehearsal_weights:
+    output:
+        f"{REHEARSAL['weights_dir']}/{{weights}}.safetensors",
+    log:
+        f"logs/rehearsal-weights/{{weights}}.log",
+    benchmark:
+        f"logs/rehearsal-weights/benchmarks/{{weights}}.tsv"
+    wildcard_constraints:
+        weights=REHEARSAL_WEIGHTS_PATTERN,
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=rehearsal_weights_mem_mb,
+        runtime=30,
+    params:
+        model=rehearsal_weights_params,
+        seed=REHEARSAL["weights_seed"],
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/make_rehearsal_weights.py"

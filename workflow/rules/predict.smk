@@ -11,15 +11,15 @@ rule predict:
     log:
         f"logs/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=method_pattern("analysis"),
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stream_mem_mb("predict"),
+        runtime=stream_runtime("predict"),
     params:
         method_name=method_name,
         method_params=method_params,
@@ -39,7 +39,7 @@ rule predict_torch:
     log:
         f"logs/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/predict/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/predict_torch/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=method_pattern("torch"),
     conda:
@@ -47,8 +47,8 @@ rule predict_torch:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=stream_mem_mb("predict_torch"),
+        runtime=stream_runtime("predict_torch"),
     params:
         method_name=method_name,
         method_params=method_params,

@@ -11,15 +11,15 @@ rule locate_refineclip:
     log:
         f"logs/{EXPERIMENT}/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/locate_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip"),
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        mem_mb=stream_mem_mb("locate_refineclip"),
+        runtime=stream_runtime("locate_refineclip"),
     params:
         phase1=phase1_params,
         edit_targets=dataset_edit_targets,
@@ -38,7 +38,7 @@ rule adapt_refineclip:
     log:
         f"logs/{EXPERIMENT}/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/adapt_refineclip/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip_adapter"),
     conda:
@@ -46,8 +46,8 @@ rule adapt_refineclip:
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=stream_mem_mb("adapt_refineclip"),
+        runtime=stream_runtime("adapt_refineclip"),
     params:
         method_params=method_params,
         edit_targets=dataset_edit_targets,
@@ -66,6 +66,8 @@ rule export_refineclip_model:
         info=f"{EDITED_MODELS}/{{method}}.json",
     log:
         f"logs/{EXPERIMENT}/export_refineclip_model/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/export_refineclip_model/{{dataset}}/{{model}}/seed-{{seed}}/{{method}}.tsv"
     wildcard_constraints:
         method=per_method_pattern("refineclip_adapter"),
     conda:
@@ -73,7 +75,7 @@ rule export_refineclip_model:
     threads: 1
     resources:
         mem_mb=model_mem_mb,
-        runtime=30,
+        runtime=text_runtime,
     params:
         model_name=model_name,
         pretrained=export_pretrained,
@@ -91,14 +93,14 @@ rule refineclip_sensitivity:
     log:
         f"logs/{EXPERIMENT}/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.log",
     benchmark:
-        f"benchmarks/{EXPERIMENT}/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
+        f"logs/{EXPERIMENT}/benchmarks/refineclip_sensitivity/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
         gpu=1,
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=stream_mem_mb("refineclip_sensitivity"),
+        runtime=stream_runtime("refineclip_sensitivity"),
     params:
         method_params=sensitivity_params,
         values=config["analysis"]["sensitivity"]["values"],
@@ -128,6 +130,8 @@ rule report_refineclip:
         tables=report_tables(REFINECLIP_TABLES),
     log:
         f"logs/{EXPERIMENT}/report_refineclip/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_refineclip/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1

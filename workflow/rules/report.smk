@@ -19,6 +19,8 @@ rule report_planted:
         tables=report_tables(PLANTED_TABLES),
     log:
         f"logs/{EXPERIMENT}/report_planted/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_planted/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -49,6 +51,8 @@ rule report_method:
         tables=report_tables(METHOD_TABLES),
     log:
         f"logs/{EXPERIMENT}/report_method/{{dataset}}/{{model}}/seed-{{seed}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_method/{{dataset}}/{{model}}/seed-{{seed}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -86,6 +90,8 @@ rule report_seeds:
         tables=report_tables(SEEDS_TABLES, SEEDS_REPORT_DIR),
     log:
         f"logs/{EXPERIMENT}/report_seeds/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/report_seeds/{{dataset}}/{{model}}.tsv"
     conda:
         "../../envs/report.yaml"
     threads: 1

@@ -18,4 +18,5 @@ encode_method_texts(
     device=snakemake.params.device,
     hf_home=snakemake.params.hf_home or None,
     threads=snakemake.threads,
+    pool_cap=snakemake.params.pool_cap,
 )

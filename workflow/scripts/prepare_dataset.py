@@ -16,4 +16,6 @@ prepare_dataset(
     dataset=snakemake.wildcards.dataset,
     extracted=snakemake.input.extracted,
     dataset_root=Path(snakemake.output.index).parent,
+    rehearsal=snakemake.params.rehearsal,
+    class_cap=snakemake.params.class_cap,
 )

@@ -10,4 +10,9 @@ if TYPE_CHECKING:
 _bootstrap.setup_logging(snakemake.log[0])
 from clipbias.stages.evaluate import summarize_seeds  # noqa: E402
 
-summarize_seeds({int(k): v for k, v in snakemake.input.items()}, snakemake.output[0])
+summarize_seeds(
+    {int(k): v for k, v in snakemake.input.items()},
+    snakemake.output[0],
+    split=snakemake.params.split,
+    metric_names=snakemake.params.metrics,
+)

@@ -135,7 +135,7 @@ def save_adapter(
     """Write adapter params as safetensors (arrays; variant and ``metadata`` as header strings)."""
     from safetensors.numpy import save_file
 
-    from ..io import atomic_path
+    from ..io import atomic_path, stamped_metadata
 
     v = _variant(params)
     arrays = {
@@ -145,7 +145,7 @@ def save_adapter(
     }
     meta = {"variant": v, **{str(k): str(x) for k, x in (metadata or {}).items()}}
     with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata=meta)
+        save_file(arrays, str(tmp), metadata=stamped_metadata(path, meta))
 
 
 def load_adapter(path: str | os.PathLike) -> dict[str, Any]:

@@ -58,17 +58,28 @@ def read_spec(texts_yaml: str | os.PathLike) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def method_texts(spec: Mapping[str, Any]) -> dict[str, list[str]]:
+def capped(texts: Sequence[str], cap: int) -> list[str]:
+    """At most ``cap`` of ``texts``, evenly spaced through the list in order (0 = all)."""
+    n = len(texts)
+    if not cap or cap >= n:
+        return list(texts)
+    return [texts[i * n // cap] for i in range(cap)]
+
+
+def method_texts(spec: Mapping[str, Any], pool_cap: int = 0) -> dict[str, list[str]]:
     """All texts the methods need, by role, from a parsed text file.
 
     The TextSpan pool is the shipped general pool (unless ``general_pool: false``), then the
-    file's ``pool`` and ``textspan_extra`` texts, duplicates removed in order.
+    file's ``pool`` and ``textspan_extra`` texts, duplicates removed in order. ``pool_cap``
+    (a rehearsal's ``text_pool_cap``; 0 = none) keeps at most that many texts of the general
+    pool, evenly spaced (:func:`capped`); the dataset's own pool texts are always kept.
     """
     from clipbias.methods.heads import load_resource_lines
 
     pairs = spec.get("insight_pairs", {}) or {}
     oc = spec.get("ortho_cali", {}) or {}
     general = load_resource_lines("text_pool_general.txt") if spec.get("general_pool", True) else []
+    general = capped(general, pool_cap)
     pool = list(dict.fromkeys([*general, *spec.get("pool", []), *spec.get("textspan_extra", [])]))
     return {
         "pool": pool,
@@ -196,13 +207,19 @@ def retrieval_prompts(spec: Mapping[str, Any]) -> list[str]:
 
 
 def write_method_texts(
-    out: str | os.PathLike, by_role: Mapping[str, Sequence[str]], embeddings: np.ndarray
+    out: str | os.PathLike,
+    by_role: Mapping[str, Sequence[str]],
+    embeddings: np.ndarray,
+    meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``texts.parquet``: rows in :data:`TEXT_ROLES` order, ``embeddings`` aligned."""
+    """Write ``texts.parquet``: rows in :data:`TEXT_ROLES` order, ``embeddings`` aligned;
+    ``meta`` (JSON) goes to the schema metadata ``clipbias.meta``."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipbias.io import atomic_path
+    from clipbias.io import atomic_path, stamp_table
 
     roles, idx, texts = [], [], []
     for role in TEXT_ROLES:
@@ -223,8 +240,10 @@ def write_method_texts(
             ),
         }
     )
+    if meta:
+        table = table.replace_schema_metadata({"clipbias.meta": json.dumps(dict(meta))})
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(stamp_table(table, out), tmp)
 
 
 def flatten_roles(by_role: Mapping[str, Sequence[str]]) -> list[str]:
@@ -284,7 +303,7 @@ def write_audit_texts(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipbias.io import atomic_path
+    from clipbias.io import atomic_path, stamp_table
 
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or len(emb) != len(table):
@@ -306,7 +325,7 @@ def write_audit_texts(
     }
     table_pa = pa.table(cols).replace_schema_metadata({AUDIT_TEXTS_KEY: json.dumps(meta).encode()})
     with atomic_path(out) as tmp:
-        pq.write_table(table_pa, tmp)
+        pq.write_table(stamp_table(table_pa, out), tmp)
 
 
 def read_audit_texts(path: str | os.PathLike) -> tuple[Any, np.ndarray, dict[str, Any]]:

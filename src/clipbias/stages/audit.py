@@ -178,7 +178,7 @@ def audit(
     only on the inputs (wall times go to the log and the rule's benchmark file).
     """
     from clipbias.features import FeatureSet, read_classifier
-    from clipbias.io import atomic_path, read_json, write_json
+    from clipbias.io import atomic_path, read_json, write_csv, write_json
     from clipbias.methods import audit as au
     from clipbias.methods.texts import read_audit_texts, read_method_texts
     from clipbias.stages.locate import textspan_rank
@@ -355,13 +355,13 @@ def audit(
                 for key in TABLE_KEYS:
                     if res.get(key) is not None:
                         res[key].insert(1, "variant", variant)
-                        res[key].to_csv(folder / f"{key}.csv", index=False)
+                        write_csv(res[key], folder / f"{key}.csv")
                 if ts_table is not None:
                     for name, df in (("textspan", ts_table), ("textspan_bias", bias_stats)):
                         df = df.copy()
                         df.insert(0, "attribute", a)
                         df.insert(1, "variant", variant)
-                        df.to_csv(folder / f"{name}.csv", index=False)
+                        write_csv(df, folder / f"{name}.csv")
                 sel = {**res["selection"], "values": vals}
                 selections[a][variant] = sel
                 write_json(

@@ -8,20 +8,20 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipbias.stages.common import limit_blas_threads
+from clipbias.tables import LOWER_IS_BETTER, SEED_METRICS
 
 log = logging.getLogger(__name__)
 
-#: Metrics compared with zero-shot in ``paired.csv`` and summarised over seeds.
+#: Metrics compared with zero-shot in ``paired.csv``.
 PAIRED_METRICS = ("worst_group_acc", "avg_acc")
 #: Baselines of ``paired.csv`` (its ``baseline`` column), when configured: zero-shot for every
 #: method, LTC for every other method but zero-shot (the peers' comparison, METHODS §10.8).
 PAIRED_BASELINES = ("zero_shot", "ltc")
-SEED_METRICS = ("avg_acc", "avg_group_acc", "worst_group_acc", "gap")
-LOWER_IS_BETTER = ("gap",)
 PAIRED_COLUMNS = [
     "method",
     "baseline",
@@ -38,10 +38,9 @@ PAIRED_COLUMNS = [
 
 
 def _write_csv(df, out: str | os.PathLike) -> None:
-    from clipbias.io import atomic_path
+    from clipbias.io import write_csv
 
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
+    write_csv(df, out)
 
 
 def paired_rows(
@@ -241,8 +240,13 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
       top-10 occupations fixed from zero-shot) on every evaluation split;
     * ``counteranimal``: common and counter accuracy, their gap, worst-10-class accuracy (the
       classes with the largest zero-shot drop); needs both splits among the evaluation splits;
-    * ``fairface``: MaxSkew@k of the retrieval prompts' scores, uniform and empirical prior,
-      k = min(1000, images).
+    * ``fairface``: MaxSkew@1000 of the retrieval prompts' scores, uniform and empirical
+      prior (on a split of fewer than 1,000 images with a known gender the rows are NaN and
+      their ``note`` says so; k is never lowered silently).
+
+    Every method with predictions gets every row (a method that uses no texts still gets the
+    retrieval scores: the predict stage reads the texts file of a dataset with retrieval
+    prompts for every method).
     """
 
     from clipbias import protocols
@@ -299,22 +303,24 @@ def protocol_rows(protocol, index, preds, scores, meta) -> list:
                 "(retrieval: {template, concepts}) so predictions carry their scores"
             )
         gender = index["attr_gender"].to_numpy()
-        k = int(min(1000, (gender >= 0).sum()))
+        k, n_known = protocols.MAXSKEW_K, int((gender >= 0).sum())
+        missing = sorted(set(preds) - set(scores))
+        if missing:
+            raise ValueError(f"protocol fairface: methods {missing} have no retrieval scores")
         for method, sc in scores.items():
             for fn in (protocols.maxskew_uniform, protocols.maxskew_empirical):
-                rows = fn(sc, gender, n_values=2, k=k)
-                out.append(tidy(rows, method, str(split[0])).assign(n=k))
+                if n_known >= k:
+                    rows = fn(sc, gender, n_values=2, k=k)
+                else:
+                    name = fn.__name__
+                    why = f"{n_known} images with a known gender < k = {k}"
+                    rows = protocols.tidy_rows([(f"{name}@{k}", float("nan"), "mean", why)])
+                out.append(tidy(rows, method, str(split[0])).assign(n=min(k, n_known)))
+    cols = ["method", "split", "metric", "value", "ci_low", "ci_high", "group_name", "n", "note"]
     for df in out:
         df["ci_low"] = float("nan")
         df["ci_high"] = float("nan")
-    return (
-        [
-            df[["method", "split", "metric", "value", "ci_low", "ci_high", "group_name", "n"]]
-            for df in out
-        ]
-        if out
-        else []
-    )
+    return [df[cols] for df in out]
 
 
 def _protected_rows(meta, preds, index, n_boot: int, seed: int) -> list:
@@ -508,13 +514,12 @@ def score_locators(
     """``locator_scores.csv``: every located-heads file of the cell ({name: path}) scored
     against the planted ground truth (precision@|S|, top-1 head, Spearman;
     :func:`clipbias.ground_truth.score_locators`)."""
-    import pandas as pd
 
     from clipbias.ground_truth import score_locators as score
-    from clipbias.io import read_json
+    from clipbias.io import read_csv, read_json
 
     meta = read_json(dataset_meta)
-    truth = pd.read_csv(ground_truth)
+    truth = read_csv(ground_truth)
     specs = {name: read_json(path) for name, path in located.items()}
     table = score(truth, specs, spurious_attribute=meta.get("spurious_attribute", "background"))
     _write_csv(table, out)
@@ -524,20 +529,28 @@ def score_locators(
 def summarize_seeds(
     metrics: Mapping[int, str | os.PathLike],
     out: str | os.PathLike,
+    split: str,
     metric_names: Sequence[str] = SEED_METRICS,
 ) -> None:
     """``summary_over_seeds.csv``: per method and metric the mean, sd (ddof 1), min and max
-    over seeds, the number of seeds, on how many seeds the method beat zero-shot (higher
-    is better, except ``gap``), and the gain over zero-shot paired by seed (``gain_mean``,
-    t-based 95 % interval over seeds ``gain_ci_low``/``gain_ci_high``, METHODS §7.2)."""
+    over seeds, the number of seeds, on how many seeds the method beat zero-shot (higher is
+    better, except :data:`LOWER_IS_BETTER`), the gain over zero-shot paired by seed
+    (``gain_mean``, t-based 95 % interval over seeds ``gain_ci_low``/``gain_ci_high``,
+    METHODS §7.2), and a ``note`` when a metric could not be computed (its rows' note). Only
+    the dataset-level rows of the evaluation split ``split`` count
+    (:func:`clipbias.protocols.table_rows`; a dataset with several evaluation splits has one
+    row per split and metric in metrics.csv)."""
     import pandas as pd
 
+    from clipbias.io import read_csv
     from clipbias.methods.registry import REFERENCE_METHOD
+    from clipbias.protocols import table_rows
 
     frames = []
     for seed, path in metrics.items():
-        df = pd.read_csv(path)
-        df = df[df["metric"].isin(metric_names)][["method", "metric", "value"]].copy()
+        df = table_rows(read_csv(path), split, metric_names)
+        keep = ["method", "metric", "value", *(["note"] if "note" in df else [])]
+        df = df[keep].copy()
         df["seed"] = int(seed)
         frames.append(df)
     allv = pd.concat(frames, ignore_index=True)
@@ -547,18 +560,21 @@ def summarize_seeds(
         v = g["value"].to_numpy(dtype=np.float64)
         base = np.array([ref.get((s, metric), np.nan) for s in g["seed"]])
         better = v < base if metric in LOWER_IS_BETTER else v > base
+        notes = g["note"].fillna("").astype(str) if "note" in g else pd.Series([], dtype=str)
+        finite = v[np.isfinite(v)]
         gain = (v - base)[~np.isnan(base)]
         low, high = _t_interval(gain)
         rows.append(
             {
                 "method": method,
                 "metric": metric,
-                "mean": float(v.mean()),
-                "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                "min": float(v.min()),
-                "max": float(v.max()),
-                "n_seeds": len(v),
+                "mean": float(finite.mean()) if len(finite) else float("nan"),
+                "sd": float(finite.std(ddof=1)) if len(finite) > 1 else float("nan"),
+                "min": float(finite.min()) if len(finite) else float("nan"),
+                "max": float(finite.max()) if len(finite) else float("nan"),
+                "n_seeds": len(finite),
                 "n_better_than_zero_shot": int(np.sum(better & ~np.isnan(base))),
+                "note": next((n for n in notes if n), ""),
                 "gain_mean": float(gain.mean()) if len(gain) else float("nan"),
                 "gain_ci_low": low,
                 "gain_ci_high": high,
@@ -579,16 +595,105 @@ def _t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 
 
 def grid_table(
-    summaries: Sequence[Mapping[str, str]],
+    summaries: Sequence[Mapping[str, Any]],
     out_stem: str | os.PathLike,
-    metric_names: Sequence[str] = ("worst_group_acc", "avg_acc"),
 ) -> None:
     """The experiment's table: one row per method, one column per (dataset, model, metric)
     with the mean over seeds (± sd when there are several), written as CSV/Markdown/LaTeX.
 
-    ``summaries``: ``{"dataset", "model", "path"}`` of each cell's ``summary_over_seeds.csv``.
+    ``summaries``: ``{"dataset", "model", "path", "metrics"}`` of each cell: its
+    ``summary_over_seeds.csv`` and the metrics its paper table reports
+    (:func:`clipbias.protocols.table_metrics`: MaxSkew for FairFace, the bias for
+    GenderBias-VL, the common/counter gap for CounterAnimal, Cramér's V for an audited
+    attribute, edit success and locality for the edit tasks).
     """
-    from clipbias.report import grid_main_table, write_table
+    from clipbias.report import GRID_CAPTION, grid_main_table, write_table
 
-    table = grid_main_table(summaries, metric_names)
-    write_table(table, out_stem, caption="Mean over seeds (%; ± sd)", label="tab:grid")
+    table = grid_main_table(summaries)
+    write_table(table, out_stem, caption=GRID_CAPTION, label="tab:grid")
+
+
+class IncompleteTablesError(RuntimeError):
+    """A configured method lacks a metric that its cell's paper table reports."""
+
+
+def table_completeness(cells: Sequence[Mapping[str, Any]], out: str | os.PathLike) -> None:
+    """``completeness.csv``: for every cell, configured method and metric its paper table
+    reports (:func:`clipbias.tables.table_metrics`), whether ``metrics.csv`` has it on the
+    evaluation split (``ok``; ``not computable`` when the row says why it is NaN, e.g.
+    MaxSkew@1000 on fewer than 1,000 images, with that ``note``; ``not applicable`` for the
+    group metrics of a dataset without groups, e.g. ImageNet-A's edit task; ``missing``).
+    Random controls (``controls``) are checked for the seed metrics they summarise only.
+
+    ``cells``: ``{"dataset", "model", "seed", "path", "meta", "split", "methods", "controls",
+    "metrics"}`` (``meta``: the cell's dataset.json). Raises :class:`IncompleteTablesError`
+    naming every missing (cell, method, metric) after logging them: a run that leaves out a
+    table's number fails loudly."""
+    import pandas as pd
+
+    from clipbias.io import read_csv, read_json
+    from clipbias.protocols import missing_table_metrics, table_rows
+    from clipbias.tables import GROUP_METRICS
+
+    rows = []
+    for cell in cells:
+        metrics = read_csv(cell["path"])
+        names = list(cell["metrics"])
+        if not read_json(cell["meta"]).get("group_names"):
+            for name in [n for n in names if n in GROUP_METRICS]:
+                names.remove(name)
+                rows += [
+                    {
+                        "dataset": cell["dataset"],
+                        "model": cell["model"],
+                        "seed": cell["seed"],
+                        "split": cell["split"],
+                        "method": m,
+                        "metric": name,
+                        "status": "not applicable",
+                        "note": "the dataset has no groups",
+                    }  # fmt: skip
+                    for m in cell["methods"]
+                ]
+        checks = [(m, names) for m in cell["methods"]]
+        checks += [(m, [n for n in names if n in SEED_METRICS]) for m in cell.get("controls", [])]
+        present = table_rows(metrics, cell["split"], names)
+        for method, wanted in checks:
+            missing = {
+                (mm, k): why
+                for mm, k, why in missing_table_metrics(metrics, cell["split"], [method], wanted)
+            }
+            for name in wanted:
+                got = present[(present["method"] == method) & (present["metric"] == name)]
+                note = ""
+                if "note" in got and len(got):
+                    note = str(got["note"].fillna("").iloc[0])
+                if (method, name) in missing:
+                    status, note = "missing", missing[(method, name)]
+                elif got["value"].isna().all():
+                    status = "not computable"
+                else:
+                    status = "ok"
+                rows.append(
+                    {
+                        "dataset": cell["dataset"], "model": cell["model"], "seed": cell["seed"],
+                        "split": cell["split"], "method": method, "metric": name,
+                        "status": status, "note": note,
+                    }
+                )  # fmt: skip
+    table = pd.DataFrame(
+        rows, columns=["dataset", "model", "seed", "split", "method", "metric", "status", "note"]
+    )
+    bad = table[table["status"] == "missing"]
+    counts = table["status"].value_counts().to_dict()
+    log.info("table completeness: %s", counts)
+    if len(bad):
+        raise IncompleteTablesError(
+            f"{len(bad)} table metric(s) missing (method, metric, cell):\n"
+            + bad.to_string(index=False)
+            + "\nEvery configured method must report every metric of its paper table "
+            "(clipbias.tables.TABLE_METRICS); see the evaluate job of each cell."
+        )
+    from clipbias.io import write_csv
+
+    write_csv(table, out, comments=["Paper-table metrics per configured method and cell"])

@@ -117,9 +117,11 @@ def encode_method_texts(
     device: str | None = None,
     threads: int | None = None,
     hf_home: str | None = None,
+    pool_cap: int = 0,
 ) -> None:
     """Encode every method text of the dataset once with the text tower -> texts.parquet
-    (raw, unnormalised embeddings; :mod:`clipbias.methods.texts`)."""
+    (raw, unnormalised embeddings; :mod:`clipbias.methods.texts`). ``pool_cap``: at most
+    that many texts of the general TextSpan pool (a rehearsal's cap; 0 = all)."""
     from clipbias.methods.texts import (
         TEXT_ROLES,
         flatten_roles,
@@ -131,10 +133,11 @@ def encode_method_texts(
 
     set_torch_threads(threads)
     loaded = _load(model_name, pretrained, device, hf_home)
-    by_role = method_texts(read_spec(texts_yaml))
+    by_role = method_texts(read_spec(texts_yaml), pool_cap=pool_cap)
     texts = flatten_roles(by_role)
     emb = encode_texts(loaded.model, loaded.tokenizer, texts).float().cpu().numpy()
-    write_method_texts(out, by_role, emb)
+    meta = {**loaded.provenance(), "general_pool_cap": int(pool_cap)}
+    write_method_texts(out, by_role, emb, meta)
     log.info("encoded %d texts (%s)", len(texts), {r: len(by_role[r]) for r in TEXT_ROLES})
 
 

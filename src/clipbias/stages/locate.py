@@ -48,7 +48,7 @@ def textspan(
 ) -> None:
     """TextSpan descriptions (METHODS §3) of every head in the last ``last_layers`` layers."""
     from clipbias.features import FeatureSet
-    from clipbias.io import atomic_path
+    from clipbias.io import write_csv
     from clipbias.methods.texts import read_method_texts, unit_rows
     from clipbias.methods.textspan import textspan_heads_from_moments
     from clipbias.streaming import head_moments
@@ -62,8 +62,7 @@ def textspan(
     # one streamed pass: per-head mean and Gram matrices (memory O(batch + L*H*D^2))
     moments = head_moments(fs, keep, split)
     table, _ = textspan_heads_from_moments(moments, unit_rows(pool_emb), pool_texts, m=m, rank=r)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out)
     log.info(
         "TextSpan: %d heads, m=%d, rank=%d, pool=%d texts",
         len(keep) * fs.n_heads,

@@ -34,16 +34,15 @@ META_KEY = b"clipbias.meta"
 def read_located(paths: Mapping[str, str | os.PathLike]) -> dict[str, Any]:
     """Parse located-heads files by locator name (JSON, or CSV for TextSpan tables); binary
     files (``.safetensors``, e.g. a RefineCLIP adapter) are passed on as paths."""
-    import pandas as pd
 
-    from clipbias.io import read_json
+    from clipbias.io import read_csv, read_json
 
     out: dict[str, Any] = {}
     for name, path in paths.items():
         if str(path).endswith(".safetensors"):
             out[name] = Path(path)
             continue
-        out[name] = pd.read_csv(path) if str(path).endswith(".csv") else read_json(path)
+        out[name] = read_csv(path) if str(path).endswith(".csv") else read_json(path)
     return out
 
 
@@ -62,7 +61,7 @@ def write_predictions(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipbias.io import atomic_path
+    from clipbias.io import atomic_path, stamp_table
     from clipbias.labels import classifier_labels
 
     keep = [
@@ -101,6 +100,7 @@ def write_predictions(
     info = {k: v for k, v in info.items() if k != "scores"}
     meta = {**info, "meta": output.meta, "draw_meta": output.draw_meta}
     table = pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    table = stamp_table(table, out)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
 
@@ -163,7 +163,9 @@ def predict(
         locate_split,
         test_split,
         seed=seed,
-        texts=texts if spec.texts else None,
+        # a method that declares no texts gets them too when given: the dataset's retrieval
+        # prompts (FairFace) then score every method's embeddings (MaxSkew for every row)
+        texts=texts,
         text_spec=read_spec(texts_yaml) if texts_yaml else None,
         located=read_located(located or {}),
         eval_splits=eval_splits,

@@ -287,7 +287,7 @@ def adapt_refineclip(
     is kept, or with ``step_split`` that of the evaluated step with the best worst-group
     accuracy on that split (never the test split). Without a misclassified shot
     there is nothing to edit: the adapter is the identity (0 steps), except for STD-FT."""
-    from clipbias.io import atomic_path, read_json
+    from clipbias.io import read_json, write_csv
     from clipbias.methods.fewshot import resolve_tau
     from clipbias.methods.refineclip_adapt import save_adapter, train_adapter
 
@@ -315,8 +315,7 @@ def adapt_refineclip(
             "direction": inp["direction"], "edit_sets": inp["edit_sets"],
             "step_split": params.get("step_split")}  # fmt: skip
     save_adapter(out_adapter, res.params, {"clipbias.refineclip": json.dumps(info)})
-    with atomic_path(out_curves) as tmp:
-        res.curves.to_csv(tmp, index=False)
+    write_csv(res.curves, out_curves)
 
 
 def sensitivity_runs(values: Sequence[float]) -> list[tuple[str, float, float]]:
@@ -346,7 +345,7 @@ def refineclip_sensitivity(
     """α/β sensitivity (paper Appendix B, Figs. 5-8): the method's adapter (variant, τ, lr)
     retrained for every (α, β) of :func:`sensitivity_runs`, accuracy curves per step; ``steps``
     0 = the method's own."""
-    from clipbias.io import atomic_path, read_json
+    from clipbias.io import read_json, write_csv
     from clipbias.methods.fewshot import resolve_tau
 
     limit_blas_threads(threads)
@@ -363,8 +362,7 @@ def refineclip_sensitivity(
         )
     tau = resolve_tau(params.get("tau"), feature_dir)
     table = sensitivity_table(inp, settings, tau, values, int(seed), device)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out)
     log.info("sensitivity: %d runs, targets %s", len(sensitivity_runs(values)), inp["targets"])
 
 

@@ -48,7 +48,7 @@ def run_notebook(
     import papermill
     from nbconvert import HTMLExporter
 
-    from clipbias.io import atomic_path
+    from clipbias.io import atomic_path, rehearsal_banner
 
     out_ipynb, out_html = Path(out_ipynb), Path(out_html)
     with tempfile.TemporaryDirectory(prefix="clipbias-kernel-") as kdir:
@@ -71,6 +71,11 @@ def run_notebook(
                 os.environ.pop("JUPYTER_PATH", None)
             else:
                 os.environ["JUPYTER_PATH"] = old
+        banner = rehearsal_banner(out_ipynb)
+        if banner:  # the first cell of a rehearsal's notebook says so
+            nb = nbformat.read(executed, as_version=4)
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {banner}"))
+            nbformat.write(nb, executed)
         with atomic_path(out_ipynb) as tmp:
             shutil.copyfile(executed, tmp)
     nb = nbformat.read(out_ipynb, as_version=4)
