@@ -907,7 +907,7 @@ def audit_random_control(
         extra = (
             ""
             if beaten is None
-            else f"; beats {100 * beaten:.0f} % of sets, p = {c['p_value']:.3g}"
+            else f"; beats {100 * beaten:.0f} % of sets, p {report.p_phrase(c['p_value'], c.get('n_sets'))}"
         )
         ax.axvline(c["v_selected"], color=LTC_COLOUR, lw=2.5,
                    label=f"selected heads: V = {c['v_selected']:.3f}{extra}")  # fmt: skip

@@ -314,6 +314,46 @@ def test_paired_table(fx):
     row = fx["paired"].query("method == 'ltc' and metric == 'worst_group_acc'").iloc[0]
     assert t.loc["LTC", "Δ Worst-group"].startswith(f"{100 * row['diff']:+.1f} [")
     assert "McNemar" in " ".join(t.columns)
+    # LTC beats zero-shot's worst group in every one of the 200 resamples: the two-sided
+    # bootstrap p is 0 in the file and "< 2/200" in the table
+    assert row["p_value"] == 0 and row["n_boot"] == 200
+    assert t.loc["LTC", "p (Worst-group, bootstrap)"] == "< 0.01"
+    assert not t.isin(["0", "0.0"]).any().any()
+
+
+def test_format_p():
+    assert report.format_p(0.0123456) == "0.0123"
+    assert report.format_p(0.05, 200, sides=2) == "0.05"
+    # a resampling p of 0 is below its first step: sides / n
+    assert report.format_p(0.0, 1000) == "< 0.001"
+    assert report.format_p(0.0, 1000, sides=2) == "< 0.002"
+    assert report.format_p(0, 200, sides=2) == "< 0.01"
+    # an exact test's 0 is an underflow; a file without its resample count says so
+    assert report.format_p(0.0) == "< 1e-300"
+    assert report.format_p(0.0, float("nan")) == "below the resolution of its resamples"
+    assert report.format_p(None) == report.format_p(float("nan")) == "n/a"
+    assert report.p_phrase(0.0, 1000) == "< 0.001" and report.p_phrase(0.25) == "= 0.25"
+
+
+def test_caption_names_split_units_and_intervals():
+    c = report.caption(
+        "main table", cell="planted / m (seed 42)", split="test", units="accuracy in %",
+        intervals=["bootstrap", "random_range"], notes=["p_paired", "One more."],
+    )  # fmt: skip
+    assert c.startswith("planted / m (seed 42): main table. Split: test. Units: accuracy in %. ")
+    assert report.INTERVALS["bootstrap"] in c and report.INTERVALS["random_range"] in c
+    assert "2.5-97.5 % range of its draws" in c
+    assert report.NOTES["p_paired"] in c and c.endswith("One more.")
+    with pytest.raises(ValueError, match="unknown interval kind"):
+        report.caption("x", intervals=["bootsrap"])
+
+
+def test_random_controls():
+    assert report.random_controls(["zero_shot", "ltc", "ltc_random"]) == ["ltc_random"]
+    # an aliased id is looked up by its registry name in methods.csv
+    methods = pd.DataFrame({"method": ["ltc", "my_draws"], "name": ["ltc", "ltc_random"]})
+    assert report.random_controls(["ltc", "my_draws"], methods) == ["my_draws"]
+    assert report.random_controls(["ltc", "my_draws"]) == []
 
 
 def test_seeds_table_and_scatter(fx, tmp_path):
