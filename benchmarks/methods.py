@@ -13,7 +13,7 @@ classes and four groups. Times, on the CPU with ``--threads`` BLAS threads:
 * ``evaluate_predictions`` with ``--boot`` stratified bootstrap resamples (one method);
 * ``locate_plus_correct``: the first two together (issue target: < 30 s for 10,000 rows).
 
-If a default run exists (``benchmarks/<experiment>/locate_ltc/...tsv`` written by
+If a default run exists (``logs/<experiment>/benchmarks/locate_ltc/...tsv`` written by
 Snakemake's ``benchmark:`` directive), its per-rule wall times are added. Writes
 ``benchmarks/results/methods.csv`` (columns metric,value,unit,device,notes). Usage::
 
@@ -96,10 +96,12 @@ def one_draw_at_a_time(heads, rest, layers, classifier, labels, groups, s, y, q,
     return draws_table(preds, sets, labels, groups)
 
 
-def snakemake_timings(experiment: str) -> list[dict]:
+def snakemake_timings(experiment: str, repo: Path = REPO) -> list[dict]:
+    """Wall times of a run's jobs from the rules' ``benchmark:`` files, which the workflow
+    writes to ``logs/<experiment>/benchmarks/<rule>/``."""
     rows = []
     for rule in ("locate_ltc", "predict", "evaluate", "textspan"):
-        for tsv in sorted((REPO / "benchmarks" / experiment / rule).rglob("*.tsv")):
+        for tsv in sorted((repo / "logs" / experiment / "benchmarks" / rule).rglob("*.tsv")):
             lines = tsv.read_text().splitlines()
             if len(lines) >= 2:
                 seconds = float(lines[1].split("\t")[0])
@@ -109,7 +111,7 @@ def snakemake_timings(experiment: str) -> list[dict]:
                         "value": round(seconds, 2),
                         "unit": "s",
                         "device": "cpu",
-                        "notes": f"whole job incl. Python start-up and Parquet reads ({tsv.relative_to(REPO)})",
+                        "notes": f"whole job incl. Python start-up and Parquet reads ({tsv.relative_to(repo)})",
                     }
                 )
     return rows

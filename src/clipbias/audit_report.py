@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from clipbias.io import read_csv, read_json
+from clipbias.report import format_p, p_phrase
 from clipbias.stages.audit import TABLE_KEYS
 
 #: CSV tables of every ``<attribute>/<variant>/`` folder (stages.audit.TABLE_KEYS + TextSpan).
@@ -103,8 +104,10 @@ def fmt_signed(x: Any, digits: int = 3, scale: float = 1.0) -> str:
     return f"{float(x) * scale:+.{digits}f}" if _finite(x) else "n/a"
 
 
-def fmt_p(x: Any) -> str:
-    return f"{float(x):.3g}" if _finite(x) else "n/a"
+def fmt_p(x: Any, n_draws: Any = None) -> str:
+    """A p-value, never "0" (:func:`clipbias.report.format_p`; ``n_draws``: the random sets
+    or resamples it was counted over, ``None`` for an exact test such as McNemar's)."""
+    return format_p(x, n_draws)
 
 
 def heads_str(heads: Sequence[str]) -> str:
@@ -201,7 +204,7 @@ def outcome_table(
             "Random sets beaten (%)": "-"
             if c is None or c.get("frac_beaten") is None
             else f"{100 * float(c['frac_beaten']):.1f}",
-            "Control p": "-" if c is None else fmt_p(c.get("p_value")),
+            "Control p": "-" if c is None else fmt_p(c.get("p_value"), c.get("n_sets")),
         }
         ref = published_reference(published, dataset, model_name, attr)
         if ref:
@@ -304,7 +307,7 @@ def control_table(audit: AuditResults) -> pd.DataFrame:
                     if c.get("frac_beaten") is None
                     else f"{100 * float(c['frac_beaten']):.1f}",
                     "Rank": "n/a" if c.get("rank") is None else str(c["rank"]),
-                    "p": fmt_p(c["p_value"]),
+                    "p": fmt_p(c["p_value"], c.get("n_sets")),
                     "ΔAcc selected (pp)": fmt_signed(c["delta_acc"], 2, 100.0),
                     "ΔAcc random mean (pp)": fmt_signed(c.get("delta_acc_mean"), 2, 100.0),
                 }
@@ -411,7 +414,7 @@ def headline_markdown(audit: AuditResults, variant: str = "split") -> str:
                 f"ablating {heads_str(h['heads'])} changes V from {h['v_before']:.3f} to "
                 f"{h['v_after']:.3f} (V(true class) = {h['v_true']:.3f}), accuracy by "
                 f"{100 * h['delta_acc']:+.2f} pp; a larger reduction than {beaten} "
-                f"(p = {fmt_p(h['p_value'])})."
+                f"(p {p_phrase(h['p_value'], h['n_sets'])})."
             )
     return "\n".join(lines)
 

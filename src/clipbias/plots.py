@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -177,6 +178,20 @@ def _mark_heads(ax, layers, s_ids, y_ids):
             )
 
 
+def _kappa_text(located: Mapping[str, Any] | None) -> str:
+    """The threshold sentence of the LTC heatmap (METHODS §4.5)."""
+    if not located or "n_active" not in located:
+        return ""
+    n_act = located.get("n_active")
+    if located.get("kappa") is None or not n_act:
+        return "No head won any sample: κ is undefined and S and Y are empty."
+    return (
+        f"κ = 1/n_active = 1/{n_act} = {located['kappa']:.3f} (n_active = heads that are the "
+        "top-1 head of at least one sample): S = heads with F_W − F_C > κ, Y = heads with "
+        "F_W − F_C < −κ"
+    )
+
+
 @_styled
 def head_heatmap(
     freq_df: pd.DataFrame,
@@ -189,26 +204,29 @@ def head_heatmap(
     title: str | None = None,
     annotate: bool | None = None,
 ) -> Figure:
-    """Layers x heads heatmaps of the LTC top-1 frequencies, located heads marked.
+    """Layers x heads heatmap of the LTC top-1 frequencies, located heads marked.
 
     ``freq_df``: ``ltc.json["frequencies"]`` as a frame (``layer, index, f_correct,
     f_wrong``; :func:`clipbias.report.frequency_frame`). ``located``: the ltc.json dict (or
     ``{"spurious": [...], "salient": [...]}``); S heads get a solid box and "S", Y heads a
-    dashed box and "Y". ``value="f_wrong-f_correct"`` draws F_W - F_C and F_C - F_W
-    (diverging colours centred at 0, common scale); ``value="frequencies"`` draws F_C and
-    F_W themselves. Cells are annotated with their value when there are <= 100 heads.
+    dashed box and "Y". ``value="f_wrong-f_correct"`` draws one panel, F_W − F_C (diverging
+    colours centred at 0; F_C − F_W is its negative), with the selection threshold ±κ drawn
+    on the colour bar and explained under the figure when ``located`` is an ltc.json dict;
+    ``value="frequencies"`` draws F_C and F_W side by side. Cells are annotated with their
+    value when there are <= 100 heads.
     """
     df = freq_df.copy()
     if "f_wrong-f_correct" not in df.columns:
         df["f_wrong-f_correct"] = df["f_wrong"] - df["f_correct"]
-        df["f_correct-f_wrong"] = -df["f_wrong-f_correct"]
+    kappa = (located or {}).get("kappa")
     if value == "f_wrong-f_correct":
-        panels = [
-            ("f_wrong-f_correct", "F_W − F_C (spurious direction)"),
-            ("f_correct-f_wrong", "F_C − F_W (salient direction)"),
-        ]
-        vmax = float(np.nanmax(np.abs(df["f_wrong-f_correct"]))) or 1.0
-        cmap, vmin, center, cbar_label = DIVERGING_CMAP, -vmax, 0.0, "frequency difference"
+        panels = [("f_wrong-f_correct", "F_W − F_C: S above +κ (red), Y below −κ (blue)")]
+        vmax = float(np.nanmax(np.abs(df["f_wrong-f_correct"])))
+        if kappa is not None:  # keep the threshold on the colour bar
+            vmax = max(vmax, 1.15 * float(kappa))
+        vmax = vmax or 1.0
+        cmap, vmin, center = DIVERGING_CMAP, -vmax, 0.0
+        cbar_label = "F_W − F_C"
     elif value == "frequencies":
         panels = [("f_correct", "F_C (correct samples)"), ("f_wrong", "F_W (wrong samples)")]
         vmax = float(np.nanmax(df[["f_correct", "f_wrong"]].to_numpy())) or 1.0
@@ -219,10 +237,10 @@ def head_heatmap(
     s_ids, y_ids = _head_sets(located)
     if annotate is None:
         annotate = len(layers) * n_heads <= 100
-    w = max(3.6, 0.5 * n_heads + 1.6)
+    w = max(4.6, 0.55 * n_heads + 2.4)
     h = max(2.8, 0.42 * len(layers) + 1.4)
-    fig = new_figure(2 * w + 0.6, h + 0.6, layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = new_figure(len(panels) * w + 0.6, h + 1.2, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (col, label) in zip(axes, panels, strict=True):
         mat = _head_matrix(df, layers, n_heads, col)
         with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad (mpl >= 3.10)
@@ -242,8 +260,14 @@ def head_heatmap(
                 square=False,
                 cbar_kws={"label": cbar_label, "shrink": 0.9},
             )
+        if col == "f_wrong-f_correct" and kappa is not None:
+            cbar = ax.collections[0].colorbar
+            for y, tag in ((kappa, "+κ"), (-kappa, "−κ")):
+                cbar.ax.axhline(y, color="black", lw=1.6, ls="--")
+                cbar.ax.text(-0.15, y, tag, transform=cbar.ax.get_yaxis_transform(),
+                             ha="right", va="center", fontsize=9, fontweight="bold")  # fmt: skip
         _mark_heads(ax, layers, s_ids, y_ids)
-        ax.set_title(label)
+        ax.set_title(label, fontsize=11)
         ax.set_xlabel("Head")
         ax.set_ylabel("Layer")
         ax.tick_params(axis="y", rotation=0)
@@ -251,10 +275,19 @@ def head_heatmap(
         Patch(fc="white", ec="black", lw=2, ls="-", label=f"S: spurious ({len(s_ids)})"),
         Patch(fc="white", ec="black", lw=2, ls="--", label=f"Y: salient ({len(y_ids)})"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
-    sub = ""
-    if located is not None and located.get("kappa") is not None:
-        sub = f"  (κ = {located['kappa']:.3f}, {located.get('n_active', '?')} active heads)"
+    if kappa is not None and value == "f_wrong-f_correct":
+        handles.append(Line2D([], [], color="black", ls="--", lw=1.6, label="±κ (colour bar)"))
+    note = _kappa_text(located)
+    if note and located is not None and located.get("locate_split"):
+        note = (
+            f"F_W, F_C = share of the wrong / correct samples of split "
+            f"'{located['locate_split']}' whose top-1 head is this head. " + note
+        )
+    chars = int(15 * len(panels) * w)  # about 15 characters of 9 pt per inch
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
+               title=textwrap.fill(note, chars) if note else None,
+               title_fontproperties={"size": 9})  # fmt: skip
+    sub = "" if kappa is None else f" (κ = {kappa:.3f})"
     fig.suptitle((title or "LTC head frequencies") + sub)
     save_figure(fig, out)
     return fig
@@ -630,7 +663,8 @@ def located_vs_ground_truth(
     located S heads in vermillion, Y heads in blue. The dashed line marks rank |S|;
     precision at |S| (share of S among the |S| top-ranked heads) is in the title.
     ``top_n`` limits the heads shown (default: all up to 48, else 40), always keeping every
-    located head."""
+    located head. A second title line says in words whether S holds the top ground-truth
+    head, misses it, or is empty (LTC selected nothing)."""
     gt = ground_truth_df.sort_values("rank").reset_index(drop=True)
     s_ids, y_ids = _head_sets(ltc_json)
     if top_n is None:
@@ -685,7 +719,13 @@ def located_vs_ground_truth(
         handles.append(Line2D([], [], color="black", ls="--", label="rank |S|"))
     ax.legend(handles=handles, loc="best", fontsize=9)
     p = "n/a" if not k else f"{round(prec * k)}/{k} = {prec:.2f}"
-    ax.set_title(title or f"Located heads vs planted ground truth (precision@|S| {p})")
+    top1 = str(gt["head_id"].iloc[0]) if len(gt) else "(none)"
+    if not k:
+        verdict = f"LTC selected no spurious head (S is empty); the top ground-truth head is {top1}"
+    else:
+        verdict = f"S {'holds' if top1 in s_ids else 'misses'} the top ground-truth head {top1}"
+    head = title or f"Located heads vs planted ground truth (precision@|S| {p})"
+    ax.set_title(f"{head}\n{verdict}")
     save_figure(fig, out)
     return fig
 
@@ -907,7 +947,7 @@ def audit_random_control(
         extra = (
             ""
             if beaten is None
-            else f"; beats {100 * beaten:.0f} % of sets, p = {c['p_value']:.3g}"
+            else f"; beats {100 * beaten:.0f} % of sets, p {report.p_phrase(c['p_value'], c.get('n_sets'))}"
         )
         ax.axvline(c["v_selected"], color=LTC_COLOUR, lw=2.5,
                    label=f"selected heads: V = {c['v_selected']:.3f}{extra}")  # fmt: skip

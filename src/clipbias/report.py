@@ -102,6 +102,117 @@ def format_ci(value: float, low: float, high: float, digits: int = 1, scale: flo
     return f"{v} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
 
 
+def format_p(p: Any, n_resamples: Any = None, sides: int = 1, digits: int = 3) -> str:
+    """A p-value for a table, never "0".
+
+    ``n_resamples``: the number of bootstrap resamples or permutation/random draws the p-value
+    was counted over (``None``: an exact test). Such a p-value moves in steps of
+    ``sides / n_resamples`` (a two-sided bootstrap p = 2 min(P(d* <= 0), P(d* >= 0)) has
+    ``sides=2``), so 0 means "below the first step" and prints as ``"< 0.002"`` (1,000
+    resamples, two-sided). An exact test's 0 is a floating-point underflow: ``"< 1e-300"``.
+    Missing values print ``"n/a"``.
+    """
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not np.isfinite(p):
+        return "n/a"
+    if p > 0:
+        return f"{p:.{digits}g}"
+    if n_resamples is None:
+        return "< 1e-300"
+    try:
+        n = float(n_resamples)
+    except (TypeError, ValueError):
+        n = float("nan")
+    if not (np.isfinite(n) and n > 0):  # a table written without its resample count
+        return "below the resolution of its resamples"
+    return f"< {sides / n:.{digits}g}"
+
+
+def p_phrase(p: Any, n_resamples: Any = None, sides: int = 1) -> str:
+    """:func:`format_p` to follow a "p" in a sentence: ``"= 0.01"`` or ``"< 0.002"``."""
+    text = format_p(p, n_resamples, sides)
+    return text if text.startswith("<") else f"= {text}"
+
+
+#: What the brackets and ranges of a table mean; :func:`caption` joins the chosen ones.
+INTERVALS: dict[str, str] = {
+    "bootstrap": "[ ] = 95 % stratified bootstrap interval (percentile; images resampled "
+    "within their group)",
+    "paired": "[ ] of a Δ = 95 % paired bootstrap interval of the difference (both methods "
+    "on the same resampled images, resampled within their group)",
+    "paired_v": "ΔV [ ] = 95 % paired bootstrap interval (V before and after on the same "
+    "resampled images, resampled within class × attribute value)",
+    "random_range": "LTC-random shows the mean of its draws, and its brackets are the "
+    "2.5-97.5 % range of its draws (not an interval of the mean)",
+    "random_draws": "Random 5-95 % = the 5th to 95th percentile of the random draws; "
+    "p = (1 + draws at least as good) / (draws + 1)",
+    "random_sets": "ΔV random 5-95 % = the 5th to 95th percentile over random head sets with "
+    "as many heads in each layer as the selected set; p = (1 + sets lowering V at least as "
+    "much) / (sets + 1)",
+    "sd_seeds": "± = sd over seeds",
+    "range_seeds": "[ ] after a mean = min, max over seeds",
+    "t_seeds": "the [ ] of a Δ over seeds = t-based 95 % interval of the mean gain over seeds",
+    "none": "No intervals (point values)",
+}
+#: Standard notes of captions (:func:`caption` ``notes`` may name them by key).
+NOTES: dict[str, str] = {
+    "p_paired": "p: McNemar's exact test for the average accuracy, the two-sided "
+    "paired-bootstrap p for the worst group; '< x' = below the resolution 2/n_boot of its "
+    "resamples",
+    "p_mcnemar": "p: McNemar's exact test of the average accuracy on the same images",
+    "published": "Published / Paper columns: the papers' numbers as printed, with the "
+    "papers' own models and runs (not this experiment's)",
+}
+
+
+def random_controls(methods: Sequence[str], methods_df: pd.DataFrame | None = None) -> list[str]:
+    """The ids among ``methods`` that are random controls (registry ``control_of``; an id's
+    registry name from ``methods.csv`` when given, else the id itself)."""
+    names: dict[str, str] = {}
+    if methods_df is not None and len(methods_df) and {"method", "name"} <= set(methods_df):
+        names = dict(zip(methods_df["method"], methods_df["name"], strict=True))
+    out = []
+    for m in dict.fromkeys(methods):
+        spec = registry.METHODS.get(str(names.get(m, m)))
+        if spec is not None and spec.control_of:
+            out.append(m)
+    return out
+
+
+def caption(
+    title: str,
+    *,
+    cell: str | None = None,
+    split: str | None = None,
+    units: str | None = None,
+    intervals: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """One table caption that says what the numbers are: ``"{cell}: {title}. Split: test.
+    Units: accuracy in %. [ ] = 95 % stratified bootstrap interval (...). {notes}."``
+
+    ``split``: the split the numbers come from (free text such as ``"test (effects), val
+    (selection)"`` allowed); ``units``: e.g. ``"accuracy in %"``; ``intervals``: keys of
+    :data:`INTERVALS` (unknown keys are an error, so a caption never names an interval kind
+    that is not defined); ``notes``: more sentences, or keys of :data:`NOTES`. The report
+    notebooks pass every table's caption through here, so split, units and intervals are
+    said alike everywhere."""
+    bad = [k for k in intervals if k not in INTERVALS]
+    if bad:
+        raise ValueError(f"unknown interval kind(s) {bad}; known: {sorted(INTERVALS)}")
+    parts = [f"{cell}: {title}" if cell else title]
+    if split:
+        parts.append(f"Split: {split}")
+    if units:
+        parts.append(f"Units: {units}")
+    parts += [INTERVALS[k] for k in dict.fromkeys(intervals)]
+    parts += [NOTES.get(n, n) for n in notes if n]
+    return " ".join(p.rstrip(".") + "." for p in parts)
+
+
 def method_label(method: str, labels: Mapping[str, str] | None = None) -> str:
     """Display name of a method id (registry label; ids of aliased methods as they are)."""
     labels = METHOD_LABELS if labels is None else labels
@@ -363,7 +474,7 @@ def random_summary_table(summary_df: pd.DataFrame, digits: int = 1) -> pd.DataFr
                 "Random mean ± sd": f"{100 * r['mean']:.{digits}f} ± {100 * r['sd']:.{digits}f}",
                 "Random 5-95 %": f"[{100 * r['p05']:.{digits}f}, {100 * r['p95']:.{digits}f}]",
                 "Percentile": f"{r['percentile']:.1f}",
-                "p-value": f"{r['p_value']:.3g}",
+                "p-value": format_p(r["p_value"], r["n_draws"]),
                 "Draws": str(int(r["n_draws"])),
             }
         )
@@ -387,8 +498,10 @@ def paired_table(paired_df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
             r = sub.loc[k]
             d = format_ci(float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), digits)
             row[f"Δ {METRIC_LABELS[k]}"] = d if d.startswith("-") else f"+{d}"
-            test = "McNemar" if r["test"] == "mcnemar_exact" else "bootstrap"
-            row[f"p ({METRIC_LABELS[k]}, {test})"] = f"{float(r['p_value']):.3g}"
+            exact = r["test"] == "mcnemar_exact"
+            test = "McNemar" if exact else "bootstrap"
+            n_boot = None if exact else r.get("n_boot", float("nan"))
+            row[f"p ({METRIC_LABELS[k]}, {test})"] = format_p(r["p_value"], n_boot, sides=2)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -799,7 +912,7 @@ def refineclip_main_table(
             d = format_ci(float(r["diff"]), float(r["ci_low"]), float(r["ci_high"]), digits)
             row[d_col] = d if d.startswith("-") else f"+{d}"
         if paired is not None and (m, "avg_acc") in paired.index:
-            row[p_col] = f"{float(paired.loc[(m, 'avg_acc'), 'p_value']):.3g}"
+            row[p_col] = format_p(paired.loc[(m, "avg_acc"), "p_value"])
         if table is not None:
             key = paper_method_key(m, info, table[1])
             row["Paper Avg."] = _paper_cell(ref, key, "avg_group_acc", digits)
@@ -1022,7 +1135,7 @@ def locator_scores_table(scores: pd.DataFrame) -> pd.DataFrame:
                 "Has top-1": f"{'yes' if bool(r['contains_top1']) else 'no'} ({r['top1_head']})",
                 "Spearman": "n/a"
                 if not np.isfinite(r["spearman"])
-                else f"{r['spearman']:.2f} (p={r['spearman_p']:.2g}, n={int(r['n_scored'])})",
+                else f"{r['spearman']:.2f} (p {p_phrase(r['spearman_p'])}, n={int(r['n_scored'])})",
             }
         )
     return pd.DataFrame(rows)

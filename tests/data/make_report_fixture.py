@@ -138,9 +138,10 @@ def ltc_json(rng, variant, planted_s, planted_y):
     w_c[[0, 1, 4]] = 0.0  # a few inactive heads, as in real runs
     w_w[[0, 1]] = 0.0
     n_correct, n_wrong = 812, 231
-    f_c = np.round(w_c / w_c.sum() * n_correct) / n_correct
-    f_w = np.round(w_w / w_w.sum() * n_wrong) / n_wrong
-    s_ids, y_ids, kappa, n_act = contrastive_selection(f_c, f_w)
+    c = np.round(w_c / w_c.sum() * n_correct).astype(np.int64)  # winner counts per head
+    w = np.round(w_w / w_w.sum() * n_wrong).astype(np.int64)
+    f_c, f_w = c / n_correct, w / n_wrong
+    s_ids, y_ids, kappa, n_act = contrastive_selection(c, w)
     d = f_w - f_c
 
     def entry(i, score):
@@ -513,7 +514,7 @@ def refineclip_fixture() -> None:
                 ignore_index=True,
             )  # fmt: skip
             write_csv(paired, metrics_dir / f"seed-{seed}" / "paired.csv")
-    summarize_seeds(files, metrics_dir / "summary_over_seeds.csv")
+    summarize_seeds(files, metrics_dir / "summary_over_seeds.csv", "test")
 
 
 README = """# Report fixture (generated, do not edit)
@@ -593,7 +594,9 @@ def main() -> None:
         )
         write_csv(paired, metrics_dir / "paired.csv")
         write_csv(methods_table(), metrics_dir / "methods.csv")
-    summarize_seeds(metric_files, OUT / "metrics" / DATASET / MODEL / "summary_over_seeds.csv")
+    summarize_seeds(
+        metric_files, OUT / "metrics" / DATASET / MODEL / "summary_over_seeds.csv", "test"
+    )
 
     truth = pd.concat(
         [

@@ -14,6 +14,9 @@ import pytest
 from conftest import REPO, tool
 from workflow_helpers import FIGURES, NOTEBOOKS, TABLES
 
+from clipbias import report
+from clipbias.io import read_csv
+
 FX = "tests/data/report_fixture/"
 # parameters of each rule that name input files (their defaults must be in the fixture)
 INPUT_PARAMS = {
@@ -50,6 +53,24 @@ RULE_PARAMS = {
     "report_audit": [],
     "report_refineclip": [],
 }
+
+
+def _is_p_column(col: str) -> bool:
+    return col in ("p", "p-value") or col.startswith("p (") or col.endswith(" p")
+
+
+def assert_self_explaining(stem):
+    """A table's caption (the CSV's ``# `` lines, the paragraph above the Markdown table)
+    names its split, its units and what its brackets are; no p-value prints as 0."""
+    lines = stem.with_suffix(".csv").read_text().splitlines()
+    caption = " ".join(line[2:] for line in lines if line.startswith("# "))
+    assert "Split: " in caption and "Units: " in caption, (stem.name, caption)
+    assert any(kind in caption for kind in report.INTERVALS.values()), (stem.name, caption)
+    assert stem.with_suffix(".md").read_text().startswith(caption + "\n\n"), stem.name
+    table = read_csv(stem.with_suffix(".csv"), dtype=str)
+    for col in filter(_is_p_column, table.columns):
+        values = set(table[col].dropna().str.strip())
+        assert not values & {"0", "0.0", "0.00", "0.000"}, (stem.name, col, values)
 
 
 def _parameters(name):
@@ -115,6 +136,8 @@ def test_notebook_runs_under_papermill(name, tmp_path):
     produced = {p.stem for p in fig_dir.iterdir()}
     assert produced == set(FIGURES[name])
     assert {p.stem for p in table_dir.iterdir()} == set(TABLES[name])
+    for stem in TABLES[name]:
+        assert_self_explaining(table_dir / stem)
 
     executed = nbformat.read(out_nb, as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]

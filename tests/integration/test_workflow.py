@@ -43,10 +43,32 @@ def _dry_run(workdir, *args: str) -> str:
     return out
 
 
+def readme_job_counts() -> dict[str, int]:
+    """The "jobs" column of README.md's table of configs: config file name -> jobs."""
+    counts, header = {}, None
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            header = None
+        elif header is None:
+            header = cells
+        elif "jobs" in header and cells[0].split()[:1] and cells[0].split()[0].endswith(".yaml`"):
+            counts[cells[0].split()[0].strip("`")] = int(cells[header.index("jobs")])
+    return counts
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: p.stem)
 def test_dry_run_every_shipped_config(cfg, clean_copy):
     out = _dry_run(clean_copy, "--configfile", str(cfg.relative_to(REPO)))
     assert "extract_features" in out and "evaluate" in out, out
+    # README's table of configs states the jobs of a fresh checkout: one number, checked here
+    readme = readme_job_counts()
+    assert cfg.name in readme, f"README.md's table of configs has no row for {cfg.name}"
+    total = _job_counts(out)["total"]
+    assert readme[cfg.name] == total, (
+        f"README.md says {cfg.name} plans {readme[cfg.name]} jobs; snakemake -n plans {total}: "
+        "update the jobs column"
+    )
 
 
 def _job_counts(out: str) -> dict[str, int]:

@@ -486,6 +486,8 @@ def test_evaluate_writes_metrics_paired_and_random_tables(store, tmp_path):
     assert set(p["metric"]) == {"worst_group_acc", "avg_acc"}
     assert list(p.columns[:4]) == ["method", "baseline", "split", "metric"]
     assert {"diff", "ci_low", "ci_high", "p_value"} <= set(p.columns)
+    # the resamples behind each interval and bootstrap p (its resolution is 2 / n_boot)
+    assert (p["n_boot"] == 200).all()
     row = p[(p["method"] == "ltc") & (p["metric"] == "avg_acc")].iloc[0]
     zs = m[(m["method"] == "zero_shot") & (m["metric"] == "avg_acc")]["value"].iloc[0]
     lt = m[(m["method"] == "ltc") & (m["metric"] == "avg_acc")]["value"].iloc[0]

@@ -63,19 +63,46 @@ def assert_written(fig, stem):
 # ------------------------------------------------------------------------------- figures
 
 
-@pytest.mark.parametrize("value", ["f_wrong-f_correct", "frequencies"])
-def test_head_heatmap(fx, tmp_path, value):
+@pytest.mark.parametrize("value, panels", [("f_wrong-f_correct", 1), ("frequencies", 2)])
+def test_head_heatmap(fx, tmp_path, value, panels):
     ltc = fx["ltc"]
     out = tmp_path / f"heat_{value}"
     fig = plots.head_heatmap(
         report.frequency_frame(ltc), ltc["layers"], ltc["n_heads"], ltc, value, out=out
     )
     assert_written(fig, out)
-    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) >= 2
+    # F_C - F_W is the exact negative of F_W - F_C: one panel; F_C and F_W: two
+    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == panels
     # S and Y marks are drawn as text in the cells
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
-    assert texts.count("S") == 2 * len(ltc["spurious"])
-    assert texts.count("Y") == 2 * len(ltc["salient"])
+    assert texts.count("S") == panels * len(ltc["spurious"])
+    assert texts.count("Y") == panels * len(ltc["salient"])
+
+
+def test_head_heatmap_draws_and_explains_the_threshold(fx, tmp_path):
+    """The fixture: 14 active heads, so κ = 1/14; S heads lie above +κ, Y heads below −κ,
+    and both thresholds are lines on the colour bar."""
+    ltc = fx["ltc"]
+    assert ltc["n_active"] == 14 and ltc["kappa"] == pytest.approx(1 / 14)
+    fig = plots.head_heatmap(
+        report.frequency_frame(ltc), ltc["layers"], ltc["n_heads"], ltc, out=tmp_path / "h"
+    )
+    (cbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    levels = sorted(line.get_ydata()[0] for line in cbar.get_lines())
+    assert levels == pytest.approx([-1 / 14, 1 / 14])
+    assert {t.get_text() for t in cbar.texts} == {"+κ", "−κ"}
+    note = fig.legends[0].get_title().get_text().replace("\n", " ")
+    assert "κ = 1/n_active = 1/14 = 0.071" in note and "split 'val'" in note
+    assert "(κ = 0.071)" in fig.get_suptitle()
+    # the threshold stays on the colour bar when every |F_W - F_C| is below it
+    flat = report.frequency_frame(ltc).assign(f_wrong=0.0, f_correct=0.01)
+    fig = plots.head_heatmap(flat, ltc["layers"], 4, ltc, out=tmp_path / "flat")
+    (cbar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert cbar.get_ylim()[1] > 1 / 14
+    # no active head: κ is undefined and the figure says so
+    none = dict(ltc, kappa=None, n_active=0, spurious=[], salient=[])
+    fig = plots.head_heatmap(flat, ltc["layers"], 4, none, out=tmp_path / "none")
+    assert "κ is undefined" in fig.legends[0].get_title().get_text().replace("\n", " ")
 
 
 def test_head_heatmap_accepts_plain_head_lists_and_rejects_bad_value(fx, tmp_path):
@@ -169,8 +196,22 @@ def test_located_vs_ground_truth(fx, tmp_path):
     assert_written(fig, out)
     ax = fig.axes[0]
     assert "precision@|S| 2/2 = 1.00" in ax.get_title()
+    assert "S holds the top ground-truth head L3H1" in ax.get_title()
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks == fx["gt"].sort_values("rank")["head_id"].tolist()
+
+
+def test_located_vs_ground_truth_says_when_the_locator_misses_or_selects_nothing(fx, tmp_path):
+    """The fixture's top ground-truth head is L3H1; S = [L2H0] misses it, S = [] is empty."""
+    assert fx["gt"].sort_values("rank")["head_id"].iloc[0] == "L3H1"
+    ltc = fx["ltc"]
+    miss = dict(ltc, spurious=[x for x in ltc["spurious"] if x["head"] == "L2H0"])
+    title = plots.located_vs_ground_truth(fx["gt"], miss, tmp_path / "m").axes[0].get_title()
+    assert "precision@|S| 0/1 = 0.00" in title
+    assert "S misses the top ground-truth head L3H1" in title
+    empty = dict(ltc, spurious=[])
+    title = plots.located_vs_ground_truth(fx["gt"], empty, tmp_path / "e").axes[0].get_title()
+    assert "LTC selected no spurious head (S is empty)" in title and "L3H1" in title
 
 
 # ------------------------------------------------------------------------------- tables
@@ -314,6 +355,46 @@ def test_paired_table(fx):
     row = fx["paired"].query("method == 'ltc' and metric == 'worst_group_acc'").iloc[0]
     assert t.loc["LTC", "Δ Worst-group"].startswith(f"{100 * row['diff']:+.1f} [")
     assert "McNemar" in " ".join(t.columns)
+    # LTC beats zero-shot's worst group in every one of the 200 resamples: the two-sided
+    # bootstrap p is 0 in the file and "< 2/200" in the table
+    assert row["p_value"] == 0 and row["n_boot"] == 200
+    assert t.loc["LTC", "p (Worst-group, bootstrap)"] == "< 0.01"
+    assert not t.isin(["0", "0.0"]).any().any()
+
+
+def test_format_p():
+    assert report.format_p(0.0123456) == "0.0123"
+    assert report.format_p(0.05, 200, sides=2) == "0.05"
+    # a resampling p of 0 is below its first step: sides / n
+    assert report.format_p(0.0, 1000) == "< 0.001"
+    assert report.format_p(0.0, 1000, sides=2) == "< 0.002"
+    assert report.format_p(0, 200, sides=2) == "< 0.01"
+    # an exact test's 0 is an underflow; a file without its resample count says so
+    assert report.format_p(0.0) == "< 1e-300"
+    assert report.format_p(0.0, float("nan")) == "below the resolution of its resamples"
+    assert report.format_p(None) == report.format_p(float("nan")) == "n/a"
+    assert report.p_phrase(0.0, 1000) == "< 0.001" and report.p_phrase(0.25) == "= 0.25"
+
+
+def test_caption_names_split_units_and_intervals():
+    c = report.caption(
+        "main table", cell="planted / m (seed 42)", split="test", units="accuracy in %",
+        intervals=["bootstrap", "random_range"], notes=["p_paired", "One more."],
+    )  # fmt: skip
+    assert c.startswith("planted / m (seed 42): main table. Split: test. Units: accuracy in %. ")
+    assert report.INTERVALS["bootstrap"] in c and report.INTERVALS["random_range"] in c
+    assert "2.5-97.5 % range of its draws" in c
+    assert report.NOTES["p_paired"] in c and c.endswith("One more.")
+    with pytest.raises(ValueError, match="unknown interval kind"):
+        report.caption("x", intervals=["bootsrap"])
+
+
+def test_random_controls():
+    assert report.random_controls(["zero_shot", "ltc", "ltc_random"]) == ["ltc_random"]
+    # an aliased id is looked up by its registry name in methods.csv
+    methods = pd.DataFrame({"method": ["ltc", "my_draws"], "name": ["ltc", "ltc_random"]})
+    assert report.random_controls(["ltc", "my_draws"], methods) == ["my_draws"]
+    assert report.random_controls(["ltc", "my_draws"]) == []
 
 
 def test_seeds_table_and_scatter(fx, tmp_path):

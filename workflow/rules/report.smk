@@ -100,6 +100,7 @@ rule report_seeds:
         runtime=20,
     params:
         seed_metrics=seed_metrics,
+        split=test_split,
     script:
         "../scripts/report_notebook.py"
 

@@ -34,6 +34,7 @@ PAIRED_COLUMNS = [
     "p_value",
     "test",
     "n",
+    "n_boot",
 ]
 
 
@@ -58,7 +59,8 @@ def paired_rows(
     ``diff`` = value − baseline value with a paired, group-stratified bootstrap 95 % interval
     (METHODS §7.2). ``p_value``: McNemar's exact test for the average accuracy; for the
     worst-group accuracy (a minimum over groups, not a per-sample statistic) the two-sided
-    paired-bootstrap p-value (``test`` says which).
+    paired-bootstrap p-value (``test`` says which), which moves in steps of 2 / ``n_boot``
+    (the column ``n_boot``, so a report can print a 0 as "< 2/n_boot").
     """
     import pandas as pd
 
@@ -87,6 +89,7 @@ def paired_rows(
                 "p_value": float(mc["pvalue"] if mcnemar else r["p_boot"]),
                 "test": "mcnemar_exact" if mcnemar else "paired_bootstrap",
                 "n": len(labels),
+                "n_boot": int(n_boot),
             }
         )
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
