@@ -75,3 +75,16 @@ def test_the_package_has_no_import_cycle():
     assert {"clipbias.methods.api", "clipbias.methods.ltc", "clipbias.models"} <= set(graph)
     assert "clipbias.methods.insight" in graph["clipbias.methods.api"]  # the graph sees imports
     assert cycles(graph) == []
+
+
+def test_test_module_basenames_are_unique():
+    """pytest imports test files by basename (no packages under tests/): two files of one
+    name abort collection of the whole suite (CI failed on tests/unit/test_rehearsal.py
+    beside tests/integration/test_rehearsal.py)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(REPO)} and {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "test files share a basename: " + "; ".join(clashes)
