@@ -220,12 +220,14 @@ def test_parquet_index(copy, tmp_path):
 
 def test_example_config_is_the_one_in_the_docs():
     """docs/OWN_DATA.md shows the experiment file that its command
-    ``python -m clipbias.data.example_folder my_images --checkpoint my_images/tiny.safetensors``
-    writes (the block sits in a list item: indented)."""
+    ``python -m clipbias.data.example_folder my_images`` writes (the block sits in a list
+    item: indented)."""
     import textwrap
 
+    from clipbias.data.example_folder import TRAINED
+
     text = (REPO / "docs/OWN_DATA.md").read_text()
-    assert "example_folder my_images --checkpoint my_images/tiny.safetensors" in text
+    assert "example_folder my_images\n" in text and f"snakemake -c2 {TRAINED}\n" in text
     block = re.search(r"```yaml\n( *experiment: my_images\n.*?) *```", text, re.S).group(1)
     shown = yaml.safe_load(textwrap.dedent(block))
-    assert shown == example_config("my_images", "my_images/tiny.safetensors")
+    assert shown == example_config("my_images", TRAINED)
