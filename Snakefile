@@ -1,9 +1,18 @@
 # clipbias: locate and correct bias carried by attention heads of CLIP vision transformers.
 # Thin entry point: configuration, validation and the rule files of every stage. An
 # experiment is a grid (models x datasets x seeds); every configured method runs on each cell.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# A YAML error in the workflow's own config names its file and line (Snakemake's does not).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from clipbias.config_check import check_yaml_file
+
+check_yaml_file("config/config.yaml", "the workflow's configfile")
 
 
 configfile: "config/config.yaml"

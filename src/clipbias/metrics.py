@@ -671,9 +671,15 @@ def protected_v_rows(
     ``group_name`` holds the attribute's name; samples with ``attr < 0`` are left out. V is
     biased upwards in small samples (and V(true) is fixed under the stratified resampling),
     so with few images and a small V the percentile interval can lie above the estimate;
-    V is NaN when every image gets the same prediction."""
+    V is NaN when every image gets the same prediction; ``note`` then says so (the table's
+    completeness check counts a NaN with a note as reported)."""
     d = delta_v_bootstrap(labels, pred, labels, attr, n_boot=n_boot, seed=seed)
-    base = {"method": method, "split": split, "group_name": attribute, "n": int(d["n"])}
+    known = np.asarray(attr) >= 0
+    note = ""
+    if np.unique(np.asarray(pred)[known]).size < 2:
+        note = "V undefined: the method predicts the same class for every image"
+    base = {"method": method, "split": split, "group_name": attribute, "n": int(d["n"]),
+            "note": note}  # fmt: skip
     nan = float("nan")
     return [
         {**base, "metric": "protected_v", "value": float(d["v_after"]), "ci_low": nan,

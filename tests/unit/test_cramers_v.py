@@ -203,6 +203,21 @@ def test_protected_v_rows_by_hand():
     assert rows2[0]["n"] == 96 and np.isnan(rows2[1]["ci_low"])
 
 
+def test_protected_v_of_a_constant_prediction_is_nan_with_a_note():
+    """V(pred, attr) of a method that predicts one class for every image is 0 / 0 (one row
+    of the contingency table): NaN, and the rows say why, so the table-completeness check
+    counts the metric as reported (found on a folder dataset with a weakly trained model)."""
+    from clipbias.metrics import protected_v_rows
+
+    labels = np.array([0, 0, 1, 1] * 10)
+    attr = np.array([0, 1, 0, 1] * 10)
+    rows = protected_v_rows("m", "test", np.zeros(40, int), labels, attr, "colour", n_boot=20)
+    assert all(np.isnan(r["value"]) for r in rows)
+    assert all("same class" in r["note"] for r in rows)
+    fine = protected_v_rows("m", "test", labels.copy(), labels, attr, "colour", n_boot=20)
+    assert [r["note"] for r in fine] == ["", ""]
+
+
 @pytest.mark.parametrize("bias_correction", [False, True])
 def test_batched_v_equals_scipy_per_table(bias_correction):
     """cramers_v_batch (numpy, all tables at once) == cramers_v_counts (scipy χ², one table at

@@ -721,3 +721,35 @@ def test_method_modules_do_not_import_scipy_stats():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
+
+
+def test_a_torch_method_runs_on_the_threads_the_stage_gets(store, tmp_path):
+    """Rule predict_torch asks for 2 threads; Snakemake caps them at --cores and passes the
+    result as ``threads``. The predict stage pins BLAS threads first and the method imports
+    torch later: torch must still run on ``threads``, not on every core of the node
+    (threadpoolctl limits only the libraries already loaded). Run in a fresh interpreter,
+    as a rule script is, with no thread variables set."""
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: torch's default is already 1 thread")
+    root, _ = store
+    code = (
+        "import sys\n"
+        "from clipbias.methods import registry\n"
+        "from clipbias.stages import predict\n"
+        f"root = {str(root)!r}\n"
+        "params = registry.get('prism').resolve_params({'n_quadruples': 10})\n"
+        "predict.predict('prism', params, root, root + '/dataset.json',\n"
+        f"    {str(tmp_path / 'prism.parquet')!r}, 'val', 'test', seed=3,\n"
+        "    texts=root + '/texts.parquet', texts_yaml=root + '/texts.yaml', threads=1)\n"
+        "import torch\n"
+        "print('torch' in sys.modules, torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(REPO / "src")  # this checkout's package
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-2:] == ["True", "1"], res.stdout

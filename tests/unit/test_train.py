@@ -60,6 +60,9 @@ def test_train_one_epoch_and_load(setup):
     assert 0 < rec["cpu_seconds"]  # CPU time of all threads (steadier than wall time)
     assert rec["seed"] == 5 and rec["device"] == "cpu" and rec["n_images"] == 256
     assert rec["config"]["model_name"] == NAME
+    # trained on the threads it was given (rule train_small_clip passes Snakemake's capped
+    # threads), not torch's default of every core
+    assert rec["num_threads"] == 1
 
     model = open_clip.create_model(NAME, pretrained=str(ckpt))
     saved = load_file(str(ckpt))

@@ -9,7 +9,9 @@ from snakemake.utils import validate
 # The package's pure-Python parts (version, method registry) are read by the workflow itself.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from clipbias import __version__ as CODE_VERSION  # noqa: E402
+from clipbias import config_check  # noqa: E402
 from clipbias import rehearsal  # noqa: E402
+from clipbias.data.folder import FolderDatasetError  # noqa: E402
 from clipbias.methods import registry  # noqa: E402
 from clipbias.methods.audit.params import TEXT_KEYS as _AUDIT_TEXT_KEYS  # noqa: E402
 
@@ -29,6 +31,27 @@ if _SYNTH_ON_REAL:
     raise ValueError(
         f"config datasets: {_SYNTH_ON_REAL} have synth settings but are not kind planted"
     )
+_FOLDER_ON_OTHER = [
+    d.get("name")
+    for d in config.get("datasets", [])
+    if isinstance(d, dict) and d.get("folder") and d.get("kind", "registry") != "folder"
+]
+if _FOLDER_ON_OTHER:
+    raise ValueError(
+        f"config datasets: {_FOLDER_ON_OTHER} have folder settings; set kind: folder on them"
+    )
+# Config-time checks (clipbias.config_check) stop with a few lines naming the key or file;
+# a ConfigError is re-raised here without its traceback, which Snakemake would print too.
+try:
+    # an overlay given before a file that overrides its keys (later --configfile files win)
+    config_check.check_overlay_order(workflow.config_settings.configfiles)
+    # schema errors as key, value and allowed values; then Snakemake's validation fills the
+    # defaults
+    config_check.check_schema(
+        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+    )
+except config_check.ConfigError as err:
+    raise err.with_traceback(None) from None
 validate(config, schema="../schemas/config.schema.yaml")
 
 # A dress rehearsal (config/overlays/rehearsal.yaml, clipbias.rehearsal): random weights of
@@ -79,19 +102,27 @@ DATASETS = _unique(config["datasets"], lambda d: d["name"], "datasets")
 METHODS = registry.configured(config["methods"])
 
 
-def _derived_datasets(path):
-    """{derived dataset: its components} of the dataset registry (clipbias.data.registry,
-    which also validates it: a broken registry stops the run here, before any job)."""
+def _registry_entries(path):
+    """The dataset registry (clipbias.data.registry, which also validates it: a broken
+    registry stops the run here, before any job)."""
     from clipbias.data.registry import RegistryError, load_registry
 
     try:
-        entries = load_registry(path)
+        return load_registry(path)
     except (OSError, RegistryError) as err:
         raise ValueError(f"config dataset_registry: {err}") from None
-    return {n: e.components for n, e in entries.items() if e.derived}
 
 
-DERIVED = _derived_datasets(config["dataset_registry"])
+_REGISTRY = _registry_entries(config["dataset_registry"])
+# A misspelt name stops here, not in its download job after the weights were fetched.
+try:
+    config_check.check_registry_names(
+        config["datasets"], list(_REGISTRY), config["dataset_registry"]
+    )
+except config_check.ConfigError as err:
+    raise err.with_traceback(None) from None
+# {derived dataset: its components}
+DERIVED = {n: e.components for n, e in _REGISTRY.items() if e.derived}
 # matches no name when the registry derives nothing
 DERIVED_PATTERN = "|".join(DERIVED) or "(?!x)x"
 
@@ -107,6 +138,11 @@ def derived_components(wildcards):
 
 def is_planted(dataset):
     return DATASETS[dataset]["kind"] == "planted"
+
+
+def is_folder(dataset):
+    """Your own images (kind folder): a local folder and an index table (docs/OWN_DATA.md)."""
+    return DATASETS[dataset]["kind"] == "folder"
 
 
 def is_trained(model):
@@ -194,10 +230,12 @@ def _check_edit_shots():
 
 def _check_method_classes():
     """Methods with a class limit (e.g. FairerCLIP: two classes) refuse, before any job
-    runs, a planted dataset with more classes (a registry dataset's class count is known
-    only once its index is built; the method then refuses at run time)."""
+    runs, a planted or folder dataset with more classes (a registry dataset's class count is
+    known only once its index is built; the method then refuses at run time)."""
     for name, d in DATASETS.items():
         classes = (d.get("synth") or {}).get("classes") if is_planted(name) else None
+        if is_folder(name):
+            classes = FOLDERS[name].classes
         if classes:
             try:
                 registry.check_classes(METHODS, name, len(classes), cell_methods(name))
@@ -205,11 +243,58 @@ def _check_method_classes():
                 raise ValueError(f"config methods: {err}") from None
 
 
+def dataset_splits(dataset):
+    """The splits a dataset's stages evaluate or locate on (they must hold images)."""
+    d = DATASETS[dataset]
+    return list(dict.fromkeys([d["locate_split"], d["test_split"], *(d["eval_splits"] or [])]))
+
+
+def _scan_folders():
+    """Every folder dataset read and checked (clipbias.data.folder): a missing file, an
+    unknown column, a label without a class name, a split without images or a file that is
+    not an image stops here. The image files are checked only in the main process (a job
+    of a cluster executor parses this file again)."""
+    from clipbias.data.folder import scan_folder
+
+    return {
+        name: scan_folder(
+            name,
+            d["folder"],
+            splits=dataset_splits(name),
+            locate_split=d["locate_split"],
+            check_files=workflow.is_main_process,
+        )
+        for name, d in DATASETS.items()
+        if d["kind"] == "folder"
+    }
+
+
+def _check_texts():
+    """A planted or folder dataset's text file against its classes and attribute values
+    (the generator's settings, the folder's config): a mismatch would stop the method or
+    audit jobs after training and extraction."""
+    for name, d in DATASETS.items():
+        if is_planted(name):
+            classes, attrs = config_check.planted_attributes(d["synth"])
+            colours, hint = attrs["colour"], (
+                "Write a text file for these shapes and colours (config/texts/planted.yaml "
+                "shows every key; words from clipbias.synth.vocabulary(classes, colours)) "
+                "and set datasets[].texts."
+            )
+        elif is_folder(name):
+            classes, attrs, colours = FOLDERS[name].classes, FOLDERS[name].attributes, None
+            hint = "Write a text file for your classes and attributes (docs/OWN_DATA.md)."
+        else:
+            continue  # a registry dataset's classes are known once its index is built
+        config_check.check_texts(
+            text_spec(name), texts_file(name), name, classes, attrs, colours=colours, hint=hint
+        )
+
+
 _check_grid()
 _check_heads_from()
 _check_dataset_methods()
 _check_edit_shots()
-_check_method_classes()
 
 
 def fseed(dataset, model, seed):
@@ -225,6 +310,8 @@ def data_root(dataset, seed):
     """Folder with index.parquet and dataset.json (``seed``: int or None for real data)."""
     if is_planted(dataset):
         return f"{RESULTS}/data/{dataset}/seed-{seed}"
+    if is_folder(dataset):
+        return f"{RESULTS}/data/{dataset}"
     return f"{DATASETS_DIR}/{dataset}"
 
 
@@ -279,13 +366,53 @@ _TEXT_SPECS = {}
 
 
 def text_spec(dataset):
-    """The parsed text file of ``dataset`` ({} when missing: the rules then report it)."""
-    import yaml
-
+    """The parsed text file of ``dataset`` ({} when missing: config_check.check_paths stops
+    the run first); a YAML error names the file and line."""
     if dataset not in _TEXT_SPECS:
         path = Path(texts_file(dataset))
-        _TEXT_SPECS[dataset] = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+        spec = (
+            config_check.load_yaml(path, f"datasets[].texts of {dataset!r}")
+            if path.is_file()
+            else {}
+        )
+        _TEXT_SPECS[dataset] = spec or {}
     return _TEXT_SPECS[dataset]
+
+
+try:
+    # text files and local checkpoints exist (a rehearsal replaces checkpoints by random
+    # weights); folder datasets; text files against the classes and attribute values
+    config_check.check_paths(
+        DATASETS.values(), MODELS.values(), checkpoints=not IS_REHEARSAL, made_here=RESULTS
+    )
+    config_check.check_model_names(
+        MODELS.values(),
+        config_check.known_model_names(Path(workflow.basedir) / "src/clipbias/model_configs"),
+    )
+    FOLDERS = _scan_folders()
+    _check_method_classes()
+    _check_texts()
+except (config_check.ConfigError, FolderDatasetError) as err:
+    raise err.with_traceback(None) from None
+
+# Folder datasets: their names, and the inputs and params of prepare_folder_dataset.
+FOLDER_PATTERN = "|".join(n for n, d in DATASETS.items() if d["kind"] == "folder") or "(?!x)x"
+
+
+def folder_index(wildcards):
+    from clipbias.data.folder import index_path
+
+    return str(index_path(DATASETS[wildcards.dataset]["folder"]))
+
+
+def folder_params(wildcards):
+    """The folder block and the splits it must hold (editing them rebuilds the dataset)."""
+    d = DATASETS[wildcards.dataset]
+    return {
+        "folder": d["folder"],
+        "splits": dataset_splits(wildcards.dataset),
+        "locate_split": d["locate_split"],
+    }
 
 
 def cells():

@@ -24,6 +24,33 @@ rule make_planted_dataset:
         "../scripts/make_planted_dataset.py"
 
 
+# Your own images (kind folder, docs/OWN_DATA.md): the folder's index table -> the standard
+# dataset folder (index.parquet + dataset.json; image paths lead into the folder).
+rule prepare_folder_dataset:
+    input:
+        index=folder_index,
+    output:
+        index=f"{RESULTS}/data/{{dataset}}/index.parquet",
+        meta=f"{RESULTS}/data/{{dataset}}/dataset.json",
+    log:
+        f"logs/{EXPERIMENT}/prepare_folder_dataset/{{dataset}}.log",
+    benchmark:
+        f"logs/{EXPERIMENT}/benchmarks/prepare_folder_dataset/{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset=FOLDER_PATTERN,
+    conda:
+        "../../envs/download.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        spec=folder_params,
+        code_version=CODE_VERSION,
+    script:
+        "../scripts/prepare_folder_dataset.py"
+
+
 rule download_dataset:
     input:
         registry=config["dataset_registry"],

@@ -25,12 +25,36 @@ def maybe_fail_once(stage: str) -> None:
     raise RuntimeError(f"injected transient failure in stage {stage} ({FAIL_ONCE_ENV})")
 
 
+#: Thread-count variables that BLAS and OpenMP runtimes read when they are loaded.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
 def limit_blas_threads(threads: int | None) -> None:
-    """Pin BLAS threads to the rule's threads (oversubscription slows numpy badly)."""
+    """Pin BLAS, OpenMP and torch threads to the rule's threads (Snakemake caps a rule's
+    ``threads`` at ``--cores``; oversubscription slows numpy badly).
+
+    threadpoolctl limits only the libraries already loaded; a method that imports torch
+    later would start torch's OpenMP pool on every core of the node, so the thread
+    variables are set too (read when a runtime loads), and torch's pool directly when torch
+    is already imported."""
     if threads:
+        import sys
+
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(int(threads))
+        n = max(1, int(threads))
+        for var in THREAD_VARIABLES:
+            os.environ[var] = str(n)
+        threadpool_limits(n)
+        if "torch" in sys.modules:
+            set_torch_threads(n)
 
 
 def set_torch_threads(threads: int | None) -> None:

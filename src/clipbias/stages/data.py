@@ -1,4 +1,5 @@
-"""Rules of ``workflow/rules/data.smk``: the planted benchmark and real-dataset downloads."""
+"""Rules of ``workflow/rules/data.smk``: the planted benchmark, real-dataset downloads and
+your own image folders."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ def make_planted_dataset(
     from clipbias.synth import generate
 
     generate(out_dir, seed=int(seed), name=name, **dict(synth))
+
+
+def prepare_folder_dataset(
+    dataset: str,
+    folder: Mapping[str, Any],
+    dataset_root: str | os.PathLike,
+    splits: list[str] | tuple[str, ...] = (),
+    locate_split: str | None = None,
+) -> None:
+    """Your own images (``kind: folder``): check the folder and its index table, decode every
+    image and write ``index.parquet`` + ``dataset.json`` (:mod:`clipbias.data.folder`)."""
+    from clipbias.data.folder import build_folder_dataset
+
+    build_folder_dataset(
+        dataset, folder, dataset_root, splits=list(splits), locate_split=locate_split
+    )
 
 
 def download_dataset(
