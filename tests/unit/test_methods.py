@@ -753,3 +753,27 @@ def test_a_torch_method_runs_on_the_threads_the_stage_gets(store, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[-2:] == ["True", "1"], res.stdout
+
+
+@pytest.mark.parametrize(
+    "method, overrides",
+    [
+        ("ltc", {}),
+        ("ablate", {}),
+        ("audit_ablation", {}),
+        ("audit_ablation", {"variant": "single_pool"}),
+        ("audit_ablation", {"ablation_stats": "test"}),
+        ("textspan_ablation", {}),
+        ("roboshot", {}),
+        ("ortho_cali", {}),
+    ],
+)
+def test_a_one_step_composition_is_the_method_alone(store, method, overrides):
+    """A step is fitted exactly as its method runs alone (docs/DESIGN.md "Compositions").
+    The audit's single-pool variant averages its ablation means over locate ∪ test; the
+    composition's step once used the locate split only."""
+    alone = _pred(_run(store, method, **overrides))[0]
+    chained = _pred(_run(store, "compose", steps=[{"name": method, **overrides}]))[0]
+    assert len(alone) and chained.columns.tolist() == alone.columns.tolist()
+    for col in alone.columns:
+        np.testing.assert_array_equal(chained[col].to_numpy(), alone[col].to_numpy(), err_msg=col)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clipbias.methods.api import MethodContext, MethodOutput
+from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
 from clipbias.methods.heads import parse_head
 
 HEAD_SETS = ("top_k", "greedy")
@@ -58,13 +58,14 @@ def selected_heads(
     return attr, [str(h) for h in entry[variant][head_set]]
 
 
-def predict(
+def fit(
     ctx: MethodContext,
     attribute: str = "",
     variant: str = "split",
     ablation_stats: str = "locate",
     head_set: str = "top_k",
-) -> MethodOutput:
+) -> Correction:
+    """The ablation as a fitted :class:`Correction` (alone, and as a composition's step)."""
     from clipbias.methods.ltc import ltc_correct
 
     attr, heads = selected_heads(
@@ -91,10 +92,14 @@ def predict(
         "mean_splits": mean_splits,
     }
     if not heads:
-        return MethodOutput(ctx.predict(), meta)
+        return Correction(meta=meta)
     means = ctx.head_means(mean_splits)
 
     def edit(h, rest, idx):
         return ltc_correct(h, rest, ctx.layers, heads, [], None, means, "mean")
 
-    return MethodOutput(ctx.predict(edit), meta)
+    return Correction(heads=edit, meta=meta)
+
+
+def predict(ctx: MethodContext, **params: Any) -> MethodOutput:
+    return apply_correction(ctx, fit(ctx, **params))

@@ -13,7 +13,8 @@ config time (:func:`clipbias.methods.registry.check_steps`): a head edit only as
 step, a decision rule only as the last, at most one step that changes the classifier.
 
 This module also holds the ``fit`` functions of the existing methods that can be a step
-(LTC and its ablations, the audit's ablation, TextSpan's ablation, RoboShot, Ortho-Cali):
+(LTC and its ablations, RoboShot, Ortho-Cali; the audit's and TextSpan's ablations
+have their own ``fit``, which their ``predict`` applies):
 each rebuilds what the method's own ``predict`` applies, so alone and in a chain they are
 the same correction (``tests/unit/test_methods.py`` checks both paths agree).
 """
@@ -85,48 +86,6 @@ def fit_ltc(ctx: MethodContext, **params: Any) -> Correction:
 
     edit, meta = ltc_edit(ctx, **params)
     return Correction(heads=edit, meta=meta)
-
-
-def fit_audit(
-    ctx: MethodContext,
-    attribute: str = "",
-    variant: str = "split",
-    ablation_stats: str = "locate",
-    head_set: str = "top_k",
-) -> Correction:
-    """The audit's head ablation (:func:`clipbias.methods.audit_ablation.predict`)."""
-    from clipbias.methods.audit_ablation import selected_heads
-    from clipbias.methods.ltc import ltc_correct
-
-    attr, heads = selected_heads(
-        ctx.located["audit"], ctx.dataset_meta, attribute, variant, head_set
-    )
-    meta = {"heads": heads, "attribute": attr, "head_set": head_set}
-    if not heads:
-        return Correction(meta=meta)
-    means = ctx.ablation_means(ablation_stats)
-
-    def edit(h, rest, idx):
-        return ltc_correct(h, rest, ctx.layers, heads, [], None, means, "mean")
-
-    return Correction(heads=edit, meta=meta)
-
-
-def fit_textspan(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> Correction:
-    """TextSpan's head ablation (:func:`clipbias.methods.textspan_ablation.predict`)."""
-    from clipbias.methods.heads import head_str
-    from clipbias.methods.textspan_ablation import select_textspan_heads, textspan_ablation
-
-    words = list(ctx.text_spec.get("spurious_words", []))
-    if not words:
-        raise ValueError("TextSpan ablation needs spurious_words in the dataset text file")
-    heads = select_textspan_heads(ctx.located["textspan"], words, top_k)
-    means = ctx.head_means() if ablation == "mean" else None
-
-    def edit(h, rest, idx):
-        return textspan_ablation(h, rest, ctx.layers, heads, means, ablation)
-
-    return Correction(heads=edit, meta={"heads": [head_str(h) for h in heads]})
 
 
 def fit_roboshot(ctx: MethodContext, mode: str = "both") -> Correction:

@@ -584,7 +584,7 @@ _PROTOCOL: Mapping[str, Mapping[str, Any]] = {
     "roboshot_accept": {"label_use": LabelUse(texts="insight pairs"),
                         "fit": f"{_COMPOSE}:fit_roboshot", "correction": ("embedding",)},
     "textspan_ablation": {"level": "head", "label_use": LabelUse(texts="TextSpan pool",
-                          images="locate"), "fit": f"{_COMPOSE}:fit_textspan",
+                          images="locate"), "fit": "fit",
                           "correction": ("heads",)},
     **{m: {"level": "head", "block": "by_labels", "label_use": _LTC_USE,
            "fit": f"{_COMPOSE}:fit_ltc", "correction": ("heads",)}
@@ -592,7 +592,7 @@ _PROTOCOL: Mapping[str, Mapping[str, Any]] = {
                  "ltc_full")},
     "ltc_random": {"level": "head", "block": "by_labels", "label_use": _LTC_USE},
     **{m: {"level": "head", "block": "oracle_a", "label_use": LabelUse("no", "GT", "no",
-           "concept texts", "locate"), "fit": f"{_COMPOSE}:fit_audit", "correction": ("heads",)}
+           "concept texts", "locate"), "fit": "fit", "correction": ("heads",)}
        for m in ("audit_ablation", "audit_ablation_greedy")},
     **{m: {"level": "head", "block": "by_labels", "label_use": _SHOTS_USE}
        for m in ("refineclip", "refineclip_star")},

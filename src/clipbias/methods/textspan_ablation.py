@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from clipbias.methods.api import MethodContext, MethodOutput
+from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
 from clipbias.methods.heads import HeadId, head_str
 from clipbias.methods.ltc import ltc_correct
 
@@ -55,7 +55,8 @@ def textspan_ablation(
     return ltc_correct(heads, rest, layers, head_list, [], None, means, ablation)
 
 
-def predict(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> MethodOutput:
+def fit(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> Correction:
+    """The ablation as a fitted :class:`Correction` (alone, and as a composition's step)."""
     words = list(ctx.text_spec.get("spurious_words", []))
     if not words:
         raise ValueError("TextSpan ablation needs spurious_words in the dataset text file")
@@ -65,7 +66,9 @@ def predict(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> Metho
     def edit(h, rest, idx):
         return textspan_ablation(h, rest, ctx.layers, heads, means, ablation)
 
-    return MethodOutput(
-        ctx.predict(edit),
-        {"heads": [head_str(h) for h in heads], "top_k": int(top_k), "spurious_words": words},
-    )
+    meta = {"heads": [head_str(h) for h in heads], "top_k": int(top_k), "spurious_words": words}
+    return Correction(heads=edit, meta=meta)
+
+
+def predict(ctx: MethodContext, top_k: int = 5, ablation: str = "mean") -> MethodOutput:
+    return apply_correction(ctx, fit(ctx, top_k, ablation))
