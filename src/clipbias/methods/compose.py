@@ -13,18 +13,16 @@ config time (:func:`clipbias.methods.registry.check_steps`): a head edit only as
 step, a decision rule only as the last, at most one step that changes the classifier.
 
 This module also holds the ``fit`` functions of the existing methods that can be a step
-(LTC and its ablations, RoboShot, Ortho-Cali; the audit's and TextSpan's ablations
-have their own ``fit``, which their ``predict`` applies):
+(LTC and its ablations; the other composable methods have their own ``fit``, which
+their ``predict`` applies):
 each rebuilds what the method's own ``predict`` applies, so alone and in a chain they are
 the same correction (``tests/unit/test_methods.py`` checks both paths agree).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
 
@@ -86,35 +84,3 @@ def fit_ltc(ctx: MethodContext, **params: Any) -> Correction:
 
     edit, meta = ltc_edit(ctx, **params)
     return Correction(heads=edit, meta=meta)
-
-
-def fit_roboshot(ctx: MethodContext, mode: str = "both") -> Correction:
-    """RoboShot's projections of the full embedding (:mod:`clipbias.methods.roboshot`)."""
-    from clipbias.methods.roboshot import roboshot
-
-    q_accept = ctx.basis("accept_pos", "accept_neg")
-    q_reject = ctx.basis("reject_pos", "reject_neg") if mode == "both" else None
-
-    def transform(e, idx):
-        return roboshot(e, q_reject, q_accept, mode).astype(np.float64)
-
-    return Correction(transform=transform, meta={"mode": mode})
-
-
-def fit_ortho_cali(ctx: MethodContext, orientation: str = "original") -> Correction:
-    """Ortho-Cali's debiased classifier (:mod:`clipbias.methods.ortho_cali`)."""
-    from clipbias.methods.ortho_cali import ortho_cali
-
-    spec: Mapping[str, Any] = ctx.text_spec.get("ortho_cali", {}) or {}
-    if not len(ctx.text_roles("ortho_spurious")[0]):
-        raise ValueError("Ortho-Cali needs ortho_cali.spurious prompts in the dataset text file")
-    candidates = ctx.text_roles("ortho_candidate")
-    clf = ortho_cali(
-        ctx.classifier,
-        ctx.unit_texts("ortho_spurious"),
-        ctx.unit_texts("ortho_candidate") if len(candidates[0]) else None,
-        [tuple(p) for p in spec.get("pairs", [])],
-        lam=float(spec.get("lambda", 1000.0)),
-        orientation=orientation,
-    )
-    return Correction(classifier=clf, meta={"orientation": orientation})

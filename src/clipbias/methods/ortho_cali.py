@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clipbias.methods.api import MethodContext, MethodOutput
+from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -79,7 +79,8 @@ def ortho_cali(
     return out.astype(np.float32)
 
 
-def predict(ctx: MethodContext, orientation: str = "original") -> MethodOutput:
+def fit(ctx: MethodContext, orientation: str = "original") -> Correction:
+    """The debiased classifier as a fitted :class:`Correction` (alone, and as a step)."""
     spec = ctx.text_spec.get("ortho_cali", {}) or {}
     candidates = ctx.text_roles("ortho_candidate")
     if not len(ctx.text_roles("ortho_spurious")[0]):
@@ -92,4 +93,8 @@ def predict(ctx: MethodContext, orientation: str = "original") -> MethodOutput:
         lam=float(spec.get("lambda", 1000.0)),
         orientation=orientation,
     )
-    return MethodOutput(ctx.predict(classifier=clf), {"orientation": orientation})
+    return Correction(classifier=clf, meta={"orientation": orientation})
+
+
+def predict(ctx: MethodContext, orientation: str = "original") -> MethodOutput:
+    return apply_correction(ctx, fit(ctx, orientation))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipbias.methods.api import MethodContext, MethodOutput
+from clipbias.methods.api import Correction, MethodContext, MethodOutput, apply_correction
 from clipbias.methods.ltc import _normalise, accept_update, reject_update
 
 
@@ -34,18 +34,22 @@ def roboshot(
     return v.astype(np.float32)
 
 
-def predict(ctx: MethodContext, mode: str) -> MethodOutput:
+def fit(ctx: MethodContext, mode: str = "both") -> Correction:
+    """The projections of the full embedding as a fitted :class:`Correction` (alone, and as
+    a composition's step)."""
     q_accept = ctx.basis("accept_pos", "accept_neg")
     q_reject = ctx.basis("reject_pos", "reject_neg") if mode == "both" else None
 
-    def edit(heads, rest, idx):
-        return roboshot(heads.sum(axis=(1, 2), dtype=np.float64) + rest, q_reject, q_accept, mode)
+    def transform(e, idx):
+        return roboshot(e, q_reject, q_accept, mode).astype(np.float64)
 
-    return MethodOutput(
-        ctx.predict(edit),
-        {
-            "mode": mode,
-            "n_accept": 0 if q_accept is None else int(q_accept.shape[1]),
-            "n_reject": 0 if q_reject is None else int(q_reject.shape[1]),
-        },
-    )
+    meta = {
+        "mode": mode,
+        "n_accept": 0 if q_accept is None else int(q_accept.shape[1]),
+        "n_reject": 0 if q_reject is None else int(q_reject.shape[1]),
+    }
+    return Correction(transform=transform, meta=meta)
+
+
+def predict(ctx: MethodContext, mode: str) -> MethodOutput:
+    return apply_correction(ctx, fit(ctx, mode))
