@@ -106,6 +106,20 @@ def test_the_marker_follows_the_rehearsal_folder(tmp_path):
     }
 
 
+def test_sage_class_templates_in_a_rehearsal_folder_carry_the_marker(tmp_path):
+    """Found by the suite's rehearsal cells: class_templates.parquet (rule
+    encode_class_templates) was the one unmarked artifact of a rehearsal."""
+    import pyarrow.parquet as pq
+
+    from clipbias.methods.sage import read_class_templates, write_class_templates
+
+    path = tmp_path / "results" / "exp-rehearsal" / "features" / "class_templates.parquet"
+    write_class_templates(path, ["a {}"], ["x", "y"], np.eye(2, 3))
+    meta = pq.read_schema(path).metadata
+    assert meta[b"clipbias.rehearsal"] == io.REHEARSAL_BANNER.encode()
+    assert read_class_templates(path)[0] == ["a {}"]
+
+
 def test_figures_in_a_rehearsal_folder_carry_the_banner(tmp_path):
     from PIL import Image
 

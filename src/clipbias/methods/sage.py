@@ -38,7 +38,7 @@ def write_class_templates(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from clipbias.io import atomic_path
+    from clipbias.io import atomic_path, stamp_table
 
     emb = np.asarray(embeddings, dtype=np.float32)
     n_t, n_c = len(templates), len(class_names)
@@ -56,7 +56,7 @@ def write_class_templates(
         {_META_KEY: json.dumps({**(meta or {}), "classes": list(class_names)}).encode()}
     )
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(stamp_table(table, out), tmp)
 
 
 def read_class_templates(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
