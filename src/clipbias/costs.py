@@ -53,16 +53,27 @@ def feature_row_mib(
 
 
 def arch_costs(costs: Mapping[str, Any], arch: str) -> Mapping[str, Any]:
-    """The measured coefficients of architecture ``arch`` (exact name, else the longest
-    known prefix, e.g. ``ViT-B-16-quickgelu`` -> ``ViT-B-16``; else the largest known one, so
-    an unmeasured model asks for too much rather than too little)."""
+    """The measured coefficients of architecture ``arch``: exact name, else the longest
+    known prefix (e.g. ``ViT-B-16-quickgelu`` -> ``ViT-B-16``). An unmeasured architecture
+    gets the largest measured one's, so that it asks for too much rather than too little;
+    when both have known forward FLOPs (:data:`GFLOP_PER_IMAGE`) and the unmeasured one is
+    larger, its memory and CPU terms are scaled up by the FLOPs ratio (parameters and
+    activations grow with width and depth as the FLOPs do; a ViT-H-14 with only ViT-B-16
+    measured would otherwise ask for a third of what its text tower needs)."""
     models = costs["models"]
     if arch in models:
         return models[arch]
     prefix = [m for m in models if arch.startswith(m)]
     if prefix:
         return models[max(prefix, key=len)]
-    return max(models.values(), key=lambda c: c["model_mb"])
+    name = max(models, key=lambda m: models[m]["model_mb"])
+    known = models[name]
+    base = next((g for m, g in GFLOP_PER_IMAGE.items() if name.startswith(m)), None)
+    ratio = GFLOP_PER_IMAGE[arch] / base if base and arch in GFLOP_PER_IMAGE else 1.0
+    if ratio <= 1.0:
+        return known
+    scaled = ("model_mb", "act_mb_per_image", "cpu_s_per_image", "cpu_s_per_text")
+    return {**known, **{k: known[k] * ratio for k in scaled if k in known}}
 
 
 def extract_mem_mb(
