@@ -94,7 +94,17 @@ def fit(
         scales = tie_scales(emb, infer_attribute(emb, units), units)
     if np.isnan(scales).any():
         missing = [texts[a] for a in np.flatnonzero(np.isnan(scales))]
-        raise ValueError(f"TIE: no locate-split image has the attribute of {missing}")
+        source = (
+            "ground-truth attributes"
+            if fit_attributes == "ground_truth"
+            else "the attributes the model infers zero-shot (a weak or untrained model may "
+            "infer one value for every image)"
+        )
+        raise ValueError(
+            f"TIE: no locate-split image has the attribute of {missing} by {source}, so its "
+            "translation cannot be estimated; give the locate split images of every value, "
+            "or leave this method out of `methods:`"
+        )
     test_name = ctx.attribute_name(attribute) if test_attributes == "ground_truth" else None
 
     def transform(e, idx):
