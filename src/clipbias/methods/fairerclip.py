@@ -223,14 +223,8 @@ def fit(
     ctx: MethodContext,
     labels: str = "ground_truth",
     n_iter: int = 2,
-    tau_i: float = 0.7,
-    tau_z_i: float = 0.7,
-    tau_t: float = 0.1,
-    tau_z_t: float = 0.1,
-    gamma_i: float = 3e-4,
-    gamma_t: float = 2e-4,
     dim_z: int = 1,
-    m: int = 3000,
+    **solver: float,
 ) -> Correction:
     from clipbias.labels import label_map
     from clipbias.methods.tie import infer_attribute
@@ -256,10 +250,10 @@ def fit(
         y = y if lmap is None else lmap[y]
     else:
         y = np.argmax(x @ clf, axis=1)
+    # solver: tau_i, tau_z_i, tau_t, tau_z_t, gamma_i, gamma_t, m (fairerclip_fit's keywords)
     f_i, f_t, y_last = fairerclip_fit(
-        x, clf, y, s, labels, n_iter, tau_i, tau_z_i, tau_t, tau_z_t, gamma_i, gamma_t,
-        dim_z, m, ctx.seed,
-    )  # fmt: skip
+        x, clf, y, s, labels, n_iter=n_iter, dim_z=dim_z, seed=ctx.seed, **solver
+    )
     class_codes = f_t(clf.T)
 
     def classify(e, idx):
