@@ -962,6 +962,29 @@ def label_use_rows(
 _ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
+def _check_bare_steps(out: Mapping[str, Configured]) -> None:
+    """A composition's step given by a bare name runs with the registry defaults; when the
+    experiment also lists that method with other parameters, the step silently differs from
+    the method it appears beside (planted_multiclass: ``steps: [ltc, ...]`` ran global
+    insight pairs while its ``ltc`` entry used per-class ones). Refused: name the step's
+    parameters, or write ``{name: <method>}`` to mean the defaults."""
+    for c in out.values():
+        if c.name != "compose":
+            continue
+        for step in c.params.get("steps", []):
+            if not isinstance(step, str) or step not in out or out[step].name != step:
+                continue
+            defaults = get(step).resolve_params()
+            diff = {k: v for k, v in out[step].params.items() if defaults.get(k) != v}
+            if diff:
+                raise MethodConfigError(
+                    f"method {c.id!r}: step {step!r} runs with the registry defaults, but "
+                    f"methods lists {step!r} with {diff}; write the step as "
+                    f"{{name: {step}, ...}} with the parameters you mean ({{name: {step}}} "
+                    "for the defaults)"
+                )
+
+
 def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configured]:
     """``config["methods"]`` -> ``{id: Configured}`` in config order.
 
@@ -992,6 +1015,7 @@ def configured(entries: Iterable[str | Mapping[str, Any]]) -> dict[str, Configur
         if mid in out:
             raise MethodConfigError(f"method {mid!r} is listed twice in methods (set an id)")
         out[mid] = Configured(mid, name, spec.resolve_params(overrides))
+    _check_bare_steps(out)
     if REFERENCE_METHOD not in out:
         ref = Configured(REFERENCE_METHOD, REFERENCE_METHOD, get(REFERENCE_METHOD).resolve_params())
         out = {REFERENCE_METHOD: ref, **out}
