@@ -423,16 +423,25 @@ def check_overlay_order(configfiles: Sequence[str | os.PathLike]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m clipbias.config_check FILE...``: the YAML error of each file with its line
     (Snakemake reads ``--configfile`` files before the workflow runs and does not name them)."""
+    import logging
     import sys
 
-    files = list(sys.argv[1:] if argv is None else argv)
-    bad = 0
-    for f in files:
-        try:
-            load_yaml(f, "--configfile")
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            bad += 1
+    # the command's own output: its errors on this call's stderr, whatever logging the
+    # caller configured
+    log = logging.getLogger("clipbias.config_check.cli")
+    log.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    log.addHandler(handler)
+    try:
+        bad = 0
+        for f in list(sys.argv[1:] if argv is None else argv):
+            try:
+                load_yaml(f, "--configfile")
+            except ConfigError as err:
+                log.error("%s", err)
+                bad += 1
+    finally:
+        log.removeHandler(handler)
     return 1 if bad else 0
 
 

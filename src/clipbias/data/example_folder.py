@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         write_random_checkpoint(args.checkpoint, seed=args.seed)
     cfg = Path(args.folder) / "experiment.yaml"
     cfg.write_text(yaml.safe_dump(example_config(args.folder, checkpoint), sort_keys=False))
-    print(f"wrote {index} and {cfg}; run: snakemake --configfile {cfg}")
+    log.info("wrote %s and %s; run: snakemake --configfile %s", index, cfg, cfg)
 
 
 if __name__ == "__main__":
