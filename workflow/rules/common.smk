@@ -1,6 +1,8 @@
 # Helpers shared by all stages: config validation, the experiment grid, paths, resources.
+import functools
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 from snakemake.io import report as report_file
@@ -715,16 +717,22 @@ def _row_mib(wildcards):
     return _costs.feature_row_mib(n_layers, n_heads, dim, min(stored, n_layers))
 
 
+@functools.lru_cache(maxsize=None)
+def _split_counts(index, mtime_ns):
+    """{split: rows} of a dataset index, read once per file version: every shard job of
+    the dataset asks for it twice (mem_mb and runtime) when it is scheduled."""
+    import pyarrow.parquet as pq
+
+    return Counter(pq.read_table(index, columns=["split"]).column("split").to_pylist())
+
+
 def _shard_rows(wildcards, input):
     """Rows of the job's feature shard: its share of the extracted splits of the index."""
     index = Path(input.index)
     if not index.is_file():
         return _PLANNED_ROWS
-    import pyarrow.parquet as pq
-
-    split = pq.read_table(index, columns=["split"]).column("split").to_pylist()
-    wanted = set(extract_splits(wildcards))
-    n = sum(1 for s in split if s in wanted)
+    counts = _split_counts(str(index), index.stat().st_mtime_ns)
+    n = sum(counts.get(s, 0) for s in set(extract_splits(wildcards)))
     n_sh = n_shards(wildcards.dataset)
     base, extra = divmod(n, n_sh)
     return base + (1 if int(wildcards.shard) < extra else 0)
